@@ -1,0 +1,56 @@
+"""connman: one async connection manager for SQLAlchemy and MongoDB pools in FastAPI services."""
+
+from __future__ import annotations
+
+from ._pool import Pool
+from ._url import SecretURL, mask_url
+from .config import PRESETS, ConnmanSettings, PoolConfig, load_settings
+from .errors import (
+    ConfigurationError,
+    ConnmanError,
+    MissingDependency,
+    PoolClosed,
+    PoolStartupError,
+    PoolTimeout,
+    TooManyWaiters,
+    UnknownPool,
+)
+from .manager import ConnectionManager, SessionProvider
+from .stats import COUNTER_KEYS, EVENT_NAMES, GAUGE_KEYS, STAT_KEYS, PoolEvent
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # manager
+    "ConnectionManager",
+    "Pool",
+    "SessionProvider",
+    # configuration
+    "PRESETS",
+    "ConnmanSettings",
+    "PoolConfig",
+    "SecretURL",
+    "load_settings",
+    "mask_url",
+    # stats and events
+    "COUNTER_KEYS",
+    "EVENT_NAMES",
+    "GAUGE_KEYS",
+    "STAT_KEYS",
+    "PoolEvent",
+    # errors
+    "ConfigurationError",
+    "ConnmanError",
+    "MissingDependency",
+    "PoolClosed",
+    "PoolStartupError",
+    "PoolTimeout",
+    "TooManyWaiters",
+    "UnknownPool",
+]
+
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type):
+        _obj.__module__ = "connman"
+del _name, _obj

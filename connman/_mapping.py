@@ -1,0 +1,142 @@
+"""How each field of the one schema maps to each backend: data that the code and docs/mapping.md share.
+
+`docs/mapping.md` is rendered from `MAPPING` by `render_markdown()`; a test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["native", "emulated", "native + emulated", "n/a"]
+BACKENDS = ("sqlalchemy", "mongo")
+BACKEND_TITLES = {"sqlalchemy": "SQLAlchemy (asyncpg, aiomysql, asyncmy, aiosqlite)",
+                  "mongo": "PyMongo `AsyncMongoClient` / Motor"}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """How one schema field is honoured by one backend."""
+
+    kind: Kind
+    native: str
+    note: str
+
+
+MAPPING: dict[str, dict[str, Entry]] = {
+    "size": {
+        "sqlalchemy": Entry("native", "pool_size", "connections kept open; warmed at startup"),
+        "mongo": Entry("native", "minPoolSize", "connections kept open; warmed at startup"),
+    },
+    "overflow": {
+        "sqlalchemy": Entry("native", "max_overflow", "extra connections above `size` under load"),
+        "mongo": Entry("native", "maxPoolSize = size + overflow",
+                       "PyMongo has one ceiling, so overflow is added to size"),
+    },
+    "timeout": {
+        "sqlalchemy": Entry("native + emulated", "pool_timeout",
+                            "connman's FIFO gate bounds the wait and raises `PoolTimeout`; "
+                            "the native timeout stays as a backstop"),
+        "mongo": Entry("native + emulated", "waitQueueTimeoutMS",
+                       "connman's FIFO gate bounds the wait and raises `PoolTimeout`; "
+                       "the native timeout stays as a backstop"),
+    },
+    "recycle": {
+        "sqlalchemy": Entry("native + emulated", "pool_recycle",
+                            "native max age; connman adds up to `recycle_jitter` early expiry "
+                            "so a pool opened at once does not expire at once"),
+        "mongo": Entry("emulated", "-",
+                       "PyMongo has no max lifetime: connman marks idle connections older than "
+                       "the (jittered) limit stale, PyMongo closes them and refills to `size`"),
+    },
+    "idle": {
+        "sqlalchemy": Entry("emulated", "-",
+                            "SQLAlchemy has no idle timeout: connman stamps check-in time and "
+                            "replaces a connection idle too long at checkout"),
+        "mongo": Entry("native", "maxIdleTimeMS", "closed on checkout or by the pool's reaper"),
+    },
+    "pre_ping": {
+        "sqlalchemy": Entry("native", "pool_pre_ping",
+                            "a round trip on checkout; a dead connection is replaced, not handed out"),
+        "mongo": Entry("native", "(always on)",
+                       "PyMongo checks a connection idle over 1 s for a closed socket before "
+                       "reuse and retries reads/writes once; it cannot be turned off"),
+    },
+    "connect_timeout": {
+        "sqlalchemy": Entry("native", "connect_args: timeout (asyncpg) / connect_timeout (MySQL)",
+                            "aiosqlite has no network connect; the startup deadline still applies"),
+        "mongo": Entry("native", "connectTimeoutMS, serverSelectionTimeoutMS",
+                       "both, so a missing server fails within the limit"),
+    },
+    "database": {
+        "sqlalchemy": Entry("n/a", "-", "the database is the URL's path"),
+        "mongo": Entry("native", "client[database]",
+                       "the handle a session yields; default: the URL's path"),
+    },
+    "driver": {
+        "sqlalchemy": Entry("n/a", "-", "the driver is the URL scheme's `+driver` part"),
+        "mongo": Entry("native", "AsyncMongoClient | AsyncIOMotorClient",
+                       "`pymongo` (default) or `motor`"),
+    },
+    "echo": {
+        "sqlalchemy": Entry("native", "echo", "SQL logged by SQLAlchemy's logger"),
+        "mongo": Entry("emulated", "event_listeners", "commands logged by a connman command listener"),
+    },
+    "max_waiting": {
+        "sqlalchemy": Entry("emulated", "-", "connman's gate refuses at once with `TooManyWaiters`"),
+        "mongo": Entry("emulated", "-", "connman's gate refuses at once with `TooManyWaiters`"),
+    },
+    "leak_threshold": {
+        "sqlalchemy": Entry("emulated", "-", "one warning with the checkout stack per leaked lease"),
+        "mongo": Entry("emulated", "-", "one warning with the checkout stack per leaked lease"),
+    },
+    "options": {
+        "sqlalchemy": Entry("native", "create_async_engine(**options)",
+                            "passed through; a key that a schema field sets is an error"),
+        "mongo": Entry("native", "AsyncMongoClient(**options)",
+                       "passed through; a key that a schema field sets is an error"),
+    },
+}
+
+# Native option names that a schema field already sets: passing them in `options` is a conflict.
+CONFLICTS: dict[str, dict[str, str]] = {
+    "sqlalchemy": {
+        "pool_size": "size",
+        "max_overflow": "overflow",
+        "pool_timeout": "timeout",
+        "pool_recycle": "recycle",
+        "pool_pre_ping": "pre_ping",
+        "echo": "echo",
+    },
+    "mongo": {
+        "minpoolsize": "size",
+        "maxpoolsize": "overflow",
+        "waitqueuetimeoutms": "timeout",
+        "maxidletimems": "idle",
+        "connecttimeoutms": "connect_timeout",
+        "serverselectiontimeoutms": "connect_timeout",
+    },
+}
+
+
+def render_markdown() -> str:
+    """The mapping table as Markdown, one row per field, one column per backend."""
+    lines = [
+        "# How each setting maps to each driver",
+        "",
+        "Generated from `connman/_mapping.py` (`python -m connman.docs`); a test keeps this file "
+        "and the code equal.",
+        "**native**: the driver's own option does it. **emulated**: the driver has no such option "
+        "and connman implements the behaviour. **n/a**: does not apply, with the reason.",
+        "",
+        "| field | " + " | ".join(BACKEND_TITLES[b] for b in BACKENDS) + " |",
+        "| --- | " + " | ".join("---" for _ in BACKENDS) + " |",
+    ]
+    for field, per_backend in MAPPING.items():
+        cells = []
+        for backend in BACKENDS:
+            e = per_backend[backend]
+            native = f" `{e.native}`" if e.native not in ("-", "") else ""
+            cells.append(f"**{e.kind}**{native}: {e.note}")
+        lines.append(f"| `{field}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

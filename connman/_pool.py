@@ -1,0 +1,367 @@
+"""The backend-neutral pool: a fair FIFO gate, leases, stats, events and leak detection.
+
+Each backend subclasses `Pool` and implements the few verbs that touch its driver. Everything that
+must mean the same on every backend (bounded waits, fairness, `max_waiting`, leak warnings, the
+stats keys) is written once here.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import collections
+import logging
+import time
+import traceback
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, TypeVar
+
+from ._url import redact
+from .config import PoolConfig
+from .errors import PoolClosed, PoolStartupError, PoolTimeout, TooManyWaiters
+from .stats import EventHub, PoolEvent, PoolStats
+
+logger = logging.getLogger("connman")
+T = TypeVar("T")
+
+
+async def shielded(aw: Awaitable[T], timeout: float | None = None) -> T:
+    """Run `aw` to completion even if the caller is cancelled meanwhile; re-raise the cancel after.
+
+    Used for every step that returns a connection: a cancelled request must not leak one.
+    """
+    task: asyncio.Future[T] = asyncio.ensure_future(
+        asyncio.wait_for(aw, timeout) if timeout is not None else aw
+    )
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():
+                if task.cancelled():
+                    raise
+                result = task.result()
+                cancelled = True
+                break
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
+
+
+class Lease:
+    """One session's hold on a pool slot: when it began, and the leak timer if any."""
+
+    __slots__ = ("leak_timer", "start")
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.leak_timer: asyncio.TimerHandle | None = None
+
+
+class Pool(abc.ABC):
+    """A named pool of one backend; the manager, FastAPI glue, metrics and CLI speak only this."""
+
+    backend: str = ""
+
+    def __init__(self, name: str, config: PoolConfig, hub: EventHub) -> None:
+        self.name = name
+        self.config = config
+        self.hub = hub
+        self.counters = PoolStats()
+        self._secrets = config.url.secrets()
+        self._free = config.max_size
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._nwaiting = 0
+        self._active = 0
+        self._opened = False
+        self._closing = False
+        self._idle_event: asyncio.Event | None = None
+        self._maint_task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ backend verbs
+    @abc.abstractmethod
+    async def _open(self) -> None:
+        """Create the driver pool/client, warm `size` connections and ping once."""
+
+    @abc.abstractmethod
+    async def _close(self) -> None:
+        """Dispose the driver pool/client; after it the server sees none of its connections."""
+
+    @abc.abstractmethod
+    def _unit(self) -> AbstractAsyncContextManager[Any]:
+        """The unit of work a session yields, run while the session holds a lease."""
+
+    @abc.abstractmethod
+    def _raw(self) -> AbstractAsyncContextManager[Any]:
+        """The driver's own connection from this pool (the fast path), under a lease."""
+
+    @abc.abstractmethod
+    async def ping(self) -> float:
+        """One round trip to the server; returns its latency in milliseconds."""
+
+    @abc.abstractmethod
+    def _gauges(self) -> tuple[int, int]:
+        """(connections open now, connections idle now)."""
+
+    @abc.abstractmethod
+    def native(self) -> Any:
+        """The driver object: an `AsyncEngine`, an `AsyncMongoClient` or a Motor client."""
+
+    @abc.abstractmethod
+    def driver_options(self) -> dict[str, Any]:
+        """The keyword arguments the mapping produced for the driver (secrets masked)."""
+
+    @abc.abstractmethod
+    async def server_info(self) -> dict[str, Any]:
+        """Server version, connection limit and the connections this pool holds, server-side."""
+
+    async def _maintain(self) -> None:
+        """Periodic housekeeping a backend needs (emulated lifetimes); default: nothing."""
+
+    def _maintenance_interval(self) -> float | None:
+        return None
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def closed(self) -> bool:
+        """Whether the pool hands out no connections (not opened yet, closing or closed)."""
+        return not self._opened or self._closing
+
+    async def open(self) -> None:
+        """Open the pool within `connect_timeout`; raises `PoolStartupError` naming it."""
+        if self._opened:
+            return
+        self._closing = False
+        try:
+            async with asyncio.timeout(self.config.connect_timeout + 1.0):
+                await self._open()
+        except BaseException as exc:
+            await shielded(self._close_quietly())
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            reason = "timed out" if isinstance(exc, TimeoutError) else (
+                f"{type(exc).__name__}: {exc}")
+            raise PoolStartupError(
+                self.redact(f"pool {self.name!r} ({self.config.url.masked}) could not be opened: "
+                            f"{reason}"),
+                pool=self.name,
+            ) from None
+        self._opened = True
+        interval = self._maintenance_interval()
+        if interval is not None:
+            self._maint_task = asyncio.create_task(self._maintenance_loop(interval),
+                                                   name=f"connman-maintain-{self.name}")
+
+    async def _close_quietly(self) -> None:
+        try:
+            await self._close()
+        except Exception:
+            logger.warning("connman: pool %r: error while closing", self.name, exc_info=False)
+
+    async def close(self, drain_timeout: float | None = None) -> None:
+        """Refuse new sessions, wait up to `drain_timeout` for held ones, then dispose the pool."""
+        if not self._opened:
+            return
+        self._closing = True
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_exception(PoolClosed(f"pool {self.name!r} is closing", pool=self.name))
+        deadline = self.config.drain_timeout if drain_timeout is None else drain_timeout
+        if self._active:
+            self._idle_event = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._idle_event.wait(), deadline)
+            except TimeoutError:
+                logger.warning("connman: pool %r: %d session(s) still active after %.1fs drain; "
+                               "disposing anyway", self.name, self._active, deadline)
+        if self._maint_task is not None:
+            self._maint_task.cancel()
+            await asyncio.gather(self._maint_task, return_exceptions=True)
+            self._maint_task = None
+        await shielded(self._close_quietly())
+        self._opened = False
+
+    async def _maintenance_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._maintain()
+            except Exception:
+                logger.debug("connman: pool %r: maintenance failed", self.name, exc_info=True)
+
+    # ------------------------------------------------------------------ the gate
+    async def acquire(self) -> Lease:
+        """Wait for a slot in arrival order; raises `PoolTimeout`, `TooManyWaiters`, `PoolClosed`."""
+        if self._closing or not self._opened:
+            self.counters.add("requests_errors")
+            raise PoolClosed(f"pool {self.name!r} is {'closing' if self._opened else 'not open'}",
+                             pool=self.name)
+        if self._free > 0 and not self._nwaiting:
+            self._free -= 1
+            return self._grant(0.0, queued=False)
+        cfg = self.config
+        if cfg.max_waiting and self._nwaiting >= cfg.max_waiting:
+            self.counters.add("requests_rejected")
+            self.counters.add("requests_errors")
+            self._emit("rejected")
+            raise TooManyWaiters(
+                f"pool {self.name!r}: {self._nwaiting} requests already wait "
+                f"(max_waiting={cfg.max_waiting})", pool=self.name, retry_after=cfg.retry_after_s)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        self._nwaiting += 1
+        t0 = time.monotonic()
+        try:
+            async with asyncio.timeout(cfg.timeout):
+                await fut
+        except TimeoutError:
+            self._abandon(fut)
+            waited = (time.monotonic() - t0) * 1000
+            self.counters.add("requests_timeouts")
+            self.counters.add("requests_errors")
+            self.counters.add("requests_wait_ms", int(waited))
+            self._emit("timeout", waited)
+            raise PoolTimeout(
+                f"pool {self.name!r}: no connection free after {cfg.timeout:g}s "
+                f"({self._active} in use of {cfg.max_size}, {self._nwaiting} waiting)",
+                pool=self.name, retry_after=cfg.retry_after_s) from None
+        except BaseException:
+            self._abandon(fut)
+            raise
+        finally:
+            self._nwaiting -= 1
+        return self._grant((time.monotonic() - t0) * 1000, queued=True)
+
+    def _abandon(self, fut: asyncio.Future[None]) -> None:
+        # A permit handed over just as the wait ended (timeout or cancel) is passed on, not lost.
+        if fut.done() and not fut.cancelled() and fut.exception() is None:
+            self._pass_on()
+        elif not fut.done():
+            fut.cancel()
+
+    def _grant(self, waited_ms: float, *, queued: bool) -> Lease:
+        self._active += 1
+        c = self.counters
+        c.add("requests_num")
+        if queued:
+            c.add("requests_queued")
+            c.add("requests_wait_ms", int(waited_ms))
+        lease = Lease(time.monotonic())
+        if self.config.leak_threshold is not None:
+            stack = "".join(traceback.format_stack(limit=12)[:-3])
+            lease.leak_timer = asyncio.get_running_loop().call_later(
+                self.config.leak_threshold, self._leaked, lease, stack)
+        if self.hub.active:
+            self._emit("checkout", waited_ms)
+        return lease
+
+    def release(self, lease: Lease) -> None:
+        """Give a lease back; the slot goes to the longest waiter first. Never awaits."""
+        held = (time.monotonic() - lease.start) * 1000
+        if lease.leak_timer is not None:
+            lease.leak_timer.cancel()
+        self.counters.add("usage_ms", int(held))
+        self._active -= 1
+        self._pass_on()
+        if self.hub.active:
+            self._emit("checkin", held)
+        if self._idle_event is not None and self._active == 0:
+            self._idle_event.set()
+
+    def _pass_on(self) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self._free += 1
+
+    def _leaked(self, lease: Lease, stack: str) -> None:
+        self.counters.add("leaks_detected")
+        held = time.monotonic() - lease.start
+        self._emit("leak", held * 1000)
+        logger.warning("connman: pool %r: connection held for %.1fs (leak_threshold=%gs); "
+                       "checked out at:\n%s", self.name, held, self.config.leak_threshold, stack)
+
+    # ------------------------------------------------------------------ sessions
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[Any]:
+        """A unit of work on one pooled connection; see the backend for commit/rollback."""
+        lease = await self.acquire()
+        try:
+            async with self._unit() as unit:
+                yield unit
+        finally:
+            self.release(lease)
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        """The driver's raw connection from this pool; limits, stats and lifetimes apply."""
+        lease = await self.acquire()
+        try:
+            async with self._raw() as conn:
+                yield conn
+        finally:
+            self.release(lease)
+
+    # ------------------------------------------------------------------ stats and events
+    def _emit(self, name: str, duration_ms: float = 0.0, reason: str = "") -> None:
+        if self.hub.active:
+            self.hub.emit(PoolEvent(self.name, name, self.backend, duration_ms, reason))
+
+    def connection_event(self, name: str, duration_ms: float = 0.0, reason: str = "") -> None:
+        """Count and emit one driver-level event (connect, close, lost, recycle, idle_close)."""
+        key = {"lost": "connections_lost", "recycle": "connections_recycled",
+               "idle_close": "connections_idle_closed"}.get(name)
+        if key:
+            self.counters.add(key)
+        if name in ("lost", "recycle", "idle_close", "close"):
+            self.counters.add("connections_closed")
+        self._emit(name, duration_ms, reason)
+
+    def stats(self) -> dict[str, int]:
+        """Gauges and counters with the stable keys of `connman.stats.STAT_KEYS`."""
+        size, available = self._gauges() if self._opened else (0, 0)
+        out = {
+            "pool_min": self.config.size,
+            "pool_max": self.config.max_size,
+            "pool_size": size,
+            "pool_available": available,
+            "requests_active": self._active,
+            "requests_waiting": self._nwaiting,
+        }
+        out.update(self.counters.snapshot())
+        return out
+
+    def pop_stats(self) -> dict[str, int]:
+        """Like `stats()`, then reset the counters."""
+        out = self.stats()
+        self.counters.pop()
+        return out
+
+    def redact(self, text: str) -> str:
+        """`text` with this pool's secrets replaced by ***."""
+        return redact(text, self._secrets)
+
+    def state(self) -> str:
+        """One line of state, httpcore style."""
+        size, available = self._gauges() if self._opened else (0, 0)
+        status = "open" if self._opened and not self._closing else (
+            "closing" if self._closing else "closed")
+        return (f"{self.name} {self.backend}/{self.config.driver_name} {self.config.url.masked} "
+                f"{status} [Requests: {self._active} active, {self._nwaiting} waiting | "
+                f"Connections: {size} open, {available} idle, max {self.config.max_size}]")
+
+    def __repr__(self) -> str:
+        return f"<Pool {self.state()}>"
+
+
+def startup_error(pool: Pool, exc: BaseException) -> PoolStartupError:
+    """A PoolStartupError for `pool`, its message redacted."""
+    return PoolStartupError(pool.redact(f"pool {pool.name!r} ({pool.config.url.masked}): {exc}"),
+                            pool=pool.name)

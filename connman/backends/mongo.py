@@ -1,0 +1,277 @@
+"""MongoDB through PyMongo's `AsyncMongoClient` (default) or Motor, behind the connman pool.
+
+Maps the schema to client keywords, feeds the stats from CMAP pool events, and emulates what PyMongo
+lacks: a max connection lifetime (with jitter).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from pymongo import monitoring
+
+from .._pool import Pool
+from .._url import url_path_database
+from ..config import PoolConfig
+from ..stats import EventHub
+
+logger = logging.getLogger("connman.mongo")
+
+
+def client_options(name: str, config: PoolConfig) -> dict[str, Any]:
+    """The client keywords for a pool config: the mapping table, as code."""
+    kw: dict[str, Any] = {
+        "minPoolSize": config.size,
+        "maxPoolSize": config.max_size,
+        # connman's gate bounds the wait; the native timeout is a backstop just beyond it.
+        "waitQueueTimeoutMS": int((config.timeout + 1.0) * 1000),
+        "connectTimeoutMS": int(config.connect_timeout * 1000),
+        "serverSelectionTimeoutMS": int(config.connect_timeout * 1000),
+        "appname": f"connman:{name}",
+    }
+    if config.idle is not None:
+        kw["maxIdleTimeMS"] = int(config.idle * 1000)
+    kw.update(config.options)
+    return kw
+
+
+def database_of(config: PoolConfig) -> str:
+    """The database a session yields: the `database` field, else the URL's path."""
+    db = config.database or url_path_database(config.url.get_secret_value())
+    if not db:
+        raise ValueError("no database: set 'database' or put it in the URL path")
+    return db
+
+
+class _CMAPListener(monitoring.ConnectionPoolListener):
+    """Turns PyMongo's pool events into connman stats; thread-safe (Motor calls from threads)."""
+
+    def __init__(self, pool: MongoPool) -> None:
+        self.pool = pool
+        self.lock = threading.Lock()
+        self.open = 0
+        self.in_use = 0
+        self.deadlines: dict[tuple[Any, int], float] = {}
+        self.marked: set[tuple[Any, int]] = set()
+
+    def pool_created(self, event: Any) -> None:
+        """Nothing to count."""
+
+    def pool_ready(self, event: Any) -> None:
+        """Nothing to count."""
+
+    def pool_cleared(self, event: Any) -> None:
+        """Nothing to count: the cleared connections are counted as they close."""
+
+    def pool_closed(self, event: Any) -> None:
+        """Nothing to count."""
+
+    def connection_created(self, event: Any) -> None:
+        """A connection attempt began."""
+        cfg = self.pool.config
+        with self.lock:
+            self.open += 1
+            if cfg.recycle is not None:
+                life = cfg.recycle * (1 - cfg.recycle_jitter * random.random())
+                self.deadlines[(event.address, event.connection_id)] = time.monotonic() + life
+        self.pool.counters.add("connections_num")
+
+    def connection_ready(self, event: Any) -> None:
+        """A connection finished its handshake."""
+        duration = getattr(event, "duration", None)
+        if duration is not None:
+            self.pool.counters.add("connections_ms", int(duration * 1000))
+        self.pool._emit("connect", (duration or 0.0) * 1000)
+
+    def connection_closed(self, event: Any) -> None:
+        """A connection was closed; count why."""
+        key = (event.address, event.connection_id)
+        with self.lock:
+            self.open -= 1
+            self.deadlines.pop(key, None)
+            was_marked = key in self.marked
+            self.marked.discard(key)
+        reason = event.reason
+        if reason == monitoring.ConnectionClosedReason.IDLE:
+            name = "idle_close"
+        elif reason == monitoring.ConnectionClosedReason.STALE:
+            name = "recycle" if was_marked else "lost"
+        elif reason == monitoring.ConnectionClosedReason.ERROR:
+            name = "lost"
+        else:
+            name = "close"
+        self.pool.connection_event(name, reason=str(reason))
+
+    def connection_check_out_started(self, event: Any) -> None:
+        """Nothing to count."""
+
+    def connection_check_out_failed(self, event: Any) -> None:
+        """A checkout failed; a connection error counts as a failed connection attempt."""
+        if event.reason == monitoring.ConnectionCheckOutFailedReason.CONN_ERROR:
+            self.pool.counters.add("connections_errors")
+
+    def connection_checked_out(self, event: Any) -> None:
+        """A connection left the idle set."""
+        with self.lock:
+            self.in_use += 1
+
+    def connection_checked_in(self, event: Any) -> None:
+        """A connection came back to the idle set."""
+        with self.lock:
+            self.in_use -= 1
+
+    def expired(self, address: Any, conn_id: int, now: float) -> bool:
+        """Whether this connection outlived its (jittered) lifetime; marks it if so."""
+        key = (address, conn_id)
+        with self.lock:
+            deadline = self.deadlines.get(key)
+            if deadline is None or now < deadline or key in self.marked:
+                return False
+            self.marked.add(key)
+            return True
+
+
+class _CommandLogger(monitoring.CommandListener):
+    """Logs every command (the `echo` setting)."""
+
+    def __init__(self, pool_name: str) -> None:
+        self.pool_name = pool_name
+
+    def started(self, event: Any) -> None:
+        """Log the command name and database."""
+        logger.info("connman[%s]: %s on %s", self.pool_name, event.command_name,
+                    event.database_name)
+
+    def succeeded(self, event: Any) -> None:
+        """Nothing to log."""
+
+    def failed(self, event: Any) -> None:
+        """Log the failure."""
+        logger.info("connman[%s]: %s failed", self.pool_name, event.command_name)
+
+
+class MongoPool(Pool):
+    """A pool whose sessions are database handles of one Mongo client."""
+
+    backend = "mongo"
+
+    def __init__(self, name: str, config: PoolConfig, hub: EventHub) -> None:
+        super().__init__(name, config, hub)
+        self._options = client_options(name, config)
+        self._database = database_of(config)
+        self._listener = _CMAPListener(self)
+        self._client: Any = None
+        self._db: Any = None
+        self._motor = config.driver_name == "motor"
+
+    async def _open(self) -> None:
+        listeners: list[Any] = [self._listener]
+        if self.config.echo:
+            listeners.append(_CommandLogger(self.name))
+        url = self.config.url.get_secret_value()
+        if self._motor:
+            from motor.motor_asyncio import AsyncIOMotorClient
+
+            self._client = AsyncIOMotorClient(url, event_listeners=listeners, **self._options)
+        else:
+            from pymongo import AsyncMongoClient
+
+            self._client = AsyncMongoClient(url, event_listeners=listeners, **self._options)
+        self._db = self._client[self._database]
+        import asyncio
+
+        # Warm `size` connections: concurrent pings make the pool open them now, not on demand.
+        await asyncio.gather(*(self._client.admin.command("ping")
+                               for _ in range(max(1, self.config.size))))
+
+    async def _close(self) -> None:
+        client, self._client = self._client, None
+        if client is None:
+            return
+        if self._motor:
+            client.close()
+        else:
+            await client.close()
+
+    def _maintenance_interval(self) -> float | None:
+        if self.config.recycle is None:
+            return None
+        return max(0.05, min(1.0, self.config.recycle / 20))
+
+    async def _maintain(self) -> None:
+        # PyMongo has no max lifetime. Mark idle connections past their (jittered) deadline with an
+        # outdated generation: PyMongo then closes them as stale instead of reusing them.
+        client = self._client
+        if client is None:
+            return
+        topology = (client.delegate if self._motor else client)._topology
+        now = time.monotonic()
+        for server in list(getattr(topology, "_servers", {}).values()):
+            pool = server.pool
+            try:
+                conns = list(pool.conns)
+            except RuntimeError:  # mutated by a Motor worker thread meanwhile; next round
+                continue
+            for conn in conns:
+                if self._listener.expired(pool.address, conn.id, now):
+                    conn.generation = -1
+
+    @asynccontextmanager
+    async def _unit(self) -> AsyncIterator[Any]:
+        yield self._db
+
+    @asynccontextmanager
+    async def _raw(self) -> AsyncIterator[Any]:
+        yield self._db
+
+    async def ping(self) -> float:
+        """One `ping` command; latency in milliseconds."""
+        t0 = time.perf_counter()
+        await self._require_client().admin.command("ping")
+        return (time.perf_counter() - t0) * 1000
+
+    def _require_client(self) -> Any:
+        if self._client is None:
+            raise RuntimeError(f"pool {self.name!r} is not open")
+        return self._client
+
+    def _gauges(self) -> tuple[int, int]:
+        with self._listener.lock:
+            return self._listener.open, max(0, self._listener.open - self._listener.in_use)
+
+    def native(self) -> Any:
+        """The `AsyncMongoClient` (or Motor client)."""
+        return self._require_client()
+
+    @property
+    def database(self) -> Any:
+        """The database handle sessions yield."""
+        return self._db
+
+    def driver_options(self) -> dict[str, Any]:
+        """The client keywords the mapping produced."""
+        return dict(self._options)
+
+    async def server_info(self) -> dict[str, Any]:
+        """Version, connection limit and current connections from `buildInfo`/`serverStatus`."""
+        client = self._require_client()
+        info: dict[str, Any] = {"version": None, "max_connections": None, "reserved": 0,
+                                "server_connections": None}
+        build = await client.admin.command("buildInfo")
+        info["version"] = build.get("version")
+        try:
+            status = await client.admin.command("serverStatus")
+        except Exception:
+            return info
+        conns = status.get("connections") or {}
+        if "current" in conns:
+            info["server_connections"] = int(conns["current"])
+            if "available" in conns:
+                info["max_connections"] = int(conns["current"]) + int(conns["available"])
+        return info

@@ -1,0 +1,311 @@
+"""The one pool configuration schema, its presets, and the settings loader."""
+
+from __future__ import annotations
+
+import contextvars
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    JsonConfigSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from ._mapping import CONFLICTS
+from ._url import SecretURL, url_path_database
+from .errors import ConfigurationError
+
+__all__ = [
+    "PRESETS", "SCHEMES", "ConnmanSettings", "PoolConfig", "backend_of", "load_settings",
+    "validate_pools",
+]
+
+_config_file: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "connman_config_file", default=None)
+
+# URL scheme -> (backend, driver, extra to install)
+SCHEMES: dict[str, tuple[str, str, str]] = {
+    "postgresql+asyncpg": ("sqlalchemy", "asyncpg", "postgres"),
+    "mysql+aiomysql": ("sqlalchemy", "aiomysql", "mysql"),
+    "mysql+asyncmy": ("sqlalchemy", "asyncmy", "mysql"),
+    "sqlite+aiosqlite": ("sqlalchemy", "aiosqlite", "sqlite"),
+    "mongodb": ("mongo", "pymongo", "mongo"),
+    "mongodb+srv": ("mongo", "pymongo", "mongo"),
+}
+
+# Presets fill the fields a pool does not set. Reasons are in docs/configuration.md.
+PRESETS: dict[str, dict[str, Any]] = {
+    # Few connections, short waits and leak warnings: problems show up on a laptop, not in prod.
+    "development": {"size": 2, "overflow": 3, "timeout": 5.0, "recycle": 300.0, "idle": 60.0,
+                    "pre_ping": True, "leak_threshold": 10.0},
+    # HikariCP-like: steady pool, 30 min lifetime, 10 min idle, pre-ping after restarts.
+    "production": {"size": 10, "overflow": 10, "timeout": 10.0, "recycle": 1800.0, "idle": 600.0,
+                   "pre_ping": True},
+    # Many short requests: bigger pool, fail fast and shed load rather than queue.
+    "high_traffic": {"size": 20, "overflow": 20, "timeout": 2.0, "recycle": 1800.0, "idle": 300.0,
+                     "pre_ping": True, "max_waiting": 200},
+}
+
+
+def backend_of(scheme: str) -> tuple[str, str, str]:
+    """(backend, driver, extra) for a URL scheme, or a ValueError listing the supported ones."""
+    try:
+        return SCHEMES[scheme]
+    except KeyError:
+        supported = ", ".join(f"{s}://" for s in SCHEMES)
+        raise ValueError(f"unsupported URL scheme {scheme!r}; supported: {supported}") from None
+
+
+class PoolConfig(BaseModel):
+    """One pool's settings, with the same meaning on every backend (see docs/mapping.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    url: SecretURL
+    """Database URL; its scheme picks the backend. Masked in every repr, log and error."""
+    preset: Literal["development", "production", "high_traffic"] | None = None
+    """Fill unset fields from a preset; fields set explicitly win."""
+    size: int = Field(5, ge=0, le=10_000)
+    """Connections kept open and warmed at startup (SQLAlchemy's default, 5)."""
+    overflow: int = Field(10, ge=0, le=10_000)
+    """Extra connections opened under load above `size` and closed when returned."""
+    timeout: float = Field(30.0, gt=0, le=3600)
+    """Seconds a request waits for a connection before `PoolTimeout` (SQLAlchemy's 30 s)."""
+    recycle: float | None = Field(1800.0, gt=0)
+    """Max lifetime of a connection in seconds (HikariCP's 30 min); None keeps them forever."""
+    recycle_jitter: float = Field(0.05, ge=0, lt=1)
+    """Fraction of `recycle` by which each connection expires early, at random (psycopg's 5 %)."""
+    idle: float | None = Field(600.0, gt=0)
+    """Seconds unused after which a connection is closed instead of reused (HikariCP's 10 min)."""
+    pre_ping: bool = True
+    """Check a connection is alive before handing it out, so a restart costs no request."""
+    connect_timeout: float = Field(10.0, gt=0, le=600)
+    """Seconds to open one connection; startup fails within this, naming the pool."""
+    database: str | None = None
+    """Mongo: database a session yields (default: the URL's path). SQL: must be unset."""
+    driver: Literal["pymongo", "motor"] | None = None
+    """Mongo client library: `pymongo` (AsyncMongoClient, default) or `motor`."""
+    echo: bool = False
+    """Log every statement (SQL) or command (Mongo)."""
+    max_waiting: int = Field(0, ge=0)
+    """Refuse a request at once with `TooManyWaiters` when this many already wait; 0: no limit."""
+    leak_threshold: float | None = Field(None, gt=0)
+    """Warn once, with the checkout stack, when a connection is held longer than this (seconds)."""
+    drain_timeout: float = Field(10.0, ge=0)
+    """Seconds shutdown waits for checked-out connections before disposing the pool."""
+    required: bool = True
+    """Health turns 503 when this pool is down; an optional pool only reports."""
+    retry_after: int | None = Field(None, ge=0)
+    """`Retry-After` seconds on a 503 for this pool; default: `ceil(timeout)`, at least 1."""
+    external_pooler: Literal["pgbouncer"] | None = None
+    """Set to `pgbouncer` when a transaction-mode PgBouncer sits in front of PostgreSQL."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Raw driver keyword arguments passed through; a key a field above sets is an error."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and data.get("preset") is not None:
+            preset = PRESETS.get(str(data["preset"]))
+            if preset is not None:
+                return {**preset, **data}
+        return data
+
+    @model_validator(mode="after")
+    def _check_backend(self) -> PoolConfig:
+        backend, _, _ = backend_of(self.url.scheme)
+        if self.size + self.overflow < 1:
+            raise ValueError("size + overflow must be at least 1")
+        if backend == "sqlalchemy":
+            if self.driver is not None:
+                raise ValueError("'driver' applies to mongodb:// pools only")
+            if self.database is not None:
+                raise ValueError("'database' applies to mongodb:// pools only; "
+                                 "for SQL put the database in the URL path")
+        else:
+            if self.external_pooler is not None:
+                raise ValueError("'external_pooler' applies to PostgreSQL pools only")
+            if not (self.database or url_path_database(self.url.get_secret_value())):
+                raise ValueError("no database: set 'database' or put it in the URL path")
+        conflicts = CONFLICTS[backend]
+        for key in self.options:
+            field = conflicts.get(key if backend == "sqlalchemy" else key.lower())
+            if field is not None:
+                raise ValueError(f"options[{key!r}] conflicts with the field {field!r}; "
+                                 f"set {field!r} instead")
+        return self
+
+    @property
+    def backend(self) -> str:
+        """`sqlalchemy` or `mongo`, from the URL scheme."""
+        return backend_of(self.url.scheme)[0]
+
+    @property
+    def driver_name(self) -> str:
+        """The driver library: asyncpg, aiomysql, asyncmy, aiosqlite, pymongo or motor."""
+        _, driver, _ = backend_of(self.url.scheme)
+        return self.driver or driver
+
+    @property
+    def extra(self) -> str:
+        """The pip extra that installs this pool's driver."""
+        if self.driver == "motor":
+            return "motor"
+        return backend_of(self.url.scheme)[2]
+
+    @property
+    def max_size(self) -> int:
+        """The most connections this pool opens: `size + overflow`."""
+        return self.size + self.overflow
+
+    @property
+    def retry_after_s(self) -> int:
+        """Seconds a client is told to wait after a 503 from this pool."""
+        if self.retry_after is not None:
+            return self.retry_after
+        return max(1, math.ceil(min(self.timeout, 60)))
+
+    def __repr_args__(self) -> Any:
+        for key, value in super().__repr_args__():
+            if key == "options":
+                yield key, {k: ("***" if _looks_secret(k) else v) for k, v in value.items()}
+            else:
+                yield key, value
+
+
+def _looks_secret(key: str) -> bool:
+    return any(word in key.lower() for word in ("pass", "secret", "token", "key", "credential"))
+
+
+def _field_of(loc: tuple[int | str, ...]) -> str:
+    parts = [str(p) for p in loc if not str(p).startswith("function-")]
+    return ".".join(parts) if parts else "(pool)"
+
+
+def _describe(err: Any) -> str:
+    msg = str(err["msg"])
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    return msg
+
+
+def config_error(pool: str, exc: ValidationError) -> ConfigurationError:
+    """Turn pydantic's error into one that names the pool and the field, and never the URL."""
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0]
+    field = _field_of(tuple(first["loc"]))
+    details = "; ".join(f"{_field_of(tuple(e['loc']))}: {_describe(e)}" for e in errors)
+    return ConfigurationError(f"pool {pool!r}: {details}", pool=pool, field=field)
+
+
+def validate_pools(pools: Mapping[str, Any]) -> dict[str, PoolConfig]:
+    """Validate a mapping of pool name -> PoolConfig or dict; errors name the pool and field."""
+    out: dict[str, PoolConfig] = {}
+    for name, raw in pools.items():
+        if not isinstance(name, str) or not name or not name.replace("_", "").replace(
+            "-", ""
+        ).isalnum():
+            raise ConfigurationError(
+                f"pool name {name!r} is invalid: use letters, digits, '-' and '_'",
+                pool=str(name), field="name",
+            )
+        key = name.lower()
+        if key in out:
+            raise ConfigurationError(f"pool {name!r} is defined twice (names are case-insensitive)",
+                                     pool=name, field="name")
+        if isinstance(raw, PoolConfig):
+            out[key] = raw
+            continue
+        if isinstance(raw, str):
+            raw = {"url": raw}
+        if not isinstance(raw, Mapping):
+            raise ConfigurationError(f"pool {name!r}: expected a mapping of fields or a URL",
+                                     pool=name, field="(pool)")
+        try:
+            out[key] = PoolConfig.model_validate(dict(raw))
+        except ValidationError as exc:
+            raise config_error(name, exc) from None
+    if not out:
+        raise ConfigurationError("no pools configured: set CONNMAN_POOLS__<NAME>__URL",
+                                 field="pools")
+    return out
+
+
+class ConnmanSettings(BaseSettings):
+    """Settings read from the environment (`CONNMAN_POOLS__MAIN__URL=...`), `.env` or a file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CONNMAN_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    pools: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Pools by name; each is validated as a `PoolConfig`."""
+    workers: int = Field(1, ge=1)
+    """Worker processes per replica that each open these pools (for the connection budget)."""
+    replicas: int = Field(1, ge=1)
+    """Replicas of the service (for the connection budget)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment over .env over the config file (TOML or JSON, by its suffix)."""
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        path = _config_file.get() or os.environ.get("CONNMAN_CONFIG_FILE")
+        if path:
+            if path.endswith(".json"):
+                sources.append(JsonConfigSettingsSource(settings_cls, json_file=path))
+            else:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+
+def load_settings(*, env_file: str | Path | None = ".env",
+                  config_file: str | Path | None = None) -> ConnmanSettings:
+    """Read `ConnmanSettings` from the environment, `.env` and an optional TOML/JSON file.
+
+    Errors are `ConfigurationError`s that name the pool and the field, never a URL.
+    """
+    token = _config_file.set(str(config_file) if config_file is not None else None)
+    try:
+        settings = ConnmanSettings(_env_file=env_file)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        err = exc.errors(include_url=False, include_input=False)[0]
+        loc = [str(p) for p in err["loc"]]
+        pool = loc[1] if len(loc) > 1 and loc[0] == "pools" else None
+        field = ".".join(loc[2:] if pool else loc) or "(settings)"
+        prefix = f"pool {pool!r}: " if pool else ""
+        raise ConfigurationError(f"{prefix}{field}: {err['msg']}", pool=pool,
+                                 field=field) from None
+    except Exception as exc:  # pydantic-settings' SettingsError: bad JSON in a variable, ...
+        raise ConfigurationError(f"settings could not be read: {type(exc).__name__}",
+                                 field="(settings)") from None
+    finally:
+        _config_file.reset(token)
+    for cfg in settings.pools.values():
+        opts = cfg.get("options")
+        if isinstance(opts, str):  # CONNMAN_POOLS__MAIN__OPTIONS='{"k": 1}'
+            import json
+
+            try:
+                cfg["options"] = json.loads(opts)
+            except ValueError:
+                pass
+    return settings

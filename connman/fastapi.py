@@ -1,0 +1,82 @@
+"""FastAPI glue: 503 with `Retry-After` for an exhausted pool, exception handlers, a health router."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+try:
+    from fastapi import APIRouter, FastAPI, HTTPException, Request
+    from fastapi.responses import JSONResponse
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    from .errors import MissingDependency
+
+    raise MissingDependency("connman.fastapi needs FastAPI: pip install 'connman[fastapi]'") from exc
+
+from .errors import PoolClosed, PoolTimeout
+
+if TYPE_CHECKING:
+    from .manager import ConnectionManager
+
+__all__ = ["add_exception_handlers", "health_router", "unavailable_from"]
+
+
+def unavailable_from(exc: BaseException) -> HTTPException | None:
+    """The 503 a client should get for a pool error (timeout, too many waiters, closed), or None."""
+    if isinstance(exc, PoolTimeout):
+        return HTTPException(503, detail=f"database pool {exc.pool!r} is busy",
+                             headers={"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, PoolClosed):
+        return HTTPException(503, detail=f"database pool {exc.pool!r} is shutting down",
+                             headers={"Retry-After": "1"})
+    return None
+
+
+async def _handle(request: Request, exc: Exception) -> JSONResponse:
+    http = unavailable_from(exc)
+    assert http is not None
+    return JSONResponse({"detail": http.detail}, status_code=http.status_code,
+                        headers=http.headers)
+
+
+def add_exception_handlers(app: FastAPI) -> None:
+    """Answer `PoolTimeout`/`PoolClosed` raised anywhere in a handler with 503 + `Retry-After`.
+
+    `Depends(manager.session(...))` needs none of this; it is for `async with manager.session()`
+    inside a handler or background code that runs in a request.
+    """
+    app.add_exception_handler(PoolTimeout, _handle)
+    app.add_exception_handler(PoolClosed, _handle)
+
+
+def health_router(manager: ConnectionManager, *, prefix: str = "/health",
+                  include_stats: bool = True, ping_timeout: float = 2.0) -> APIRouter:
+    """A router with GET `prefix`: each pool's status, ping latency and stats.
+
+    Answers 503 when any pool marked `required` is down; URLs are shown masked.
+    """
+    router = APIRouter(prefix=prefix, tags=["health"])
+
+    async def check(name: str) -> dict[str, Any]:
+        pool = manager.pool(name)
+        entry: dict[str, Any] = {"backend": pool.backend, "driver": pool.config.driver_name,
+                                 "url": pool.config.url.masked, "required": pool.config.required}
+        try:
+            ms = await asyncio.wait_for(pool.ping(), ping_timeout)
+            entry.update(status="up", ping_ms=round(ms, 3))
+        except Exception as exc:
+            entry.update(status="down", error=pool.redact(f"{type(exc).__name__}: {exc}")[:300])
+        if include_stats:
+            entry["stats"] = pool.stats()
+        return entry
+
+    @router.get("", summary="Pool health")
+    async def health() -> JSONResponse:
+        names = manager.names
+        results = await asyncio.gather(*(check(n) for n in names))
+        pools = dict(zip(names, results, strict=True))
+        down = [n for n, e in pools.items() if e["status"] != "up" and e["required"]]
+        body = {"status": "down" if down else "up", "pools": pools}
+        return JSONResponse(body, status_code=503 if down else 200)
+
+    return router
