@@ -21,32 +21,32 @@ from .stats import COUNTER_KEYS, EVENT_NAMES, GAUGE_KEYS, STAT_KEYS, PoolEvent
 __version__ = "0.1.0"
 
 __all__ = [
-    # manager
-    "ConnectionManager",
-    "Pool",
-    "SessionProvider",
-    # configuration
-    "PRESETS",
-    "ConnmanSettings",
-    "PoolConfig",
-    "SecretURL",
-    "load_settings",
-    "mask_url",
     # stats and events
     "COUNTER_KEYS",
     "EVENT_NAMES",
     "GAUGE_KEYS",
+    # configuration
+    "PRESETS",
     "STAT_KEYS",
-    "PoolEvent",
     # errors
     "ConfigurationError",
+    # manager
+    "ConnectionManager",
     "ConnmanError",
+    "ConnmanSettings",
     "MissingDependency",
+    "Pool",
     "PoolClosed",
+    "PoolConfig",
+    "PoolEvent",
     "PoolStartupError",
     "PoolTimeout",
+    "SecretURL",
+    "SessionProvider",
     "TooManyWaiters",
     "UnknownPool",
+    "load_settings",
+    "mask_url",
 ]
 
 for _name in __all__:

@@ -119,7 +119,7 @@ class Pool(abc.ABC):
     async def server_info(self) -> dict[str, Any]:
         """Server version, connection limit and the connections this pool holds, server-side."""
 
-    async def _maintain(self) -> None:
+    async def _maintain(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Periodic housekeeping a backend needs (emulated lifetimes); default: nothing."""
 
     def _maintenance_interval(self) -> float | None:
@@ -359,9 +359,3 @@ class Pool(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<Pool {self.state()}>"
-
-
-def startup_error(pool: Pool, exc: BaseException) -> PoolStartupError:
-    """A PoolStartupError for `pool`, its message redacted."""
-    return PoolStartupError(pool.redact(f"pool {pool.name!r} ({pool.config.url.masked}): {exc}"),
-                            pool=pool.name)

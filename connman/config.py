@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import math
 import os
@@ -9,7 +10,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     JsonConfigSettingsSource,
@@ -61,6 +69,14 @@ def backend_of(scheme: str) -> tuple[str, str, str]:
     except KeyError:
         supported = ", ".join(f"{s}://" for s in SCHEMES)
         raise ValueError(f"unsupported URL scheme {scheme!r}; supported: {supported}") from None
+
+
+class FieldError(ValueError):
+    """A cross-field check failed; carries the field to blame, for the error message."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class PoolConfig(BaseModel):
@@ -118,28 +134,36 @@ class PoolConfig(BaseModel):
                 return {**preset, **data}
         return data
 
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: SecretURL) -> SecretURL:
+        backend_of(url.scheme)
+        return url
+
     @model_validator(mode="after")
     def _check_backend(self) -> PoolConfig:
         backend, _, _ = backend_of(self.url.scheme)
         if self.size + self.overflow < 1:
-            raise ValueError("size + overflow must be at least 1")
+            raise FieldError("size", "size + overflow must be at least 1")
         if backend == "sqlalchemy":
             if self.driver is not None:
-                raise ValueError("'driver' applies to mongodb:// pools only")
+                raise FieldError("driver", "'driver' applies to mongodb:// pools only")
             if self.database is not None:
-                raise ValueError("'database' applies to mongodb:// pools only; "
+                raise FieldError("database", "'database' applies to mongodb:// pools only; "
                                  "for SQL put the database in the URL path")
         else:
             if self.external_pooler is not None:
-                raise ValueError("'external_pooler' applies to PostgreSQL pools only")
+                raise FieldError("external_pooler",
+                                 "'external_pooler' applies to PostgreSQL pools only")
             if not (self.database or url_path_database(self.url.get_secret_value())):
-                raise ValueError("no database: set 'database' or put it in the URL path")
+                raise FieldError("database",
+                                 "no database: set 'database' or put it in the URL path")
         conflicts = CONFLICTS[backend]
         for key in self.options:
             field = conflicts.get(key if backend == "sqlalchemy" else key.lower())
             if field is not None:
-                raise ValueError(f"options[{key!r}] conflicts with the field {field!r}; "
-                                 f"set {field!r} instead")
+                raise FieldError("options", f"options[{key!r}] conflicts with the field "
+                                 f"{field!r}; set {field!r} instead")
         return self
 
     @property
@@ -184,8 +208,11 @@ def _looks_secret(key: str) -> bool:
     return any(word in key.lower() for word in ("pass", "secret", "token", "key", "credential"))
 
 
-def _field_of(loc: tuple[int | str, ...]) -> str:
-    parts = [str(p) for p in loc if not str(p).startswith("function-")]
+def _field_of(err: Any) -> str:
+    parts = [str(p) for p in err["loc"] if not str(p).startswith("function-")]
+    cause = (err.get("ctx") or {}).get("error")
+    if not parts and isinstance(cause, FieldError):
+        return cause.field
     return ".".join(parts) if parts else "(pool)"
 
 
@@ -199,9 +226,8 @@ def _describe(err: Any) -> str:
 def config_error(pool: str, exc: ValidationError) -> ConfigurationError:
     """Turn pydantic's error into one that names the pool and the field, and never the URL."""
     errors = exc.errors(include_url=False, include_input=False)
-    first = errors[0]
-    field = _field_of(tuple(first["loc"]))
-    details = "; ".join(f"{_field_of(tuple(e['loc']))}: {_describe(e)}" for e in errors)
+    field = _field_of(errors[0])
+    details = "; ".join(f"{_field_of(e)}: {_describe(e)}" for e in errors)
     return ConfigurationError(f"pool {pool!r}: {details}", pool=pool, field=field)
 
 
@@ -304,8 +330,6 @@ def load_settings(*, env_file: str | Path | None = ".env",
         if isinstance(opts, str):  # CONNMAN_POOLS__MAIN__OPTIONS='{"k": 1}'
             import json
 
-            try:
+            with contextlib.suppress(ValueError):
                 cfg["options"] = json.loads(opts)
-            except ValueError:
-                pass
     return settings

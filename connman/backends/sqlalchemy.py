@@ -15,7 +15,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event, exc, text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from .._pool import Pool, shielded
@@ -40,7 +45,11 @@ def engine_options(name: str, config: PoolConfig) -> dict[str, Any]:
             f"pool {name!r}: url: an in-memory SQLite database cannot be pooled; use a file",
             pool=name, field="url")
     opts = dict(config.options)
-    connect_args: dict[str, Any] = dict(opts.pop("connect_args", {}) or {})
+    raw_args = opts.pop("connect_args", None) or {}
+    if not isinstance(raw_args, dict):
+        raise ConfigurationError(f"pool {name!r}: options: 'connect_args' must be a mapping",
+                                 pool=name, field="options")
+    connect_args: dict[str, Any] = dict(raw_args)
     arg = _CONNECT_TIMEOUT_ARG.get(driver)
     if arg is not None:
         connect_args.setdefault(arg, config.connect_timeout)
