@@ -11,6 +11,7 @@ import abc
 import asyncio
 import collections
 import logging
+import random
 import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable
@@ -50,6 +51,14 @@ async def shielded(aw: Awaitable[T], timeout: float | None = None) -> T:
     if cancelled:
         raise asyncio.CancelledError
     return result
+
+
+def jittered_lifetime(recycle: float, jitter: float) -> float:
+    """A connection's lifetime: `recycle` shortened by up to `jitter` of it, at random.
+
+    Like HikariCP's and psycopg_pool's, so connections opened together do not expire together.
+    """
+    return recycle * (1.0 - jitter * random.random())
 
 
 class Lease:

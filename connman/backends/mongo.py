@@ -7,7 +7,6 @@ lacks: a max connection lifetime (with jitter).
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -16,7 +15,7 @@ from typing import Any
 
 from pymongo import monitoring
 
-from .._pool import Pool
+from .._pool import Pool, jittered_lifetime
 from .._url import url_path_database
 from ..config import PoolConfig
 from ..stats import EventHub
@@ -78,7 +77,7 @@ class _CMAPListener(monitoring.ConnectionPoolListener):
         with self.lock:
             self.open += 1
             if cfg.recycle is not None:
-                life = cfg.recycle * (1 - cfg.recycle_jitter * random.random())
+                life = jittered_lifetime(cfg.recycle, cfg.recycle_jitter)
                 self.deadlines[(event.address, event.connection_id)] = time.monotonic() + life
         self.pool.counters.add("connections_num")
 

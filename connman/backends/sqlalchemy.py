@@ -8,7 +8,6 @@ what SQLAlchemy lacks: an idle timeout, lifetime jitter (both checked at checkou
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,7 +22,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
-from .._pool import Pool, shielded
+from .._pool import Pool, jittered_lifetime, shielded
 from ..config import PoolConfig
 from ..errors import ConfigurationError
 from ..stats import EventHub
@@ -134,7 +133,7 @@ class SQLAlchemyPool(Pool):
             now = time.monotonic()
             rec.info["cm_born"] = now
             if cfg.recycle is not None:
-                rec.info["cm_deadline"] = now + cfg.recycle * (1 - cfg.recycle_jitter * random.random())
+                rec.info["cm_deadline"] = now + jittered_lifetime(cfg.recycle, cfg.recycle_jitter)
             self._emit("connect")
 
         @event.listens_for(pool, "checkout")

@@ -1,0 +1,872 @@
+"""Throwaway real database servers for tests, benchmarks and the demo.
+
+Modelled on asyncpg's ``asyncpg/cluster.py``: each server starts on a random free loopback port in
+its own temp dir (``connman-<name>-*``), is polled until it answers a real request, and is stopped
+cleanly: its whole process group is ended and the temp dir removed. Nothing here is a mock.
+
+The module imports with the standard library alone: readiness is checked with each server's own
+client tool (``pg_isready``, ``mariadb``, ``psql``) or, for the MongoDB-wire server, a hand-built
+``OP_MSG`` ``ping``. An ``atexit`` hook stops every server still running when the interpreter exits.
+
+When run as root, PostgreSQL and PgBouncer run as the ``postgres`` user and MariaDB as ``mysql``
+(they refuse to run as root); the temp dirs are chowned to that user.
+"""
+
+from __future__ import annotations
+
+import abc
+import atexit
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, ClassVar, Self
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+
+__all__ = [
+    "ExternalServer",
+    "LocalServer",
+    "MariaDBServer",
+    "MongoWireServer",
+    "PgBouncerServer",
+    "PostgresServer",
+    "Server",
+    "ServerError",
+    "free_port",
+    "server_from_env",
+]
+
+LOOPBACK = "127.0.0.1"
+"""The address every throwaway server listens on."""
+
+_LOG_TAIL_LINES = 20
+_PROBE_TIMEOUT = 5.0
+
+
+class ServerError(RuntimeError):
+    """A throwaway server could not be started; says which and why (with the tail of its log)."""
+
+
+def free_port() -> int:
+    """Return a TCP port on the loopback interface that is free right now."""
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def _port_is_free(port: int) -> bool:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((LOOPBACK, port))
+        except OSError:
+            return False
+        return True
+
+
+def _port_accepts(host: str, port: int, timeout: float) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _log_tail(path: Path | None, lines: int = _LOG_TAIL_LINES) -> str:
+    if path is None:
+        return "(no log)"
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return f"(log {path} unreadable: {exc})"
+    tail = text.splitlines()[-lines:]
+    return "\n".join(tail) if tail else "(log is empty)"
+
+
+def _killpg(pid: int, sig: int = signal.SIGKILL) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def _parent_pids() -> dict[int, list[int]]:
+    """Map each pid to its children's pids, from ``/proc`` (empty where there is none)."""
+    children: dict[int, list[int]] = {}
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = Path(entry.path, "stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[-1].split()  # after "pid (comm)": state ppid ...
+            if len(fields) > 1 and fields[1].isdigit():
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+    return children
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (PostgreSQL's children leave its process group)."""
+    tree = _parent_pids()
+    found: list[int] = []
+    stack = [pid]
+    while stack:
+        kids = tree.get(stack.pop(), [])
+        found += kids
+        stack += kids
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    fields = stat.rsplit(")", 1)[-1].split()
+    return not fields or fields[0] not in ("Z", "X")
+
+
+def _kill_tree(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGKILL a process, its process group and all its descendants; wait until they are gone."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        proc.send_signal(signal.SIGSTOP)  # no new children while we look
+    victims = _descendants(proc.pid) if proc.poll() is None else []
+    _killpg(proc.pid)
+    for pid in victims:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while any(_alive(pid) for pid in victims) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _find_binary(name: str, *fallbacks: str | Path) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    for candidate in fallbacks:
+        if Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+# Every LocalServer that has a temp dir; stopped at interpreter exit.
+_live: set[LocalServer] = set()
+_live_lock = threading.Lock()
+
+
+def _stop_all() -> None:
+    with _live_lock:
+        servers = list(_live)
+    for server in servers:
+        server.stop()
+
+
+atexit.register(_stop_all)
+
+
+class Server(abc.ABC):
+    """A database server the tests talk to: host, port, lifecycle and connection URLs."""
+
+    name: str
+    host: str
+    port: int
+
+    # URL parts, set by subclasses.
+    _scheme: str = ""
+    _database: str = ""
+    _query: Mapping[str, str] = {}
+    _driver_in_scheme: bool = True
+
+    @abc.abstractmethod
+    def start(self) -> Self:
+        """Start the server (idempotent) and wait until it answers; raise ServerError if not."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Stop the server and remove its temp dir (idempotent, never raises)."""
+
+    @abc.abstractmethod
+    def restart(self) -> None:
+        """Stop the process and start it again on the same port with the same data."""
+
+    @abc.abstractmethod
+    def kill(self) -> None:
+        """SIGKILL the server process, keeping its data dir (for fault tests)."""
+
+    @property
+    @abc.abstractmethod
+    def running(self) -> bool:
+        """Whether the server process is up."""
+
+    @abc.abstractmethod
+    def _netloc(self) -> str:
+        """The ``user@host:port`` part of the URL."""
+
+    def url(self, driver: str | None = None, database: str | None = None, **query: str) -> str:
+        """A connection URL; ``driver`` goes in the scheme (``postgresql+asyncpg``), ``query`` adds
+        URL parameters."""
+        scheme = self._scheme
+        if driver and self._driver_in_scheme:
+            scheme = f"{scheme}+{driver}"
+        db = self._database if database is None else database
+        params = {**self._query, **query}
+        out = f"{scheme}://{self._netloc()}/{quote(db, safe='')}"
+        if params:
+            out += "?" + urlencode(params)
+        return out
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<{type(self).__name__} {self.name} {self.host}:{self.port} {state}>"
+
+
+class LocalServer(Server):
+    """A server process run by this library in its own temp dir, on a random loopback port."""
+
+    _user_name: ClassVar[str] = ""  # the OS user to run as when we are root ("" = ourselves)
+    _stop_signal: ClassVar[int] = signal.SIGTERM
+    # stop() discards the data anyway: True skips the graceful shutdown when that is slow.
+    _kill_on_stop: ClassVar[bool] = False
+
+    def __init__(self, *, port: int | None = None, start_timeout: float = 30.0,
+                 stop_timeout: float = 10.0) -> None:
+        self.host = LOOPBACK
+        self._fixed_port = port is not None
+        self.port = port if port is not None else free_port()
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self.tmpdir: Path | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self._initialized = False
+        self._lock = threading.RLock()
+
+    # -- hooks -----------------------------------------------------------------------------------
+
+    def _initialize(self, deadline: float) -> None:
+        """Create the data dir / config in ``self.tmpdir`` once, before the first launch."""
+
+    @abc.abstractmethod
+    def _command(self) -> list[str]:
+        """The foreground server command line."""
+
+    @abc.abstractmethod
+    def _probe(self, timeout: float) -> str | None:
+        """Ask the server to answer a request: None when it did, else why not."""
+
+    # -- state -----------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """Whether the server process is up."""
+        proc = self._proc
+        return proc is not None and proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id (also its process group id), or None when not running."""
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    @property
+    def log_path(self) -> Path | None:
+        """The file the server's stdout/stderr (and setup commands' output) go to."""
+        return self.tmpdir / "server.log" if self.tmpdir is not None else None
+
+    @property
+    def data_dir(self) -> Path | None:
+        """The server's data directory inside the temp dir."""
+        return self.tmpdir / "data" if self.tmpdir is not None else None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> Self:
+        """Start the server (idempotent) and wait until it answers; raise ServerError if not."""
+        with self._lock:
+            if self.running:
+                return self
+            deadline = time.monotonic() + self.start_timeout
+            fresh = self.tmpdir is None
+            try:
+                if fresh:
+                    if not self._fixed_port and not _port_is_free(self.port):
+                        self.port = free_port()
+                    self.tmpdir = Path(tempfile.mkdtemp(prefix=f"connman-{self.name}-"))
+                    with _live_lock:
+                        _live.add(self)
+                    self._chown(self.tmpdir)
+                if not self._initialized:
+                    self._initialize(deadline)
+                    self._initialized = True
+                self._launch(deadline)
+            except Exception as exc:
+                err = exc if isinstance(exc, ServerError) else self._error(
+                    f"{type(exc).__name__}: {exc}")
+                self._abort(fresh)
+                raise err from (None if err is exc else exc)
+            except BaseException:
+                self._abort(fresh)
+                raise
+            return self
+
+    def _abort(self, fresh: bool) -> None:
+        with contextlib.suppress(Exception):
+            self._terminate()
+        if fresh:
+            self.stop()
+
+    def stop(self) -> None:
+        """Stop the server and remove its temp dir (idempotent, never raises)."""
+        with self._lock:
+            with contextlib.suppress(Exception):
+                if self._kill_on_stop:
+                    self.kill()
+                self._terminate()
+            if self.tmpdir is not None:
+                shutil.rmtree(self.tmpdir, ignore_errors=True)
+            self.tmpdir = None
+            self._initialized = False
+            with _live_lock:
+                _live.discard(self)
+
+    def restart(self) -> None:
+        """Stop the process and start it again on the same port with the same data."""
+        with self._lock:
+            if self.tmpdir is not None:
+                self._terminate()
+            self.start()
+
+    def kill(self) -> None:
+        """SIGKILL the server's whole process group, keeping its data dir (for fault tests)."""
+        with self._lock:
+            proc = self._proc
+            if proc is None:
+                return
+            _kill_tree(proc, self.stop_timeout)
+            self._proc = None
+            self._close_log()
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _error(self, why: str) -> ServerError:
+        return ServerError(
+            f"{self.name} server on {self.host}:{self.port} did not start: {why}\n"
+            f"--- last {_LOG_TAIL_LINES} lines of {self.log_path} ---\n{_log_tail(self.log_path)}")
+
+    def _switch_user(self) -> pwd.struct_passwd | None:
+        if not self._user_name or os.geteuid() != 0:
+            return None
+        try:
+            return pwd.getpwnam(self._user_name)
+        except KeyError:
+            raise ServerError(f"{self.name}: running as root, but there is no "
+                              f"{self._user_name!r} user to run the server as") from None
+
+    def _chown(self, path: Path) -> None:
+        user = self._switch_user()
+        if user is not None:
+            os.chown(path, user.pw_uid, user.pw_gid)
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        user = self._switch_user()
+        if user is not None and self.tmpdir is not None:
+            env.update(HOME=str(self.tmpdir), USER=user.pw_name, LOGNAME=user.pw_name)
+        return env
+
+    def _open_log(self) -> IO[bytes]:
+        if self._log is None or self._log.closed:
+            assert self.log_path is not None
+            self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in _close_log
+        return self._log
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            with contextlib.suppress(OSError):
+                self._log.close()
+            self._log = None
+
+    def _popen(self, cmd: Sequence[str]) -> subprocess.Popen[bytes]:
+        log = self._open_log()
+        log.write(f"--- connman: {' '.join(cmd)}\n".encode())
+        log.flush()
+        user = self._switch_user()
+        return subprocess.Popen(
+            list(cmd), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            cwd=self.tmpdir, env=self._env(), start_new_session=True,
+            user=user.pw_uid if user else None, group=user.pw_gid if user else None,
+            extra_groups=[] if user else None)
+
+    def _run(self, cmd: Sequence[str], deadline: float) -> None:
+        """Run a setup command to completion (as the server's user), raising ServerError."""
+        proc = self._popen(cmd)
+        try:
+            rc = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _killpg(proc.pid)
+            proc.wait()
+            raise self._error(f"{Path(cmd[0]).name} did not finish within "
+                              f"{self.start_timeout:g}s") from None
+        if rc != 0:
+            raise self._error(f"{Path(cmd[0]).name} exited with code {rc}")
+
+    def _launch(self, deadline: float) -> None:
+        self._terminate()
+        proc = self._proc = self._popen(self._command())
+        delay = 0.02
+        why = "no answer yet"
+        while True:
+            rc = proc.poll()
+            if rc is not None:
+                raise self._error(f"the server process exited with code {rc} during startup")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._error(f"not answering after {self.start_timeout:g}s ({why})")
+            if _port_accepts(self.host, self.port, timeout=min(1.0, remaining)):
+                answer = self._probe(timeout=min(_PROBE_TIMEOUT, max(0.1, remaining)))
+                if answer is None:
+                    return
+                why = answer
+            else:
+                why = f"port {self.port} refuses connections"
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 1.5, 0.2)
+
+    def _terminate(self) -> None:
+        """Stop the process gracefully, SIGKILL what is left of its group, keep the temp dir."""
+        proc = self._proc
+        if proc is not None:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(self._stop_signal)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=self.stop_timeout)
+            _kill_tree(proc, self.stop_timeout)  # what is left, if anything
+            self._proc = None
+        self._close_log()
+
+    def _check(self, cmd: Sequence[str], timeout: float,
+               env: Mapping[str, str] | None = None) -> str | None:
+        """Run a client command; None when it exits 0, else its last output line."""
+        try:
+            done = subprocess.run(list(cmd), stdin=subprocess.DEVNULL, capture_output=True,
+                                  timeout=timeout, env={**os.environ, **(env or {})},
+                                  check=False)
+        except subprocess.TimeoutExpired:
+            return f"{Path(cmd[0]).name} timed out"
+        except OSError as exc:
+            return f"{Path(cmd[0]).name}: {exc}"
+        if done.returncode == 0:
+            return None
+        out = (done.stderr or done.stdout).decode(errors="replace").strip().splitlines()
+        return f"{Path(cmd[0]).name}: {out[-1] if out else f'exit code {done.returncode}'}"
+
+    def _netloc(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------------
+
+
+def _postgres_bindir() -> Path | None:
+    env = os.environ.get("CONNMAN_PG_BINDIR")
+    if env:
+        return Path(env)
+    for tool in ("postgres", "initdb", "pg_ctl"):
+        found = shutil.which(tool)
+        if found:
+            bindir = Path(os.path.realpath(found)).parent
+            if (bindir / "postgres").is_file():
+                return bindir
+
+    def version(p: Path) -> tuple[int, ...]:
+        name = p.parent.name
+        return tuple(int(x) for x in name.split(".") if x.isdigit())
+
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=version)
+    return candidates[-1].parent if candidates else None
+
+
+def _pg_tool(name: str) -> str:
+    bindir = _postgres_bindir()
+    if bindir is not None and (bindir / name).is_file():
+        return str(bindir / name)
+    found = shutil.which(name)
+    if found:
+        return found
+    raise ServerError(f"PostgreSQL tool {name!r} not found (set CONNMAN_PG_BINDIR)")
+
+
+class PostgresServer(LocalServer):
+    """A throwaway PostgreSQL cluster (``initdb`` + ``postgres``), trust auth, user ``postgres``."""
+
+    name = "postgres"
+    _scheme = "postgresql"
+    _database = "postgres"
+    _user_name = "postgres"
+    _stop_signal = signal.SIGINT  # "fast" shutdown: don't wait for clients to leave
+    user = "postgres"
+
+    def __init__(self, *, max_connections: int = 200, settings: Mapping[str, str] | None = None,
+                 port: int | None = None, start_timeout: float = 30.0,
+                 stop_timeout: float = 10.0) -> None:
+        super().__init__(port=port, start_timeout=start_timeout, stop_timeout=stop_timeout)
+        self.max_connections = max_connections
+        self.settings = dict(settings or {})
+
+    def _initialize(self, deadline: float) -> None:
+        assert self.data_dir is not None
+        self._run([_pg_tool("initdb"), "-D", str(self.data_dir), "-U", self.user, "--auth=trust",
+                   "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions"], deadline)
+
+    def _command(self) -> list[str]:
+        assert self.tmpdir is not None
+        assert self.data_dir is not None
+        settings = {
+            "listen_addresses": self.host,
+            "port": str(self.port),
+            "unix_socket_directories": str(self.tmpdir),
+            "max_connections": str(self.max_connections),
+            "fsync": "off",
+            "full_page_writes": "off",
+            "synchronous_commit": "off",
+            **self.settings,
+        }
+        cmd = [_pg_tool("postgres"), "-D", str(self.data_dir)]
+        for key, value in settings.items():
+            cmd += ["-c", f"{key}={value}"]
+        return cmd
+
+    def _probe(self, timeout: float) -> str | None:
+        return self._check([_pg_tool("pg_isready"), "-q", "-h", self.host, "-p", str(self.port),
+                            "-U", self.user, "-d", self._database,
+                            "-t", str(max(1, int(timeout)))], timeout)
+
+    def _netloc(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"
+
+
+# -- PgBouncer -----------------------------------------------------------------------------------
+
+
+class PgBouncerServer(LocalServer):
+    """A throwaway PgBouncer in front of a PostgresServer (trust auth, any database name)."""
+
+    name = "pgbouncer"
+    _scheme = "postgresql"
+    _database = "postgres"
+    _user_name = "postgres"
+    _stop_signal = signal.SIGTERM  # immediate shutdown (SIGINT waits for clients in 1.18)
+
+    IGNORE_STARTUP_PARAMETERS = ("extra_float_digits,options,statement_timeout,"
+                                 "idle_in_transaction_session_timeout")
+    """Startup parameters asyncpg and SQLAlchemy send that PgBouncer should not reject."""
+
+    def __init__(self, upstream: PostgresServer, pool_mode: str = "transaction", *,
+                 default_pool_size: int = 20, max_client_conn: int = 1000,
+                 settings: Mapping[str, str] | None = None, port: int | None = None,
+                 start_timeout: float = 30.0, stop_timeout: float = 10.0) -> None:
+        if pool_mode not in ("transaction", "session", "statement"):
+            raise ValueError(f"pool_mode must be 'transaction' or 'session', not {pool_mode!r}")
+        super().__init__(port=port, start_timeout=start_timeout, stop_timeout=stop_timeout)
+        self.upstream = upstream
+        self.pool_mode = pool_mode
+        self.default_pool_size = default_pool_size
+        self.max_client_conn = max_client_conn
+        self.settings = dict(settings or {})
+        self.user = upstream.user
+
+    @property
+    def ini_path(self) -> Path | None:
+        """The generated ``pgbouncer.ini``."""
+        return self.tmpdir / "pgbouncer.ini" if self.tmpdir is not None else None
+
+    def _initialize(self, deadline: float) -> None:
+        self._write_config()
+
+    def _write_config(self) -> None:
+        assert self.tmpdir is not None
+        assert self.ini_path is not None
+        userlist = self.tmpdir / "userlist.txt"
+        userlist.write_text(f'"{self.user}" ""\n')
+        settings = {
+            "listen_addr": self.host,
+            "listen_port": str(self.port),
+            "unix_socket_dir": str(self.tmpdir),
+            "auth_type": "trust",
+            "auth_file": str(userlist),
+            "admin_users": self.user,
+            "stats_users": self.user,
+            "pool_mode": self.pool_mode,
+            "default_pool_size": str(self.default_pool_size),
+            "max_client_conn": str(self.max_client_conn),
+            "ignore_startup_parameters": self.IGNORE_STARTUP_PARAMETERS,
+            "server_login_retry": "1",
+            "server_connect_timeout": "5",
+            "pidfile": str(self.tmpdir / "pgbouncer.pid"),
+            **self.settings,
+        }
+        lines = ["[databases]",
+                 f"* = host={self.upstream.host} port={self.upstream.port} user={self.user}",
+                 "", "[pgbouncer]", *(f"{k} = {v}" for k, v in settings.items()), ""]
+        self.ini_path.write_text("\n".join(lines))
+        for path in (userlist, self.ini_path):
+            self._chown(path)
+
+    def _command(self) -> list[str]:
+        assert self.ini_path is not None
+        exe = _find_binary("pgbouncer", "/usr/sbin/pgbouncer", "/usr/local/sbin/pgbouncer")
+        if exe is None:
+            raise ServerError("pgbouncer executable not found")
+        return [exe, str(self.ini_path)]
+
+    def _probe(self, timeout: float) -> str | None:
+        return self._check([_pg_tool("psql"), "-X", "-w", "-q", "-A", "-t", "-h", self.host,
+                            "-p", str(self.port), "-U", self.user, "-d", "pgbouncer",
+                            "-c", "SHOW VERSION"], timeout,
+                           env={"PGCONNECT_TIMEOUT": str(max(2, int(timeout)))})
+
+    def _netloc(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"
+
+
+# -- MariaDB -------------------------------------------------------------------------------------
+
+
+class MariaDBServer(LocalServer):
+    """A throwaway MariaDB server; user ``root`` with no password, database ``connman``."""
+
+    name = "mysql"
+    _scheme = "mysql"
+    _database = "connman"
+    _user_name = "mysql"
+    user = "root"
+
+    def __init__(self, *, max_connections: int = 200, options: Sequence[str] = (),
+                 port: int | None = None, start_timeout: float = 30.0,
+                 stop_timeout: float = 10.0) -> None:
+        super().__init__(port=port, start_timeout=start_timeout, stop_timeout=stop_timeout)
+        self.max_connections = max_connections
+        self.options = list(options)
+
+    @property
+    def socket_path(self) -> Path | None:
+        """The server's Unix socket."""
+        return self.tmpdir / "mysqld.sock" if self.tmpdir is not None else None
+
+    def _initialize(self, deadline: float) -> None:
+        assert self.data_dir is not None
+        exe = _find_binary("mariadb-install-db", "/usr/bin/mariadb-install-db") or _find_binary(
+            "mysql_install_db", "/usr/bin/mysql_install_db")
+        if exe is None:
+            raise ServerError("mariadb-install-db not found")
+        self._run([exe, "--no-defaults", f"--datadir={self.data_dir}",
+                   "--auth-root-authentication-method=normal", "--skip-test-db",
+                   "--skip-name-resolve"], deadline)
+
+    def _command(self) -> list[str]:
+        assert self.tmpdir is not None
+        assert self.data_dir is not None
+        exe = _find_binary("mariadbd", "/usr/sbin/mariadbd", "/usr/sbin/mysqld")
+        if exe is None:
+            raise ServerError("mariadbd not found")
+        return [exe, "--no-defaults", f"--datadir={self.data_dir}",
+                f"--port={self.port}", f"--bind-address={self.host}",
+                f"--socket={self.socket_path}", f"--pid-file={self.tmpdir / 'mariadbd.pid'}",
+                f"--tmpdir={self.tmpdir}", "--skip-log-bin", "--skip-name-resolve",
+                f"--max-connections={self.max_connections}",
+                "--character-set-server=utf8mb4", "--collation-server=utf8mb4_unicode_ci",
+                "--innodb-flush-log-at-trx-commit=0", "--innodb-doublewrite=0",
+                "--innodb-buffer-pool-size=64M",
+                "--innodb-temp-data-file-path=ibtmp1:1M:autoextend", *self.options]
+
+    def _probe(self, timeout: float) -> str | None:
+        exe = _find_binary("mariadb", "/usr/bin/mariadb") or _find_binary("mysql", "/usr/bin/mysql")
+        if exe is None:
+            return "the mariadb client is not installed"
+        return self._check([exe, "--no-defaults", "--protocol=tcp", "-h", self.host,
+                            "-P", str(self.port), "-u", self.user,
+                            f"--connect-timeout={max(1, int(timeout))}",
+                            "-e", f"CREATE DATABASE IF NOT EXISTS `{self._database}`"], timeout)
+
+    def _netloc(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"
+
+
+# -- MongoDB wire (SecantusDB) -------------------------------------------------------------------
+
+
+def _mongo_ping(host: str, port: int, timeout: float) -> str | None:
+    """Send an ``OP_MSG`` ``{ping: 1, $db: "admin"}``; None when it answers ``ok: 1``."""
+    elements = (b"\x10ping\x00" + struct.pack("<i", 1)
+                + b"\x02$db\x00" + struct.pack("<i", 6) + b"admin\x00")
+    doc = struct.pack("<i", 4 + len(elements) + 1) + elements + b"\x00"
+    body = struct.pack("<I", 0) + b"\x00" + doc
+    message = struct.pack("<iiii", 16 + len(body), 1, 0, 2013) + body
+
+    def recv_exact(s: socket.socket, n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            chunk = s.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionError("connection closed mid-reply")
+            buf += chunk
+        return buf
+
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.sendall(message)
+            length, _, _, opcode = struct.unpack("<iiii", recv_exact(s, 16))
+            reply = recv_exact(s, length - 16)
+    except (OSError, struct.error) as exc:
+        return f"ping failed: {exc}"
+    if opcode != 2013:
+        return f"unexpected reply opcode {opcode}"
+    if (b"\x01ok\x00" + struct.pack("<d", 1.0)) in reply or (
+            b"\x10ok\x00" + struct.pack("<i", 1)) in reply:
+        return None
+    return "ping did not answer ok: 1"
+
+
+class MongoWireServer(LocalServer):
+    """A throwaway MongoDB-wire server (SecantusDB's ``secantusd-py``), test commands enabled."""
+
+    name = "mongo"
+    _scheme = "mongodb"
+    _database = ""
+    _query = {"directConnection": "true"}
+    _driver_in_scheme = False  # the driver is chosen in code, not in a mongodb:// URL
+    _kill_on_stop = True  # a graceful shutdown takes ~2 s (the accept thread's join timeout)
+
+    def __init__(self, *, enable_test_commands: bool = True, options: Sequence[str] = (),
+                 port: int | None = None, start_timeout: float = 30.0,
+                 stop_timeout: float = 15.0) -> None:
+        super().__init__(port=port, start_timeout=start_timeout, stop_timeout=stop_timeout)
+        self.enable_test_commands = enable_test_commands
+        self.options = list(options)
+
+    def _initialize(self, deadline: float) -> None:
+        assert self.tmpdir is not None
+        # An explicit (empty) config file turns off the auto-discovery of ./secantusd.toml etc.
+        (self.tmpdir / "secantusd.toml").write_text("")
+
+    def _command(self) -> list[str]:
+        assert self.tmpdir is not None
+        assert self.data_dir is not None
+        exe = _find_binary("secantusd-py", Path(sys.executable).parent / "secantusd-py")
+        if exe is None:
+            raise ServerError("secantusd-py not found (pip install secantusdb)")
+        cmd = [exe, "--config", str(self.tmpdir / "secantusd.toml"), "--host", self.host,
+               "--port", str(self.port), "--storage-path", str(self.data_dir),
+               "--log-level", "WARNING"]
+        if self.enable_test_commands:
+            cmd.append("--enable-test-commands")
+        return cmd + self.options
+
+    def _probe(self, timeout: float) -> str | None:
+        return _mongo_ping(self.host, self.port, timeout)
+
+
+# -- external servers ----------------------------------------------------------------------------
+
+_ENV_VARS = {
+    "postgres": "CONNMAN_TEST_POSTGRES_URL",
+    "mysql": "CONNMAN_TEST_MYSQL_URL",
+    "pgbouncer": "CONNMAN_TEST_PGBOUNCER_URL",
+    "mongo": "CONNMAN_TEST_MONGO_URL",
+}
+
+
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mongodb": 27017}
+
+
+class ExternalServer(Server):
+    """A server someone else runs, given by URL; start/stop do nothing, restart/kill refuse."""
+
+    def __init__(self, name: str, url: str, env_var: str | None = None) -> None:
+        parts = urlsplit(url)
+        self.name = name
+        self.env_var = env_var
+        self._scheme = parts.scheme.split("+", 1)[0]
+        self._driver_in_scheme = self._scheme != "mongodb"
+        self._raw_netloc = parts.netloc
+        self._database = parts.path.lstrip("/")
+        self._query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        # A mongodb:// URL may list several hosts: host and port are the first one's.
+        first = urlsplit("//" + parts.netloc.rsplit("@", 1)[-1].split(",", 1)[0])
+        self.host = first.hostname or ""
+        try:
+            port = first.port
+        except ValueError:
+            port = None
+        self.port = port or _DEFAULT_PORTS.get(self._scheme, 0)
+
+    @property
+    def running(self) -> bool:
+        """Always True: an external server is assumed to be up."""
+        return True
+
+    def start(self) -> Self:
+        """Do nothing: the server is run elsewhere."""
+        return self
+
+    def stop(self) -> None:
+        """Do nothing: the server is run elsewhere."""
+
+    def _refuse(self, what: str) -> NotImplementedError:
+        source = f" (from ${self.env_var})" if self.env_var else ""
+        hint = f"; unset {self.env_var} to use a throwaway server" if self.env_var else ""
+        return NotImplementedError(
+            f"cannot {what} the external {self.name} server at {self.host}:{self.port}"
+            f"{source}: it is not run by connman.testing{hint}")
+
+    def restart(self) -> None:
+        """Refuse: an external server cannot be restarted from here."""
+        raise self._refuse("restart")
+
+    def kill(self) -> None:
+        """Refuse: an external server cannot be killed from here."""
+        raise self._refuse("kill")
+
+    def _netloc(self) -> str:
+        return self._raw_netloc
+
+
+def server_from_env(kind: str) -> Server | None:
+    """The external server named by ``CONNMAN_TEST_<KIND>_URL``, or None when it is not set."""
+    try:
+        var = _ENV_VARS[kind]
+    except KeyError:
+        raise ValueError(f"unknown server kind {kind!r}; expected one of "
+                         f"{', '.join(sorted(_ENV_VARS))}") from None
+    url = os.environ.get(var, "").strip()
+    return ExternalServer(kind, url, env_var=var) if url else None
