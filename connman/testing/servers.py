@@ -2,7 +2,8 @@
 
 Modelled on asyncpg's ``asyncpg/cluster.py``: each server starts on a random free loopback port in
 its own temp dir (``connman-<name>-*``), is polled until it answers a real request, and is stopped
-cleanly: its whole process group is ended and the temp dir removed. Nothing here is a mock.
+cleanly: the process, its process group and its descendants are ended and the temp dir removed.
+Nothing here is a mock.
 
 The module imports with the standard library alone: readiness is checked with each server's own
 client tool (``pg_isready``, ``mariadb``, ``psql``) or, for the MongoDB-wire server, a hand-built
@@ -32,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, ClassVar, Self
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 __all__ = [
     "ExternalServer",
@@ -235,7 +236,7 @@ class Server(abc.ABC):
         params = {**self._query, **query}
         out = f"{scheme}://{self._netloc()}/{quote(db, safe='')}"
         if params:
-            out += "?" + urlencode(params)
+            out += "?" + urlencode(params, safe=":,")
         return out
 
     def __enter__(self) -> Self:
@@ -596,7 +597,7 @@ class PgBouncerServer(LocalServer):
                  settings: Mapping[str, str] | None = None, port: int | None = None,
                  start_timeout: float = 30.0, stop_timeout: float = 10.0) -> None:
         if pool_mode not in ("transaction", "session", "statement"):
-            raise ValueError(f"pool_mode must be 'transaction' or 'session', not {pool_mode!r}")
+            raise ValueError(f"pool_mode must be 'transaction', 'session' or 'statement', not {pool_mode!r}")
         super().__init__(port=port, start_timeout=start_timeout, stop_timeout=stop_timeout)
         self.upstream = upstream
         self.pool_mode = pool_mode
@@ -816,10 +817,12 @@ class ExternalServer(Server):
         parts = urlsplit(url)
         self.name = name
         self.env_var = env_var
-        self._scheme = parts.scheme.split("+", 1)[0]
-        self._driver_in_scheme = self._scheme != "mongodb"
+        # mongodb+srv:// is a scheme of its own; for SQL URLs the part after "+" is the driver.
+        self._driver_in_scheme = not parts.scheme.startswith("mongodb")
+        scheme = parts.scheme.split("+", 1)[0] if self._driver_in_scheme else parts.scheme
+        self._scheme = "postgresql" if scheme == "postgres" else scheme
         self._raw_netloc = parts.netloc
-        self._database = parts.path.lstrip("/")
+        self._database = unquote(parts.path.lstrip("/"))
         self._query = dict(parse_qsl(parts.query, keep_blank_values=True))
         # A mongodb:// URL may list several hosts: host and port are the first one's.
         first = urlsplit("//" + parts.netloc.rsplit("@", 1)[-1].split(",", 1)[0])
@@ -828,7 +831,7 @@ class ExternalServer(Server):
             port = first.port
         except ValueError:
             port = None
-        self.port = port or _DEFAULT_PORTS.get(self._scheme, 0)
+        self.port = port or _DEFAULT_PORTS.get(self._scheme.split("+", 1)[0], 0)
 
     @property
     def running(self) -> bool:
