@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from ._url import redact
 from .config import PoolConfig
-from .errors import PoolClosed, PoolStartupError, PoolTimeout, TooManyWaiters
+from .errors import ConnmanError, PoolClosed, PoolStartupError, PoolTimeout, TooManyWaiters
 from .stats import EventHub, PoolEvent, PoolStats
 
 logger = logging.getLogger("connman")
@@ -81,7 +81,8 @@ class Pool(abc.ABC):
         self.config = config
         self.hub = hub
         self.counters = PoolStats()
-        self._secrets = config.url.secrets()
+        self._secrets = sorted({s for u in (config.url, *config.replicas) for s in u.secrets()},
+                               key=len, reverse=True)
         self._free = config.max_size
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._nwaiting = 0
@@ -127,6 +128,13 @@ class Pool(abc.ABC):
     @abc.abstractmethod
     async def server_info(self) -> dict[str, Any]:
         """Server version, connection limit and the connections this pool holds, server-side."""
+
+    def is_connection_error(self, exc: BaseException) -> bool:
+        """Whether `exc` means the server could not be reached (so another replica may serve)."""
+        return isinstance(exc, (OSError, ConnectionError)) and not isinstance(exc, ConnmanError)
+
+    async def touch(self, unit: Any) -> None:  # noqa: B027 - optional hook, not abstract
+        """Make a unit of work take its connection now (so a dead server shows before use)."""
 
     async def _maintain(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Periodic housekeeping a backend needs (emulated lifetimes); default: nothing."""

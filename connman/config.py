@@ -122,6 +122,8 @@ class PoolConfig(BaseModel):
     """`Retry-After` seconds on a 503 for this pool; default: `ceil(timeout)`, at least 1."""
     external_pooler: Literal["pgbouncer"] | None = None
     """Set to `pgbouncer` when a transaction-mode PgBouncer sits in front of PostgreSQL."""
+    replicas: list[SecretURL] = Field(default_factory=list)
+    """Read replica URLs (SQL): `session(name, readonly=True)` reads from them, round-robin."""
     options: dict[str, Any] = Field(default_factory=dict)
     """Raw driver keyword arguments passed through; a key a field above sets is an error."""
 
@@ -158,6 +160,13 @@ class PoolConfig(BaseModel):
             if not (self.database or url_path_database(self.url.get_secret_value())):
                 raise FieldError("database",
                                  "no database: set 'database' or put it in the URL path")
+        for replica in self.replicas:
+            if backend != "sqlalchemy":
+                raise FieldError("replicas", "'replicas' applies to SQL pools; for Mongo use a "
+                                 "replica set URL and readPreference")
+            if replica.scheme != self.url.scheme:
+                raise FieldError("replicas", f"replica scheme {replica.scheme!r} differs from "
+                                 f"the pool's {self.url.scheme!r}")
         conflicts = CONFLICTS[backend]
         for key in self.options:
             field = conflicts.get(key if backend == "sqlalchemy" else key.lower())
@@ -195,6 +204,11 @@ class PoolConfig(BaseModel):
         if self.retry_after is not None:
             return self.retry_after
         return max(1, math.ceil(min(self.timeout, 60)))
+
+    def replica_configs(self) -> list[PoolConfig]:
+        """One config per replica: this pool's settings with the replica's URL, not required."""
+        return [self.model_copy(update={"url": url, "replicas": [], "required": False})
+                for url in self.replicas]
 
     def __repr_args__(self) -> Any:
         for key, value in super().__repr_args__():

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import logging
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -15,7 +17,9 @@ from .config import ConnmanSettings, PoolConfig, load_settings, validate_pools
 from .errors import ConfigurationError, PoolStartupError, UnknownPool
 from .stats import EventHub, PoolEvent
 
-__all__ = ["ConnectionManager", "SessionProvider"]
+__all__ = ["ConnectionManager", "ReplicaRouter", "SessionProvider"]
+
+logger = logging.getLogger("connman")
 
 Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
 
@@ -36,6 +40,63 @@ def _make_pool(name: str, config: PoolConfig, hub: EventHub) -> Pool:
         raise ConfigurationError(f"pool {name!r}: {exc}", pool=name, field="database") from None
 
 
+class ReplicaRouter:
+    """Reads for one pool: its replicas round-robin, skipping unhealthy ones, else the primary."""
+
+    def __init__(self, primary: Pool, replicas: list[Pool], cooldown: float = 5.0) -> None:
+        self.primary = primary
+        self.replicas = replicas
+        self.cooldown = cooldown
+        self._next = 0
+        self._down_until: dict[str, float] = {}
+
+    def candidates(self) -> list[Pool]:
+        """Healthy replicas in round-robin order, then the primary as the last resort."""
+        now = time.monotonic()
+        n = len(self.replicas)
+        start, self._next = self._next, (self._next + 1) % max(1, n)
+        order = [self.replicas[(start + i) % n] for i in range(n)]
+        healthy = [p for p in order
+                   if not p.closed and self._down_until.get(p.name, 0.0) <= now]
+        return [*healthy, self.primary]
+
+    def mark_down(self, pool: Pool) -> None:
+        """Skip `pool` for `cooldown` seconds."""
+        self._down_until[pool.name] = time.monotonic() + self.cooldown
+        logger.warning("connman: replica %r unreachable; reading from others for %.0fs",
+                       pool.name, self.cooldown)
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[Any]:
+        """A unit of work on the first replica that answers (or the primary)."""
+        for pool in self.candidates():
+            cm = pool.session()
+            try:
+                unit = await cm.__aenter__()
+            except Exception as exc:
+                if pool is not self.primary and pool.is_connection_error(exc):
+                    self.mark_down(pool)
+                    continue
+                raise
+            if pool is not self.primary:
+                try:
+                    await pool.touch(unit)
+                except BaseException as exc:
+                    await cm.__aexit__(type(exc), exc, exc.__traceback__)
+                    if isinstance(exc, Exception) and pool.is_connection_error(exc):
+                        self.mark_down(pool)
+                        continue
+                    raise
+            try:
+                yield unit
+            except BaseException as exc:
+                if not await cm.__aexit__(type(exc), exc, exc.__traceback__):
+                    raise
+            else:
+                await cm.__aexit__(None, None, None)
+            return
+
+
 class SessionProvider:
     """`manager.session(name)`: a FastAPI dependency and an `async with` context in one.
 
@@ -43,14 +104,16 @@ class SessionProvider:
     is sent, so a failed commit is a 5xx; an exhausted pool answers 503 with `Retry-After`.
     """
 
-    def __init__(self, pool: Pool) -> None:
-        self.pool = pool
+    def __init__(self, name: str, open_unit: Callable[[], AbstractAsyncContextManager[Any]]
+                 ) -> None:
+        self.name = name
+        self._open_unit = open_unit
         self._stack: contextvars.ContextVar[tuple[AbstractAsyncContextManager[Any], ...]] = (
-            contextvars.ContextVar(f"connman_session_{pool.name}", default=()))
+            contextvars.ContextVar(f"connman_session_{name}", default=()))
 
     # -- async with manager.session("main") as db:
     async def __aenter__(self) -> Any:
-        cm = self.pool.session()
+        cm = self._open_unit()
         unit = await cm.__aenter__()
         self._stack.set((*self._stack.get(), cm))
         return unit
@@ -65,7 +128,7 @@ class SessionProvider:
         from .fastapi import unavailable_from
 
         try:
-            async with self.pool.session() as unit:
+            async with self._open_unit() as unit:
                 yield unit
         except Exception as exc:
             http = unavailable_from(exc)
@@ -87,7 +150,7 @@ class SessionProvider:
         return unit
 
     def __repr__(self) -> str:
-        return f"<SessionProvider {self.pool.name!r}>"
+        return f"<SessionProvider {self.name!r}>"
 
 
 class ConnectionManager:
@@ -99,9 +162,17 @@ class ConnectionManager:
         self.hub = EventHub()
         self.workers = workers
         self.replicas = replicas
-        self._pools: dict[str, Pool] = {n: _make_pool(n, c, self.hub) for n, c in configs.items()}
-        self._providers: dict[str, SessionProvider] = {}
-        self._open_lock: asyncio.Lock | None = None
+        self._pools: dict[str, Pool] = {}
+        self._routers: dict[str, ReplicaRouter] = {}
+        for name, cfg in configs.items():
+            self._pools[name] = _make_pool(name, cfg, self.hub)
+            if cfg.replicas:
+                replicas = [_make_pool(f"{name}.replica{i + 1}", rc, self.hub)
+                            for i, rc in enumerate(cfg.replica_configs())]
+                self._pools.update((p.name, p) for p in replicas)
+                self._routers[name] = ReplicaRouter(self._pools[name], replicas)
+        self._providers: dict[tuple[str, bool], SessionProvider] = {}
+
 
     @classmethod
     def from_settings(cls, settings: ConnmanSettings | None = None, *,
@@ -129,16 +200,22 @@ class ConnectionManager:
             known = ", ".join(repr(n) for n in self._pools)
             raise UnknownPool(f"no pool named {name!r}; known pools: {known}", pool=str(name)) from None
 
-    def session(self, name: str) -> SessionProvider:
+    def session(self, name: str, *, readonly: bool = False) -> SessionProvider:
         """A unit of work on pool `name`: `Depends(...)` in FastAPI, or `async with` anywhere.
 
         SQL: an `AsyncSession` (expire_on_commit=False), committed on success, rolled back on
         error, its connection always returned. Mongo: the database handle.
+        `readonly=True` reads from the pool's replicas (round-robin, skipping unreachable ones;
+        the primary when none answers or none is configured).
         Raises `PoolTimeout` / `TooManyWaiters` when no connection frees in time.
         """
-        provider = self._providers.get(name)
+        key = (name, readonly)
+        provider = self._providers.get(key)
         if provider is None:
-            provider = self._providers[name] = SessionProvider(self.pool(name))
+            pool = self.pool(name)
+            router = self._routers.get(pool.name) if readonly else None
+            open_unit = router.session if router is not None else pool.session
+            provider = self._providers[key] = SessionProvider(pool.name, open_unit)
         return provider
 
     def connection(self, name: str) -> AbstractAsyncContextManager[Any]:
@@ -175,6 +252,7 @@ class ConnectionManager:
         failures = [(p, r) for p, r in zip(pools, results, strict=True)
                     if isinstance(r, BaseException)]
         if not failures:
+            await self._warn_budget()
             return
         await asyncio.gather(*(p.close(0) for p in pools), return_exceptions=True)
         for _, r in failures:
@@ -184,6 +262,27 @@ class ConnectionManager:
             raise failures[0][1]
         message = "; ".join(str(r) for _, r in failures)
         raise PoolStartupError(message, pool=failures[0][0].name)
+
+    async def _warn_budget(self) -> None:
+        """Warn when the pools, times workers and replicas, exceed a server's connection limit."""
+        from .budget import compute_budget, server_key
+
+        pools = list(self._pools.values())
+        infos = await asyncio.gather(*(asyncio.wait_for(p.server_info(), 2) for p in pools),
+                                     return_exceptions=True)
+        limits: dict[str, int | None] = {}
+        for pool, info in zip(pools, infos, strict=True):
+            if isinstance(info, dict) and info.get("max_connections") is not None:
+                limits[server_key(pool.config)] = (int(info["max_connections"])
+                                                   - int(info.get("reserved") or 0))
+        configs = {p.name: p.config for p in pools}
+        for line in compute_budget(configs, limits, workers=self.workers, replicas=self.replicas):
+            if line.over:
+                logger.warning(
+                    "connman: pools %s may open %d connections to %s (%d per process × %d "
+                    "workers × %d replicas) but the server accepts %s; run `connman check`",
+                    ", ".join(line.pools), line.total, line.server, line.per_process,
+                    line.workers, line.replicas, line.limit)
 
     async def close(self) -> None:
         """Drain every pool (each within its `drain_timeout`), then dispose them all."""

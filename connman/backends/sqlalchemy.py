@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import event, exc, text
+from sqlalchemy import event, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -143,11 +144,11 @@ class SQLAlchemyPool(Pool):
             deadline = info.get("cm_deadline")
             if deadline is not None and now >= deadline:
                 info["cm_reason"] = "recycle"
-                raise exc.DisconnectionError("connman: connection exceeded recycle")
+                raise sa_exc.DisconnectionError("connman: connection exceeded recycle")
             last_in = info.get("cm_in")
             if cfg.idle is not None and last_in is not None and now - last_in > cfg.idle:
                 info["cm_reason"] = "idle_close"
-                raise exc.DisconnectionError("connman: connection exceeded idle")
+                raise sa_exc.DisconnectionError("connman: connection exceeded idle")
 
         @event.listens_for(pool, "checkin")
         def on_checkin(dbapi_con: Any, rec: Any) -> None:
@@ -197,6 +198,17 @@ class SQLAlchemyPool(Pool):
 
             await shielded(greenlet_spawn(fairy.close),
                            timeout=self.config.connect_timeout + self.config.timeout)
+
+    def is_connection_error(self, exc: BaseException) -> bool:
+        """A DBAPI error that invalidated the connection, or could not make one."""
+        if isinstance(exc, sa_exc.DBAPIError):
+            return bool(exc.connection_invalidated) or isinstance(
+                exc, (sa_exc.OperationalError, sa_exc.InterfaceError))
+        return super().is_connection_error(exc)
+
+    async def touch(self, unit: Any) -> None:
+        """Check out the session's connection now."""
+        await unit.connection()
 
     def _require_engine(self) -> AsyncEngine:
         if self._engine is None:

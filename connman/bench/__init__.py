@@ -6,6 +6,7 @@ Run it with `connman bench` or `python -m connman.bench [--quick]`; see benchmar
 from __future__ import annotations
 
 from .runner import arun, run
-from .variants import BACKENDS, QUICK_BACKENDS, VARIANTS
+from .targets import BACKENDS, QUICK_BACKENDS
+from .variants import VARIANTS
 
 __all__ = ["BACKENDS", "QUICK_BACKENDS", "VARIANTS", "arun", "run"]
