@@ -271,6 +271,8 @@ class MongoPool(Pool):
         conns = status.get("connections") or {}
         if "current" in conns:
             info["server_connections"] = int(conns["current"])
-            if "available" in conns:
+            # mongod reports available = limit - current; a server that reports 0 (SecantusDB)
+            # has no limit to report, since this very connection was accepted.
+            if int(conns.get("available") or 0) > 0:
                 info["max_connections"] = int(conns["current"]) + int(conns["available"])
         return info
