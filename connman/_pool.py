@@ -241,7 +241,7 @@ class Pool(abc.ABC):
             waited = (time.monotonic() - t0) * 1000
             self.counters.add("requests_timeouts")
             self.counters.add("requests_errors")
-            self.counters.add("requests_wait_ms", int(waited))
+            self.counters.add("requests_wait_ms", waited)
             self._emit("timeout", waited)
             raise PoolTimeout(
                 f"pool {self.name!r}: no connection free after {cfg.timeout:g}s "
@@ -267,7 +267,7 @@ class Pool(abc.ABC):
         c.add("requests_num")
         if queued:
             c.add("requests_queued")
-            c.add("requests_wait_ms", int(waited_ms))
+            c.add("requests_wait_ms", waited_ms)
         lease = Lease(time.monotonic())
         if self.config.leak_threshold is not None:
             stack = "".join(traceback.format_stack(limit=12)[:-3])
@@ -282,7 +282,7 @@ class Pool(abc.ABC):
         held = (time.monotonic() - lease.start) * 1000
         if lease.leak_timer is not None:
             lease.leak_timer.cancel()
-        self.counters.add("usage_ms", int(held))
+        self.counters.add("usage_ms", held)
         self._active -= 1
         self._pass_on()
         if self.hub.active:

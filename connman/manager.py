@@ -167,10 +167,10 @@ class ConnectionManager:
         for name, cfg in configs.items():
             self._pools[name] = _make_pool(name, cfg, self.hub)
             if cfg.replicas:
-                replicas = [_make_pool(f"{name}.replica{i + 1}", rc, self.hub)
-                            for i, rc in enumerate(cfg.replica_configs())]
-                self._pools.update((p.name, p) for p in replicas)
-                self._routers[name] = ReplicaRouter(self._pools[name], replicas)
+                readers = [_make_pool(f"{name}.replica{i + 1}", rc, self.hub)
+                           for i, rc in enumerate(cfg.replica_configs())]
+                self._pools.update((p.name, p) for p in readers)
+                self._routers[name] = ReplicaRouter(self._pools[name], readers)
         self._providers: dict[tuple[str, bool], SessionProvider] = {}
 
 

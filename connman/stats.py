@@ -62,25 +62,26 @@ class PoolEvent:
 class PoolStats:
     """Counters of one pool; thread-safe, since Motor reports from its worker threads."""
 
-    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTER_KEYS, 0))
+    # Times add up as floats (a thousand 0.4 ms waits are 400 ms, not 0) and show as whole ms.
+    counters: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COUNTER_KEYS, 0.0))
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(self, key: str, value: int = 1) -> None:
+    def add(self, key: str, value: float = 1) -> None:
         """Add to one counter."""
         with self._lock:
             self.counters[key] += value
 
     def snapshot(self) -> dict[str, int]:
-        """A copy of the counters."""
+        """The counters, in whole units (milliseconds for the `_ms` keys)."""
         with self._lock:
-            return dict(self.counters)
+            return {k: int(v) for k, v in self.counters.items()}
 
     def pop(self) -> dict[str, int]:
-        """A copy of the counters, then reset them to zero."""
+        """The counters, then reset them to zero."""
         with self._lock:
-            out = dict(self.counters)
+            out = {k: int(v) for k, v in self.counters.items()}
             for key in self.counters:
-                self.counters[key] = 0
+                self.counters[key] = 0.0
             return out
 
 
@@ -103,6 +104,8 @@ class EventHub:
             subs = self._subs.get(name, [])
             if fn in subs:
                 subs.remove(fn)
+            if not subs:
+                self._subs.pop(name, None)
 
         return unsubscribe
 

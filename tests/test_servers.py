@@ -23,6 +23,7 @@ from connman.testing.servers import (
     MariaDBServer,
     MongoWireServer,
     PgBouncerServer,
+    PostgresReplicaServer,
     PostgresServer,
     ServerError,
     free_port,
@@ -125,6 +126,77 @@ def test_postgres_lifecycle() -> None:
         assert_kill_then_restart(pg)
         assert asyncio.run(pg_query(url, "SELECT v FROM kept")) == 42
         assert_stopped_clean(pg)
+
+
+def test_postgres_replica() -> None:
+    import asyncpg
+
+    with PostgresServer() as primary:
+        primary_url = primary.url()
+        started = time.monotonic()
+        with PostgresReplicaServer(primary) as replica:
+            assert time.monotonic() - started < 15
+            assert replica.port != primary.port
+            assert replica.tmpdir != primary.tmpdir
+            url = replica.url()
+            assert url == f"postgresql://postgres@127.0.0.1:{replica.port}/postgres"
+            assert replica.url(driver="asyncpg").startswith("postgresql+asyncpg://postgres@127.0.0.1:")
+            assert asyncio.run(pg_query(url, "SELECT pg_is_in_recovery()")) is True
+            assert asyncio.run(pg_query(primary_url, "SELECT pg_is_in_recovery()")) is False
+
+            asyncio.run(pg_query(primary_url, "CREATE TABLE replicated (v int)",
+                                 "INSERT INTO replicated VALUES (42)"))
+            replica.wait_replicated(10)  # no polling below: the row must be there now
+            assert asyncio.run(pg_query(url, "SELECT v FROM replicated")) == 42
+            assert asyncio.run(pg_query(primary_url, "SELECT count(*) FROM pg_stat_replication")) == 1
+
+            with pytest.raises(asyncpg.ReadOnlySQLTransactionError, match="read-only transaction"):
+                asyncio.run(pg_query(url, "INSERT INTO replicated VALUES (1)"))
+            with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
+                asyncio.run(pg_query(url, "CREATE TABLE nope (v int)"))
+
+            # restart keeps the copy and streams again; so does a crash.
+            assert_restart_same_place(replica)
+            asyncio.run(pg_query(primary_url, "INSERT INTO replicated VALUES (43)"))
+            replica.wait_replicated(10)
+            assert asyncio.run(pg_query(url, "SELECT sum(v) FROM replicated")) == 85
+            assert_kill_then_restart(replica)
+            asyncio.run(pg_query(primary_url, "INSERT INTO replicated VALUES (44)"))
+            replica.wait_replicated(10)
+            assert asyncio.run(pg_query(url, "SELECT sum(v) FROM replicated")) == 129
+
+            pids = [pid for server in (replica, primary)
+                    for pid in servers._descendants(server.pid or 0)]
+            assert pids  # startup, walreceiver / walsender, checkpointer, ...
+            assert_stopped_clean(replica)
+        assert asyncio.run(pg_query(primary_url, "SELECT count(*) FROM pg_stat_replication")) == 0
+        assert_stopped_clean(primary)
+    deadline = time.monotonic() + 10
+    while any(servers._alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in pids if servers._alive(pid)]
+
+
+def test_postgres_replica_needs_a_running_primary() -> None:
+    replica = PostgresReplicaServer(PostgresServer())
+    with pytest.raises(ServerError, match=r"primary .* is not running"):
+        replica.start()
+    assert replica.tmpdir is None
+    assert not replica.running
+    assert replica not in servers._live
+
+
+def test_wal_positions() -> None:
+    assert servers._parse_lsn("16/B374D848") == (0x16 << 32) | 0xB374D848
+    assert servers._format_lsn(servers._parse_lsn("16/B374D848")) == "16/B374D848"
+    block, segment = 8192, 16 << 20
+    # An insert position just past a page header is the page boundary a record ended on ...
+    assert servers._wal_record_end(3 * block + 24, block, segment) == 3 * block
+    assert servers._wal_record_end(2 * segment + 40, block, segment) == 2 * segment
+    # ... anything else is a record's end as it is.
+    assert servers._wal_record_end(3 * block + 32, block, segment) == 3 * block + 32
+    assert servers._wal_record_end(2 * segment + 24, block, segment) == 2 * segment + 24
+    assert servers._wal_record_end(3 * block + 40, block, segment) == 3 * block + 40
 
 
 # -- PgBouncer -----------------------------------------------------------------------------------

@@ -85,7 +85,7 @@ class _CMAPListener(monitoring.ConnectionPoolListener):
         """A connection finished its handshake."""
         duration = getattr(event, "duration", None)
         if duration is not None:
-            self.pool.counters.add("connections_ms", int(duration * 1000))
+            self.pool.counters.add("connections_ms", duration * 1000)
         self.pool._emit("connect", (duration or 0.0) * 1000)
 
     def connection_closed(self, event: Any) -> None:

@@ -126,7 +126,9 @@ class SQLAlchemyPool(Pool):
                 self.counters.add("connections_errors")
                 raise
             finally:
-                self.counters.add("connections_ms", int((time.monotonic() - t0) * 1000))
+                elapsed_ms = (time.monotonic() - t0) * 1000
+                self.counters.add("connections_ms", elapsed_ms)
+                conn_rec.info["cm_connect_ms"] = elapsed_ms
             return conn
 
         @event.listens_for(pool, "connect")
@@ -135,7 +137,7 @@ class SQLAlchemyPool(Pool):
             rec.info["cm_born"] = now
             if cfg.recycle is not None:
                 rec.info["cm_deadline"] = now + jittered_lifetime(cfg.recycle, cfg.recycle_jitter)
-            self._emit("connect")
+            self._emit("connect", rec.info.pop("cm_connect_ms", 0.0))
 
         @event.listens_for(pool, "checkout")
         def on_checkout(dbapi_con: Any, rec: Any, proxy: Any) -> None:

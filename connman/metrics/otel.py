@@ -100,7 +100,7 @@ class _Instruments:
         for attrs, stats in self._pools():
             idle = stats["pool_available"]
             out.append(Observation(idle, {**attrs, STATE: "idle"}))
-            out.append(Observation(stats["requests_active"], {**attrs, STATE: "used"}))
+            out.append(Observation(max(0, stats["pool_size"] - idle), {**attrs, STATE: "used"}))
         return out
 
     def _stat(self, key: str) -> Callable[[CallbackOptions], Iterable[Observation]]:

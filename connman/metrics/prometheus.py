@@ -83,7 +83,7 @@ class PrometheusCollector:
             labels = [pool.name, pool.backend]
             for key, gauge in gauges.items():
                 if key in stats:
-                    gauge.add_metric(labels, float(self.manager.pool(self.manager.names[0]).stats()[key]))
+                    gauge.add_metric(labels, float(stats[key]))
             for key, counter in counters.items():
                 if key in stats:
                     value = stats[key] / 1000.0 if key.endswith("_ms") else float(stats[key])
