@@ -140,3 +140,40 @@ def render_markdown() -> str:
             cells.append(f"**{e.kind}**{native}: {e.note}")
         lines.append(f"| `{field}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def render_configuration() -> str:
+    """The schema's fields as Markdown: name, default and what it is for, from the code."""
+    from .config import PRESETS, PoolConfig
+
+    lines = [
+        "# Pool configuration",
+        "",
+        "Generated from `connman/config.py` (`python -m connman.docs`); a test keeps this file and "
+        "the code equal.",
+        "",
+        "Every pool is one `PoolConfig`. In the environment: `CONNMAN_POOLS__<NAME>__<FIELD>`, "
+        "e.g. `CONNMAN_POOLS__MAIN__SIZE=10`; `options` takes JSON.",
+        "",
+        "| field | default | what it is for |",
+        "| --- | --- | --- |",
+    ]
+    for name, info in PoolConfig.model_fields.items():
+        default = "required" if info.is_required() else (
+            "[]" if name == "replicas" else "{}" if name == "options" else repr(info.default))
+        lines.append(f"| `{name}` | `{default}` | {info.description or ''} |")
+    lines += ["", "## Presets", "",
+              "`preset=` fills the fields a pool does not set; fields set explicitly win.", "",
+              "| preset | " + " | ".join(sorted({k for p in PRESETS.values() for k in p})) + " |",
+              "| --- |" + " --- |" * len({k for p in PRESETS.values() for k in p})]
+    keys = sorted({k for p in PRESETS.values() for k in p})
+    for preset, values in PRESETS.items():
+        lines.append(f"| `{preset}` | " + " | ".join(
+            f"`{values[k]}`" if k in values else "-" for k in keys) + " |")
+    lines += ["", "- **development**: few connections, short waits and leak warnings, so "
+              "problems show on a laptop, not in production.",
+              "- **production**: a steady pool with HikariCP's lifetimes (30 min recycle, 10 min "
+              "idle) and pre-ping so a database restart costs no request.",
+              "- **high_traffic**: a bigger pool that fails fast (2 s) and sheds load with "
+              "`max_waiting` instead of queueing into timeouts."]
+    return "\n".join(lines) + "\n"

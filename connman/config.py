@@ -82,7 +82,8 @@ class FieldError(ValueError):
 class PoolConfig(BaseModel):
     """One pool's settings, with the same meaning on every backend (see docs/mapping.md)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True,
+                              use_attribute_docstrings=True)
 
     url: SecretURL
     """Database URL; its scheme picks the backend. Masked in every repr, log and error."""

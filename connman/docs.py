@@ -1,19 +1,20 @@
-"""Render the generated docs: `python -m connman.docs` rewrites docs/mapping.md from the code."""
+"""Render the generated docs: `python -m connman.docs` rewrites docs/mapping.md and configuration.md."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from ._mapping import render_markdown
+from ._mapping import render_configuration, render_markdown
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+GENERATED = {"mapping.md": render_markdown, "configuration.md": render_configuration}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Write docs/mapping.md (or the path given) from the mapping table in code."""
-    args = sys.argv[1:] if argv is None else argv
-    target = Path(args[0]) if args else Path(__file__).resolve().parent.parent / "docs" / "mapping.md"
-    target.write_text(render_markdown())
-    print(f"wrote {target}")
+def main() -> int:
+    """Write the generated pages into docs/."""
+    for name, render in GENERATED.items():
+        (DOCS / name).write_text(render())
+        print(f"wrote {DOCS / name}")
     return 0
 
 

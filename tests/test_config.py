@@ -19,7 +19,6 @@ from connman import (
     load_settings,
     mask_url,
 )
-from connman._mapping import render_markdown
 from connman._url import secrets_of
 
 PG = "postgresql+asyncpg://app:s3cret@127.0.0.1:5432/app"
@@ -145,9 +144,12 @@ def test_passwords_never_appear_in_repr_str_or_errors(url: str, secrets: list[st
     assert cfg.url.get_secret_value() == url
 
 
-def test_mapping_doc_is_rendered_from_the_code() -> None:
-    doc = Path(__file__).parent.parent / "docs" / "mapping.md"
-    assert doc.read_text() == render_markdown(), "run: python -m connman.docs"
+@pytest.mark.parametrize("page", ["mapping.md", "configuration.md"])
+def test_generated_docs_match_the_code(page: str) -> None:
+    from connman.docs import GENERATED
+
+    doc = Path(__file__).parent.parent / "docs" / page
+    assert doc.read_text() == GENERATED[page](), "run: python -m connman.docs"
 
 
 # ---------------------------------------------------------------- properties (hypothesis)

@@ -64,14 +64,23 @@ async def test_pgbouncer_transaction_mode_needs_and_gets_the_pooler_setting(
     opts = good.pool("main").driver_options()["connect_args"]
     assert opts["statement_cache_size"] == 0
     assert opts["prepared_statement_cache_size"] == 0
-    if pgbouncer_version() < (1, 21):
-        # Without it, asyncpg's named prepared statements meet another server connection.
-        plain = ConnectionManager({"main": {"url": url, "size": 5, "overflow": 10}})
-        managers.append(plain)
-        async with plain:
-            ok, errors = await hammer(plain)
-        assert errors, "expected prepared-statement errors through transaction pooling"
-        assert any("prepared statement" in e for e in errors)
+
+
+@pytest.mark.pgbouncer
+# SQLAlchemy 2.0.30 drops some connections it invalidated on these errors without closing them.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+async def test_without_the_pooler_setting_transaction_mode_breaks_prepared_statements(
+        pgbouncer_server: Server, managers: list[ConnectionManager]) -> None:
+    if pgbouncer_version() >= (1, 21):
+        return  # max_prepared_statements may make plain asyncpg work; nothing to show
+    plain = ConnectionManager({"main": {"url": pgbouncer_server.url(driver="asyncpg"),
+                                        "size": 5, "overflow": 10}})
+    managers.append(plain)
+    async with plain:
+        _, errors = await hammer(plain)
+    assert errors, "expected prepared-statement errors through transaction pooling"
+    assert any("prepared statement" in e for e in errors)
 
 
 @pytest.mark.pgbouncer

@@ -1,8 +1,395 @@
-"""Placeholder."""
+"""Runs the suite: finds or starts the servers, runs each scenario with the variants interleaved,
+shows progress with rich, and hands the raw results to `report.write`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import sys
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .infra import SECANTUS_NOTE, Servers, environment, parse_urls
+from .report import write as write_report
+from .scenarios import (
+    SWEEP_SCENARIOS,
+    Burst,
+    Op,
+    Sample,
+    build_app,
+    burst,
+    closed_loop,
+    histogram,
+    http_op,
+    open_close,
+    serve,
+    summarize,
+)
+from .targets import BACKENDS, QUICK_BACKENDS, PoolSettings, Target, prepare, server_version
+from .variants import ConnmanVariant, HandSql, Variant, make_variants, raw_variant, with_max_waiting
+
+__all__ = ["FULL", "QUICK", "Plan", "arun", "run"]
+
+T = TypeVar("T")
 
 
-def run() -> None:
-    """X."""
+@dataclass(frozen=True)
+class Plan:
+    """How much to run: concurrencies, operation counts, repetitions and scenario sizes."""
+
+    quick: bool
+    concurrencies: tuple[int, ...]
+    repetitions: int
+    ops: Mapping[int, int]
+    warmup_ops: int
+    http_concurrency: int
+    http_ops: int
+    cold_reps: int
+    exhaust_reps: int
+    exhaust_size: int = 4
+    exhaust_factor: int = 10
+    exhaust_hold_s: float = 0.1
+    exhaust_timeout_s: float = 0.5
+    exhaust_max_waiting: int = 8
+    cold_pool_size: int = 5
+    max_seconds: float = 20.0
+    sweep: PoolSettings = field(default_factory=PoolSettings)
+
+    def steps(self, family: str) -> int:
+        """Progress steps one backend of `family` takes."""
+        n_variants = 4
+        sweep = self.repetitions * len(SWEEP_SCENARIOS) * len(self.concurrencies) * n_variants
+        http = self.repetitions * (n_variants + (1 if family == "sql" else 0))
+        exhaust = self.exhaust_reps * (4 if family == "sql" else 2)
+        return 1 + sweep + http + exhaust
 
 
-arun = run
+FULL = Plan(quick=False, concurrencies=(1, 10, 100, 1000), repetitions=3,
+            ops={1: 200, 10: 300, 100: 500, 1000: 1000}, warmup_ops=100, http_concurrency=10,
+            http_ops=200, cold_reps=5, exhaust_reps=3)
+"""The full suite (about 10 minutes for every backend on 2 cores)."""
+QUICK = Plan(quick=True, concurrencies=(1, 10), repetitions=1, ops={1: 60, 10: 120},
+             warmup_ops=40, http_concurrency=10, http_ops=60, cold_reps=1, exhaust_reps=1,
+             exhaust_hold_s=0.05, exhaust_timeout_s=0.2, max_seconds=5.0)
+"""The quick smoke run (what tests/test_bench.py runs): few operations, one repetition."""
+
+
+def rotate(items: Sequence[T], by: int) -> list[T]:
+    """`items` rotated left by `by` (ABCD, BCDA, ...): each repetition starts elsewhere."""
+    if not items:
+        return []
+    by %= len(items)
+    return [*items[by:], *items[:by]]
+
+
+class Progress:
+    """A rich progress bar on stderr, or nothing."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.console = Console(stderr=True)
+        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                            MofNCompleteColumn(), TimeElapsedColumn(), console=self.console,
+                            disable=not enabled, transient=False)
+        self.task = self.bar.add_task("connman bench", total=total)
+        self.enabled = enabled
+
+    def __enter__(self) -> Progress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.update(self.task, completed=self.bar.tasks[0].total)
+        self.bar.__exit__(None, None, None)
+
+    def step(self, what: str, n: int = 1) -> None:
+        """Advance by `n`, showing `what` is running now."""
+        self.bar.update(self.task, advance=n, description=what)
+
+    def log(self, message: str) -> None:
+        """Print a line above the bar."""
+        if self.enabled:
+            self.console.log(message)
+
+
+class Recorder:
+    """Collects raw measurements as JSON-ready dicts."""
+
+    def __init__(self) -> None:
+        self.samples: list[dict[str, Any]] = []
+        self.exhaustion: list[dict[str, Any]] = []
+        self.cold: list[dict[str, Any]] = []
+        self.failures: dict[str, str] = {}
+
+    def sample(self, backend: str, scenario: str, variant: str, concurrency: int, rep: int,
+               s: Sample, cpu_s: float) -> None:
+        """Record one closed-loop measurement."""
+        n = len(s.latencies)
+        self.samples.append({
+            "backend": backend, "scenario": scenario, "variant": variant,
+            "concurrency": concurrency, "rep": rep, "ops": n, "errors": s.errors,
+            "first_error": s.first_error, "truncated": s.truncated,
+            "wall_s": round(s.wall_s, 6), "throughput": round(s.throughput, 2),
+            "cpu_us_per_op": round(cpu_s / n * 1e6, 2) if n else 0.0,
+            **{k: round(v, 4) for k, v in summarize(s.latencies).items()},
+            "histogram": histogram(s.latencies),
+        })
+
+    def burst(self, backend: str, variant: str, rep: int, plan: Plan, max_waiting: int,
+              b: Burst) -> None:
+        """Record one exhaustion burst."""
+        def ms(values: list[float]) -> dict[str, float]:
+            return {k: round(v, 4) for k, v in summarize(values).items()}
+
+        self.exhaustion.append({
+            "backend": backend, "variant": variant, "rep": rep,
+            "requests": plan.exhaust_factor * plan.exhaust_size, "pool_max": plan.exhaust_size,
+            "timeout_s": plan.exhaust_timeout_s, "hold_s": plan.exhaust_hold_s,
+            "max_waiting": max_waiting, "granted": len(b.granted), "timeouts": len(b.timeouts),
+            "rejected": len(b.rejected), "errors": b.errors, "first_error": b.first_error,
+            "wait": ms(b.granted), "timeout": ms(b.timeouts), "reject": ms(b.rejected),
+        })
+
+
+# ---------------------------------------------------------------------------- scenarios
+async def measure(op: Op, concurrency: int, ops: int, max_seconds: float
+                  ) -> tuple[Sample, float]:
+    """A closed-loop sample and the process CPU seconds it used."""
+    gc.collect()
+    c0 = time.process_time()
+    sample = await closed_loop(op, concurrency, ops, max_seconds)
+    return sample, time.process_time() - c0
+
+
+async def sweep(target: Target, variants: Sequence[Variant], plan: Plan, rec: Recorder,
+                progress: Progress) -> None:
+    """checkout, read, write at each concurrency; variants interleaved, rotated per repetition."""
+    name = target.backend.name
+    progress.step(f"{name}: warm-up", 0)
+    for scenario in SWEEP_SCENARIOS:
+        for v in variants:
+            await closed_loop(v.op(scenario), plan.sweep.max_size, plan.warmup_ops,
+                              plan.max_seconds)
+    progress.step(f"{name}: warm-up")
+    for rep in range(plan.repetitions):
+        for scenario in SWEEP_SCENARIOS:
+            for c in plan.concurrencies:
+                for v in rotate(variants, rep):
+                    progress.step(f"{name}: {scenario} c={c} {v.name} (rep {rep + 1})", 0)
+                    sample, cpu = await measure(v.op(scenario), c, plan.ops[c], plan.max_seconds)
+                    rec.sample(name, scenario, v.name, c, rep, sample, cpu)
+                    progress.step(f"{name}: {scenario} c={c} {v.name} (rep {rep + 1})")
+
+
+async def http(target: Target, variants: Sequence[Variant], plan: Plan, rec: Recorder,
+               progress: Progress) -> None:
+    """GET /<variant>/{k} through uvicorn on loopback with httpx at a fixed concurrency."""
+    import httpx
+
+    name = target.backend.name
+    routes = [v.name for v in variants]
+    if target.backend.family == "sql":
+        routes.insert(2, "hand_fn")
+    c = plan.http_concurrency
+    limits = httpx.Limits(max_connections=c, max_keepalive_connections=c)
+    async with (serve(build_app(variants)) as base,
+                httpx.AsyncClient(base_url=base, limits=limits, timeout=30.0) as client):
+        for route in routes:
+            await closed_loop(http_op(client, route), c, plan.warmup_ops // 2, plan.max_seconds)
+        for rep in range(plan.repetitions):
+            for route in rotate(routes, rep):
+                progress.step(f"{name}: http {route} (rep {rep + 1})", 0)
+                sample, cpu = await measure(http_op(client, route), c, plan.http_ops,
+                                            plan.max_seconds)
+                rec.sample(name, "http", route, c, rep, sample, cpu)
+                progress.step(f"{name}: http {route} (rep {rep + 1})")
+
+
+async def exhaustion(target: Target, plan: Plan, rec: Recorder, progress: Progress) -> None:
+    """Bursts of 10x max_size requests on a small pool with a short timeout (and max_waiting)."""
+    s = PoolSettings(size=plan.exhaust_size, overflow=0, timeout=plan.exhaust_timeout_s)
+    variants: list[Variant] = [
+        ConnmanVariant(target, s),
+        ConnmanVariant(target, with_max_waiting(s, plan.exhaust_max_waiting),
+                       name="connman_maxwait"),
+    ]
+    if target.backend.family == "sql":
+        variants += [HandSql(target, s), raw_variant(target, s)]
+    name = target.backend.name
+    async with opened(variants) as live:
+        for rep in range(plan.exhaust_reps):
+            for v in rotate(live, rep):
+                progress.step(f"{name}: exhaustion {v.name} (rep {rep + 1})", 0)
+                if v.name == "raw" and target.backend.driver == "aiosqlite":
+                    progress.step(f"{name}: exhaustion {v.name} (rep {rep + 1})")
+                    continue  # one connection, no pool: nothing comparable to measure
+                b = await burst(v, plan.exhaust_factor * plan.exhaust_size, plan.exhaust_hold_s)
+                mw = v.settings.max_waiting
+                rec.burst(name, v.name, rep, plan, mw, b)
+                progress.step(f"{name}: exhaustion {v.name} (rep {rep + 1})")
+
+
+async def cold_start(targets: Sequence[Target], plan: Plan, rec: Recorder,
+                     progress: Progress) -> dict[str, str]:
+    """open() of a lifespan with 4 pools vs each of those pools opened alone."""
+    order = ("postgres-asyncpg", "mysql-aiomysql", "mongo-pymongo", "sqlite-aiosqlite",
+             "pgbouncer-asyncpg", "mysql-asyncmy", "mongo-motor")
+    by_name = {t.backend.name: t for t in targets}
+    chosen = [by_name[n] for n in order if n in by_name][:4]
+    if not chosen:
+        return {}
+    while len(chosen) < 4:
+        chosen.append(chosen[len(chosen) % len(chosen)])
+    s = PoolSettings(size=plan.cold_pool_size, overflow=plan.cold_pool_size)
+    pools = {f"p{i + 1}": t.pool_config(s) for i, t in enumerate(chosen)}
+    which = {f"p{i + 1}": t.backend.name for i, t in enumerate(chosen)}
+    for rep in range(plan.cold_reps):
+        progress.step(f"cold start (rep {rep + 1})", 0)
+        entry: dict[str, Any] = {"rep": rep, "single_open_s": {}, "single_close_s": {}}
+        for key in rotate([*pools, "all"], rep):
+            subset = pools if key == "all" else {key: pools[key]}
+            gc.collect()
+            open_s, close_s = await open_close(subset)
+            if key == "all":
+                entry["all_open_s"], entry["all_close_s"] = round(open_s, 6), round(close_s, 6)
+            else:
+                entry["single_open_s"][key] = round(open_s, 6)
+                entry["single_close_s"][key] = round(close_s, 6)
+        rec.cold.append(entry)
+        progress.step(f"cold start (rep {rep + 1})")
+    return which
+
+
+@contextlib.asynccontextmanager
+async def opened(variants: Sequence[Variant]) -> Any:
+    """Open the variants (concurrently), yield them, close them all even on error."""
+    done: list[Variant] = []
+
+    async def one(v: Variant) -> None:
+        await v.open()
+        done.append(v)
+
+    try:
+        results = await asyncio.gather(*(one(v) for v in variants), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        yield [v for v in variants if v in done]
+    finally:
+        await asyncio.gather(*(v.close() for v in done), return_exceptions=True)
+
+
+async def bench_backend(target: Target, plan: Plan, rec: Recorder, progress: Progress) -> None:
+    """Every scenario on one backend."""
+    await prepare(target)
+    async with opened(make_variants(target, plan.sweep)) as variants:
+        await sweep(target, variants, plan, rec, progress)
+        await http(target, variants, plan, rec, progress)
+    await exhaustion(target, plan, rec, progress)
+
+
+# ---------------------------------------------------------------------------- entry points
+def make_plan(quick: bool, repetitions: int | None) -> Plan:
+    """QUICK or FULL, with the repetitions overridden when given."""
+    plan = QUICK if quick else FULL
+    if repetitions is not None:
+        from dataclasses import replace
+
+        plan = replace(plan, repetitions=repetitions)
+    return plan
+
+
+async def arun(quick: bool = False, backends: Sequence[str] | None = None,
+               out: Path = Path("benchmarks/results"),
+               urls: Mapping[str, str] | Sequence[str] | None = None,
+               repetitions: int | None = None, progress: bool = True) -> Path:
+    """The suite, in the running event loop; returns the run's results directory."""
+    plan = make_plan(quick, repetitions)
+    names = list(backends or (QUICK_BACKENDS if quick else BACKENDS))
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown:
+        raise ValueError(f"unknown backend(s) {unknown}; known: {', '.join(BACKENDS)}")
+    started = datetime.now(UTC)
+    t0 = time.monotonic()
+    rec = Recorder()
+    env = environment()
+    server_versions: dict[str, str] = {}
+    servers = Servers({BACKENDS[n].server for n in names} - {""}, parse_urls(urls))
+    total = sum(plan.steps(BACKENDS[n].family) for n in names) + plan.cold_reps
+    cold_pools: dict[str, str] = {}
+    try:
+        with Progress(total, progress) as bar:
+            bar.step("starting servers", 0)
+            await servers.start()
+            ready: list[Target] = []
+            for n in names:
+                backend = BACKENDS[n]
+                try:
+                    target = servers.target(backend)
+                    server_versions[n] = await server_version(target)
+                    bar.log(f"{n}: {server_versions[n]}")
+                    await bench_backend(target, plan, rec, bar)
+                    ready.append(target)
+                except Exception as exc:
+                    rec.failures[n] = f"{type(exc).__name__}: {exc}"
+                    bar.log(f"[red]{n} failed: {exc}")
+                    traceback.print_exc(file=sys.stderr)
+            cold_pools = await cold_start(ready, plan, rec, bar)
+    finally:
+        servers.stop()
+    finished = datetime.now(UTC)
+    results: dict[str, Any] = {
+        "schema": "connman-bench/1",
+        "quick": plan.quick,
+        "started": started.isoformat(timespec="seconds"),
+        "finished": finished.isoformat(timespec="seconds"),
+        "wall_s": round(time.monotonic() - t0, 2),
+        "command": _command(),
+        "backends": names,
+        "environment": env,
+        "servers": {"versions": server_versions, "sources": servers.sources},
+        "plan": {**{k: v for k, v in asdict(plan).items() if k not in ("ops", "sweep")},
+                 "ops": {str(k): v for k, v in plan.ops.items()},
+                 "sweep_pool": {**asdict(plan.sweep), "max_size": plan.sweep.max_size}},
+        "notes": [SECANTUS_NOTE] if any(BACKENDS[n].family == "mongo" for n in names) else [],
+        "failures": rec.failures,
+        "samples": rec.samples,
+        "exhaustion": rec.exhaustion,
+        "cold_start": {"pools": cold_pools, "reps": rec.cold},
+    }
+    return write_report(results, Path(out), started)
+
+
+def _command() -> str:
+    prog = Path(sys.argv[0]).name
+    if prog == "__main__.py":
+        prog = "python -m connman.bench"
+    return " ".join([prog, *sys.argv[1:]])
+
+
+def run(quick: bool = False, backends: Sequence[str] | None = None,
+        out: Path = Path("benchmarks/results"),
+        urls: Mapping[str, str] | Sequence[str] | None = None,
+        repetitions: int | None = None, progress: bool = True) -> Path:
+    """Run the suite (starting throwaway servers as needed); returns the results directory.
+
+    Writes `<out>/<UTC timestamp>/` and a copy in `<out>/latest/`: results.json, results.md and
+    PNG plots. Servers come from `urls` (kind -> URL), `CONNMAN_TEST_<KIND>_URL`, or are started.
+    """
+    return asyncio.run(arun(quick, backends, out, urls, repetitions, progress))
+
