@@ -246,11 +246,20 @@ class ConnectionManager:
 
     # ------------------------------------------------------------------ lifecycle
     async def open(self) -> None:
-        """Open every pool at once; if one fails, close the others and raise naming it."""
+        """Open every pool at once; if a required one fails, close the others and raise naming it.
+
+        A pool with `required=False` (replicas are) that cannot open is logged and left closed.
+        """
         pools = list(self._pools.values())
         results = await asyncio.gather(*(p.open() for p in pools), return_exceptions=True)
-        failures = [(p, r) for p, r in zip(pools, results, strict=True)
-                    if isinstance(r, BaseException)]
+        failures = []
+        for pool, result in zip(pools, results, strict=True):
+            if not isinstance(result, BaseException):
+                continue
+            if pool.config.required or not isinstance(result, Exception):
+                failures.append((pool, result))
+            else:
+                logger.warning("connman: optional %s", result)
         if not failures:
             await self._warn_budget()
             return
@@ -267,7 +276,7 @@ class ConnectionManager:
         """Warn when the pools, times workers and replicas, exceed a server's connection limit."""
         from .budget import compute_budget, server_key
 
-        pools = list(self._pools.values())
+        pools = [p for p in self._pools.values() if not p.closed]
         infos = await asyncio.gather(*(asyncio.wait_for(p.server_info(), 2) for p in pools),
                                      return_exceptions=True)
         limits: dict[str, int | None] = {}
