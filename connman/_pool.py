@@ -14,7 +14,7 @@ import logging
 import random
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
@@ -306,23 +306,21 @@ class Pool(abc.ABC):
                        "checked out at:\n%s", self.name, held, self.config.leak_threshold, stack)
 
     # ------------------------------------------------------------------ sessions
-    @asynccontextmanager
-    async def session(self) -> AsyncIterator[Any]:
+    def session(self) -> AbstractAsyncContextManager[Any]:
         """A unit of work on one pooled connection; see the backend for commit/rollback."""
-        lease = await self.acquire()
-        try:
-            async with self._unit() as unit:
-                yield unit
-        finally:
-            self.release(lease)
+        return self._leased(self._unit)
+
+    def connection(self) -> AbstractAsyncContextManager[Any]:
+        """The driver's raw connection from this pool; limits, stats and lifetimes apply."""
+        return self._leased(self._raw)
 
     @asynccontextmanager
-    async def connection(self) -> AsyncIterator[Any]:
-        """The driver's raw connection from this pool; limits, stats and lifetimes apply."""
+    async def _leased(self, inner: Callable[[], AbstractAsyncContextManager[Any]]
+                      ) -> AsyncIterator[Any]:
         lease = await self.acquire()
         try:
-            async with self._raw() as conn:
-                yield conn
+            async with inner() as unit:
+                yield unit
         finally:
             self.release(lease)
 
