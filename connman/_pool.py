@@ -202,6 +202,7 @@ class Pool(abc.ABC):
             self._maint_task = None
         await shielded(self._close_quietly())
         self._opened = False
+        self._closing = False
 
     async def _maintenance_loop(self, interval: float) -> None:
         while True:
@@ -366,8 +367,7 @@ class Pool(abc.ABC):
     def state(self) -> str:
         """One line of state, httpcore style."""
         size, available = self._gauges() if self._opened else (0, 0)
-        status = "open" if self._opened and not self._closing else (
-            "closing" if self._closing else "closed")
+        status = "closing" if self._closing else ("open" if self._opened else "closed")
         return (f"{self.name} {self.backend}/{self.config.driver_name} {self.config.url.masked} "
                 f"{status} [Requests: {self._active} active, {self._nwaiting} waiting | "
                 f"Connections: {size} open, {available} idle, max {self.config.max_size}]")

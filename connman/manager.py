@@ -225,6 +225,20 @@ class ConnectionManager:
         """
         return self.pool(name).connection()
 
+    def on_connect(self, name: str, fn: Callable[[Any, Any], None]) -> None:
+        """Run `fn(dbapi_connection, connection_record)` on every new connection of SQL pool `name`.
+
+        SQLAlchemy's pool `connect` event (session settings, SQLite pragmas, ...), registered before
+        the pool opens so the warmed connections get it too. Call before `open()`/the lifespan.
+        """
+        pool = self.pool(name)
+        hooks = getattr(pool, "connect_hooks", None)
+        if hooks is None:
+            raise TypeError(f"pool {name!r} is a {pool.backend} pool; on_connect is for SQL pools")
+        if not pool.closed:
+            raise RuntimeError(f"pool {name!r} is already open; register on_connect before")
+        hooks.append(fn)
+
     def native(self, name: str) -> Any:
         """The driver object of pool `name`: an `AsyncEngine`, `AsyncMongoClient` or Motor client."""
         return self.pool(name).native()

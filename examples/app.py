@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, HTTPException
 from sqlalchemy import Integer, String, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -28,8 +28,18 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(100))
 
 
+def sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL + synchronous=NORMAL: readers beside the one writer, no fsync on every commit.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
 def create_app(manager: ConnectionManager | None = None) -> FastAPI:
     manager = manager or ConnectionManager.from_settings()
+    if manager.pool("main").config.driver_name == "aiosqlite":
+        manager.on_connect("main", sqlite_pragmas)
     app = FastAPI(lifespan=manager.lifespan)
     app.include_router(manager.health_router())
     app.state.manager = manager
@@ -46,7 +56,9 @@ def create_app(manager: ConnectionManager | None = None) -> FastAPI:
     @app.get("/users/{user_id}")
     async def get_user(user_id: int,
                        db: AsyncSession = Depends(manager.session("main"))) -> dict[str, Any]:
-        user = (await db.execute(select(User).where(User.id == user_id))).scalar_one()
+        user = (await db.execute(select(User).where(User.id == user_id))).scalar_one_or_none()
+        if user is None:
+            raise HTTPException(404, f"no user {user_id}")
         return {"id": user.id, "name": user.name}
 
     @app.get("/stats")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -85,6 +85,7 @@ class SQLAlchemyPool(Pool):
         self._options = engine_options(name, config)
         self._engine: AsyncEngine | None = None
         self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
+        self.connect_hooks: list[Callable[[Any, Any], None]] = []
 
     # ------------------------------------------------------------------ lifecycle
     async def _open(self) -> None:
@@ -138,6 +139,9 @@ class SQLAlchemyPool(Pool):
             if cfg.recycle is not None:
                 rec.info["cm_deadline"] = now + jittered_lifetime(cfg.recycle, cfg.recycle_jitter)
             self._emit("connect", rec.info.pop("cm_connect_ms", 0.0))
+
+        for hook in self.connect_hooks:
+            event.listen(pool, "connect", hook)
 
         @event.listens_for(pool, "checkout")
         def on_checkout(dbapi_con: Any, rec: Any, proxy: Any) -> None:

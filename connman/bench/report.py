@@ -106,6 +106,10 @@ def _cell(value: float | None, fmt: str = "{:.2f}") -> str:
     return "n/a" if value is None else fmt.format(value)
 
 
+def _loads(env: dict[str, Any], key: str) -> str:
+    return "/".join(f"{x:.2f}" for x in env.get(key) or ()) or "?"
+
+
 def _ms(value: float) -> str:
     return f"{value:.3f}" if value < 10 else f"{value:.1f}"
 
@@ -122,7 +126,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"Command: `{results['command']}`.",
         "",
         f"Python {env['python']} on {env['platform']}, {env['cpu_count']} CPUs "
-        f"(load average at start {', '.join(f'{x:.2f}' for x in env['load_average_at_start'])}); "
+        f"(load average 1/5/15 min at start {_loads(env, 'load_average_at_start')}, at end "
+        f"{_loads(env, 'load_average_at_end')}); "
         f"connman git {env['git']}.",
         "",
         "Drivers: " + ", ".join(f"{k} {v}" for k, v in pkgs.items() if v) + ".",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import sys
 import time
 import traceback
@@ -72,8 +73,8 @@ class Plan:
 
 
 FULL = Plan(quick=False, concurrencies=(1, 10, 100, 1000), repetitions=3,
-            ops={1: 200, 10: 300, 100: 500, 1000: 1000}, warmup_ops=100, http_concurrency=10,
-            http_ops=200, cold_reps=5, exhaust_reps=3)
+            ops={1: 150, 10: 250, 100: 400, 1000: 1000}, warmup_ops=80, http_concurrency=10,
+            http_ops=150, cold_reps=5, exhaust_reps=3)
 """The full suite (about 10 minutes for every backend on 2 cores)."""
 QUICK = Plan(quick=True, concurrencies=(1, 10), repetitions=1, ops={1: 60, 10: 120},
              warmup_ops=40, http_concurrency=10, http_ops=60, cold_reps=1, exhaust_reps=1,
@@ -353,6 +354,7 @@ async def arun(quick: bool = False, backends: Sequence[str] | None = None,
     finally:
         servers.stop()
     finished = datetime.now(UTC)
+    env["load_average_at_end"] = list(os.getloadavg())
     results: dict[str, Any] = {
         "schema": "connman-bench/1",
         "quick": plan.quick,
