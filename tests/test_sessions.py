@@ -236,3 +236,24 @@ async def test_native_objects_match_the_mapping(make_manager: Make, target: Targ
             assert opts.max_idle_time_seconds == 60
             assert opts.wait_queue_timeout == 8.0
             assert opts.connect_timeout == 3.0
+
+
+@only(kinds=("sql",))
+async def test_on_connect_runs_for_every_connection_including_the_warmed_ones(
+        make_manager: Make, ops: Ops) -> None:
+    m = make_manager(size=3, overflow=1)
+    seen: list[Any] = []
+    m.on_connect("main", lambda dbapi_conn, record: seen.append(dbapi_conn))
+    async with m:
+        assert len(seen) == 3
+        async with m.session("main") as unit:
+            await ops.select1(unit)
+        with pytest.raises(RuntimeError, match="already open"):
+            m.on_connect("main", lambda c, r: None)
+    assert len(seen) == m.stats("main")["connections_num"]
+
+
+@only(kinds=("mongo",))
+def test_on_connect_is_for_sql_pools(make_manager: Make) -> None:
+    with pytest.raises(TypeError, match="on_connect is for SQL pools"):
+        make_manager().on_connect("main", lambda c, r: None)
