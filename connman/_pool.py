@@ -14,8 +14,7 @@ import logging
 import random
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from ._url import redact
@@ -27,14 +26,19 @@ logger = logging.getLogger("connman")
 T = TypeVar("T")
 
 
+async def _bounded(aw: Awaitable[T], timeout: float | None) -> T:
+    if timeout is None:
+        return await aw
+    async with asyncio.timeout(timeout):
+        return await aw
+
+
 async def shielded(aw: Awaitable[T], timeout: float | None = None) -> T:
     """Run `aw` to completion even if the caller is cancelled meanwhile; re-raise the cancel after.
 
     Used for every step that returns a connection: a cancelled request must not leak one.
     """
-    task: asyncio.Future[T] = asyncio.ensure_future(
-        asyncio.wait_for(aw, timeout) if timeout is not None else aw
-    )
+    task: asyncio.Future[T] = asyncio.ensure_future(_bounded(aw, timeout))
     cancelled = False
     while True:
         try:
@@ -51,6 +55,29 @@ async def shielded(aw: Awaitable[T], timeout: float | None = None) -> T:
     if cancelled:
         raise asyncio.CancelledError
     return result
+
+
+async def finish(step: Callable[[], Awaitable[None]], timeout: float, pool: str) -> None:
+    """Run a step that gives a connection back (`session.close()`), whatever happens meanwhile.
+
+    The common case awaits it directly: a task, a shield and a timer per request would cost more
+    than the rest of connman's work. Under cancellation it runs shielded, and a step the cancel
+    interrupted is run again shielded, so the connection still goes back; there, a step stuck past
+    `timeout` (network cut) is abandoned and the driver discards that connection.
+    """
+    try:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            await shielded(step(), timeout)
+            return
+        try:
+            await step()
+        except asyncio.CancelledError:
+            await shielded(step(), timeout)
+            raise
+    except TimeoutError:
+        logger.warning("connman: pool %r: returning a connection took over %.0fs; discarded",
+                       pool, timeout)
 
 
 def jittered_lifetime(recycle: float, jitter: float) -> float:
@@ -102,12 +129,20 @@ class Pool(abc.ABC):
         """Dispose the driver pool/client; after it the server sees none of its connections."""
 
     @abc.abstractmethod
-    def _unit(self) -> AbstractAsyncContextManager[Any]:
-        """The unit of work a session yields, run while the session holds a lease."""
+    async def _begin(self) -> Any:
+        """Start the unit of work a session yields (an AsyncSession, a database handle)."""
 
     @abc.abstractmethod
-    def _raw(self) -> AbstractAsyncContextManager[Any]:
-        """The driver's own connection from this pool (the fast path), under a lease."""
+    async def _end(self, unit: Any, error: BaseException | None) -> None:
+        """End it: commit or roll back, and give the connection back, whatever happens."""
+
+    @abc.abstractmethod
+    async def _begin_raw(self) -> tuple[Any, Any]:
+        """Check out the driver's own connection (the fast path): (handle, connection)."""
+
+    @abc.abstractmethod
+    async def _end_raw(self, handle: Any, error: BaseException | None) -> None:
+        """Give the fast path's connection back."""
 
     @abc.abstractmethod
     async def ping(self) -> float:
@@ -307,23 +342,13 @@ class Pool(abc.ABC):
                        "checked out at:\n%s", self.name, held, self.config.leak_threshold, stack)
 
     # ------------------------------------------------------------------ sessions
-    def session(self) -> AbstractAsyncContextManager[Any]:
+    def session(self) -> Leased:
         """A unit of work on one pooled connection; see the backend for commit/rollback."""
-        return self._leased(self._unit)
+        return Leased(self, raw=False)
 
-    def connection(self) -> AbstractAsyncContextManager[Any]:
+    def connection(self) -> Leased:
         """The driver's raw connection from this pool; limits, stats and lifetimes apply."""
-        return self._leased(self._raw)
-
-    @asynccontextmanager
-    async def _leased(self, inner: Callable[[], AbstractAsyncContextManager[Any]]
-                      ) -> AsyncIterator[Any]:
-        lease = await self.acquire()
-        try:
-            async with inner() as unit:
-                yield unit
-        finally:
-            self.release(lease)
+        return Leased(self, raw=True)
 
     # ------------------------------------------------------------------ stats and events
     def _emit(self, name: str, duration_ms: float = 0.0, reason: str = "") -> None:
@@ -374,3 +399,45 @@ class Pool(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<Pool {self.state()}>"
+
+
+class Leased:
+    """`async with pool.session()`: a lease on a slot plus the backend's unit of work.
+
+    A plain class rather than an async generator: it is on every request's path, and generator-based
+    context managers cost two extra layers per request.
+    """
+
+    __slots__ = ("handle", "lease", "pool", "raw")
+
+    def __init__(self, pool: Pool, *, raw: bool) -> None:
+        self.pool = pool
+        self.raw = raw
+        self.lease: Lease | None = None
+        self.handle: Any = None
+
+    async def __aenter__(self) -> Any:
+        pool = self.pool
+        lease = await pool.acquire()
+        try:
+            if self.raw:
+                self.handle, unit = await pool._begin_raw()
+            else:
+                self.handle = unit = await pool._begin()
+        except BaseException:
+            pool.release(lease)
+            raise
+        self.lease = lease
+        return unit
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        pool, lease = self.pool, self.lease
+        assert lease is not None
+        try:
+            if self.raw:
+                await pool._end_raw(self.handle, exc)
+            else:
+                await pool._end(self.handle, exc)
+        finally:
+            self.handle = self.lease = None
+            pool.release(lease)

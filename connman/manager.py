@@ -90,10 +90,9 @@ class ReplicaRouter:
             try:
                 yield unit
             except BaseException as exc:
-                if not await cm.__aexit__(type(exc), exc, exc.__traceback__):
-                    raise
-            else:
-                await cm.__aexit__(None, None, None)
+                await cm.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
+            await cm.__aexit__(None, None, None)
             return
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 from pymongo import monitoring
@@ -221,13 +219,17 @@ class MongoPool(Pool):
                 if self._listener.expired(pool.address, conn.id, now):
                     conn.generation = -1
 
-    @asynccontextmanager
-    async def _unit(self) -> AsyncIterator[Any]:
-        yield self._db
+    async def _begin(self) -> Any:
+        return self._db
 
-    @asynccontextmanager
-    async def _raw(self) -> AsyncIterator[Any]:
-        yield self._db
+    async def _end(self, unit: Any, error: BaseException | None) -> None:
+        return None
+
+    async def _begin_raw(self) -> tuple[Any, Any]:
+        return None, self._db
+
+    async def _end_raw(self, handle: Any, error: BaseException | None) -> None:
+        return None
 
     async def ping(self) -> float:
         """One `ping` command; latency in milliseconds."""

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from sqlalchemy import event, text
@@ -22,8 +22,9 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.pool import AsyncAdaptedQueuePool
+from sqlalchemy.util import greenlet_spawn
 
-from .._pool import Pool, jittered_lifetime, shielded
+from .._pool import Pool, finish, jittered_lifetime, shielded
 from ..config import PoolConfig
 from ..errors import ConfigurationError
 from ..stats import EventHub
@@ -86,6 +87,7 @@ class SQLAlchemyPool(Pool):
         self._engine: AsyncEngine | None = None
         self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
         self.connect_hooks: list[Callable[[Any, Any], None]] = []
+        self._finish_timeout = config.connect_timeout + config.timeout
 
     # ------------------------------------------------------------------ lifecycle
     async def _open(self) -> None:
@@ -180,30 +182,25 @@ class SQLAlchemyPool(Pool):
             self.connection_event(reason)
 
     # ------------------------------------------------------------------ sessions
-    @asynccontextmanager
-    async def _unit(self) -> AsyncIterator[AsyncSession]:
+    async def _begin(self) -> AsyncSession:
         assert self._sessionmaker is not None
-        session = self._sessionmaker()
+        return self._sessionmaker()
+
+    async def _end(self, session: AsyncSession, error: BaseException | None) -> None:
         try:
-            yield session
-            if session.in_transaction():
+            if error is None and session.in_transaction():
                 await session.commit()
         finally:
-            # close() rolls back what was not committed and returns the connection; shielded so
-            # a cancelled request returns it too.
-            await shielded(session.close(), timeout=self.config.connect_timeout + self.config.timeout)
+            # close() rolls back what was not committed and returns the connection, also when
+            # the request was cancelled.
+            await finish(session.close, self._finish_timeout, self.name)
 
-    @asynccontextmanager
-    async def _raw(self) -> AsyncIterator[Any]:
-        engine = self._require_engine()
-        fairy = await engine.raw_connection()
-        try:
-            yield fairy.driver_connection
-        finally:
-            from sqlalchemy.util import greenlet_spawn
+    async def _begin_raw(self) -> tuple[Any, Any]:
+        fairy = await self._require_engine().raw_connection()
+        return fairy, fairy.driver_connection
 
-            await shielded(greenlet_spawn(fairy.close),
-                           timeout=self.config.connect_timeout + self.config.timeout)
+    async def _end_raw(self, fairy: Any, error: BaseException | None) -> None:
+        await finish(partial(greenlet_spawn, fairy.close), self._finish_timeout, self.name)
 
     def is_connection_error(self, exc: BaseException) -> bool:
         """A DBAPI error that invalidated the connection, or could not make one."""

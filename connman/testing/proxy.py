@@ -77,6 +77,7 @@ class TcpProxy:
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
         self._links: set[_Link] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ public API
@@ -112,6 +113,8 @@ class TcpProxy:
                     task.cancel()
                 with contextlib.suppress(Exception):
                     loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                    for _ in range(3):  # let closed transports run their connection_lost
+                        loop.run_until_complete(asyncio.sleep(0))
                     loop.run_until_complete(loop.shutdown_asyncgens())
                 loop.close()
 
@@ -194,36 +197,47 @@ class TcpProxy:
         for link in list(self._links):
             link.reset()
         self._links.clear()
+        for writer in list(self._writers):  # connections not linked yet (still connecting)
+            _reset(writer)
         if server is not None:
             await server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._cut:
-            _reset(writer)
-            return
+        self._writers.add(writer)
+        up_writer: asyncio.StreamWriter | None = None
         try:
-            up_reader, up_writer = await asyncio.wait_for(
-                asyncio.open_connection(self.target_host, self.target_port), self.connect_timeout)
-        except (OSError, TimeoutError):
-            self.refused += 1
-            _reset(writer)
-            return
-        if self._cut:  # cut while we were connecting
-            _reset(up_writer)
-            _reset(writer)
-            return
-        self.accepted += 1
-        link = _Link(writer, up_writer)
-        self._links.add(link)
-        link.tasks = [asyncio.ensure_future(self._pump(reader, up_writer, link)),
-                      asyncio.ensure_future(self._pump(up_reader, writer, link))]
-        try:
-            await asyncio.gather(*link.tasks, return_exceptions=True)
+            if self._cut:
+                _reset(writer)
+                return
+            try:
+                up_reader, upstream = await asyncio.wait_for(
+                    asyncio.open_connection(self.target_host, self.target_port),
+                    self.connect_timeout)
+            except (OSError, TimeoutError):
+                self.refused += 1
+                _reset(writer)
+                return
+            up_writer = upstream
+            self._writers.add(upstream)
+            if self._cut:  # cut while we were connecting
+                _reset(upstream)
+                _reset(writer)
+                return
+            self.accepted += 1
+            link = _Link(writer, upstream)
+            self._links.add(link)
+            link.tasks = [asyncio.ensure_future(self._pump(reader, upstream, link)),
+                          asyncio.ensure_future(self._pump(up_reader, writer, link))]
+            try:
+                await asyncio.gather(*link.tasks, return_exceptions=True)
+            finally:
+                self._links.discard(link)
         finally:
-            self._links.discard(link)
             for w in (writer, up_writer):
-                if not w.transport.is_closing():
-                    w.close()
+                if w is not None:
+                    self._writers.discard(w)
+                    if not w.transport.is_closing():
+                        w.close()
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     link: _Link) -> None:
