@@ -36,7 +36,8 @@ MAPPING: dict[str, dict[str, Entry]] = {
     "timeout": {
         "sqlalchemy": Entry("native + emulated", "pool_timeout",
                             "connman's FIFO gate bounds the wait and raises `PoolTimeout`; "
-                            "the native timeout stays as a backstop"),
+                            "the native timeout stays as a backstop; SQLite: also sqlite3's "
+                            "lock `timeout`"),
         "mongo": Entry("native + emulated", "waitQueueTimeoutMS",
                        "connman's FIFO gate bounds the wait and raises `PoolTimeout`; "
                        "the native timeout stays as a backstop"),
@@ -64,7 +65,8 @@ MAPPING: dict[str, dict[str, Entry]] = {
     },
     "connect_timeout": {
         "sqlalchemy": Entry("native", "connect_args: timeout (asyncpg) / connect_timeout (MySQL)",
-                            "aiosqlite has no network connect; the startup deadline still applies"),
+                            "aiosqlite has no network connect (its `timeout` is the lock wait, "
+                            "set from `timeout`); the startup deadline still applies"),
         "mongo": Entry("native", "connectTimeoutMS, serverSelectionTimeoutMS",
                        "both, so a missing server fails within the limit"),
     },

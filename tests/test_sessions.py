@@ -257,3 +257,25 @@ async def test_on_connect_runs_for_every_connection_including_the_warmed_ones(
 def test_on_connect_is_for_sql_pools(make_manager: Make) -> None:
     with pytest.raises(TypeError, match="on_connect is for SQL pools"):
         make_manager().on_connect("main", lambda c, r: None)
+
+
+@only(kinds=("sql",), exclude=("sqlite",))
+async def test_a_session_outliving_the_drain_deadline_closes_its_connection(
+        make_manager: Make, ops: Ops, target: Target) -> None:
+    baseline = await server_connections(target)
+    m = make_manager(size=1, overflow=0, drain_timeout=0.2)
+    await m.open()
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with m.session("main") as unit:
+            await ops.select1(unit)
+            await release.wait()
+
+    task = asyncio.create_task(hold())
+    while m.stats("main")["requests_active"] < 1:
+        await asyncio.sleep(0.01)
+    await m.close()  # gives up on the held session after 0.2 s and disposes the engine
+    release.set()
+    await task
+    assert await wait_for_count(target, baseline or 0) == baseline

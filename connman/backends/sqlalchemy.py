@@ -54,6 +54,10 @@ def engine_options(name: str, config: PoolConfig) -> dict[str, Any]:
     arg = _CONNECT_TIMEOUT_ARG.get(driver)
     if arg is not None:
         connect_args.setdefault(arg, config.connect_timeout)
+    elif driver == "aiosqlite":
+        # sqlite3's `timeout` is how long a writer waits for the file lock: the same promise as
+        # `timeout` (wait for the database, then fail), instead of sqlite3's own 5 s.
+        connect_args.setdefault("timeout", config.timeout)
     if config.external_pooler == "pgbouncer":
         # Transaction pooling hands each transaction a different server connection, so named
         # prepared statements cannot be reused: turn off both asyncpg's and SQLAlchemy's caches.
@@ -88,9 +92,11 @@ class SQLAlchemyPool(Pool):
         self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
         self.connect_hooks: list[Callable[[Any, Any], None]] = []
         self._finish_timeout = config.connect_timeout + config.timeout
+        self._disposed_pool: Any = None
 
     # ------------------------------------------------------------------ lifecycle
     async def _open(self) -> None:
+        self._disposed_pool = None
         engine = create_async_engine(self.config.url.get_secret_value(), **self._options)
         self._engine = engine
         self._install_events(engine)
@@ -111,6 +117,8 @@ class SQLAlchemyPool(Pool):
     async def _close(self) -> None:
         if self._engine is not None:
             engine, self._engine = self._engine, None
+            if self._active:
+                self._disposed_pool = engine.sync_engine.pool
             await engine.dispose()
 
     # ------------------------------------------------------------------ events -> stats
@@ -194,6 +202,14 @@ class SQLAlchemyPool(Pool):
             # close() rolls back what was not committed and returns the connection, also when
             # the request was cancelled.
             await finish(session.close, self._finish_timeout, self.name)
+            await self._close_if_disposed()
+
+    async def _close_if_disposed(self) -> None:
+        if self._disposed_pool is not None:
+            # A session outlived the drain deadline: its connection went back to a pool that
+            # was already disposed, so dispose that pool again to close it.
+            await finish(partial(greenlet_spawn, self._disposed_pool.dispose),
+                         self._finish_timeout, self.name)
 
     async def _begin_raw(self) -> tuple[Any, Any]:
         fairy = await self._require_engine().raw_connection()
@@ -201,6 +217,7 @@ class SQLAlchemyPool(Pool):
 
     async def _end_raw(self, fairy: Any, error: BaseException | None) -> None:
         await finish(partial(greenlet_spawn, fairy.close), self._finish_timeout, self.name)
+        await self._close_if_disposed()
 
     def is_connection_error(self, exc: BaseException) -> bool:
         """A DBAPI error that invalidated the connection, or could not make one."""

@@ -83,6 +83,14 @@ class Servers:
         self.servers[kind] = server
         self.sources[kind] = "throwaway"
 
+    async def fresh(self, kind: str) -> None:
+        """Replace a throwaway server by a newly started one (an external one is kept)."""
+        if self.sources.get(kind) != "throwaway":
+            return
+        old = self.servers.pop(kind)
+        await asyncio.to_thread(old.stop)
+        await self._launch(kind)
+
     def stop(self) -> None:
         """Stop the throwaway servers (PgBouncer first) and remove the SQLite dir."""
         for kind in ("pgbouncer", "pgbouncer-upstream", "mongo", "mysql", "postgres"):

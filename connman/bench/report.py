@@ -97,6 +97,8 @@ def headline(results: dict[str, Any]) -> list[dict[str, Any]]:
                 for pair in ("connman/hand", "connman/raw"):
                     r = _ratio(results, backend, scenario, c, pair)
                     row[pair] = r["throughput_ratio"] if r else None
+                    row[f"{pair} range"] = [r["min"], r["max"]] if r else None
+                    row[f"{pair} cpu"] = r["cpu_ratio"] if r else None
                 if row["connman/hand"] is not None:
                     rows.append(row)
     return rows
@@ -104,6 +106,14 @@ def headline(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _cell(value: float | None, fmt: str = "{:.2f}") -> str:
     return "n/a" if value is None else fmt.format(value)
+
+
+def _range(pair: list[float] | None) -> str:
+    return f"({pair[0]:.2f}-{pair[1]:.2f})" if pair else ""
+
+
+def _inverse(value: float | None) -> str:
+    return f"{1 / value:.2f}" if value else "n/a"
 
 
 def _loads(env: dict[str, Any], key: str) -> str:
@@ -142,7 +152,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"pre_ping {plan['sweep_pool']['pre_ping']}, timeout {plan['sweep_pool']['timeout']} s. "
         f"Repetitions: {plan['repetitions']} (medians shown; variants interleaved and rotated "
         f"per repetition). Operations per sample by concurrency: "
-        + ", ".join(f"c={k}: {v}" for k, v in plan["ops"].items()) + ".",
+        + ", ".join(f"c={k}: {v}" for k, v in plan["ops"].items())
+        + "".join(f"; {k}: " + ", ".join(f"c={c}: {n}" for c, n in v.items())
+                  for k, v in plan.get("overrides", {}).items()) + ".",
         "",
         "Ratios are throughput(a) / throughput(b) from the same repetition, median over "
         "repetitions: 1.00 = same speed, 0.95 = a is 5 % slower. `CPU µs/op` is this "
@@ -154,13 +166,25 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["## Not run", "", "| backend | reason |", "| --- | --- |"]
         lines += [f"| {b} | {r} |" for b, r in results["failures"].items()]
         lines.append("")
+    if results.get("skipped"):
+        lines += ["## Skipped on purpose", "", "| backend | scenario | c | why |",
+                  "| --- | --- | ---: | --- |"]
+        lines += [f"| {s['backend']} | {s['scenario']} | {s['concurrency']} | {s['reason']} |"
+                  for s in results["skipped"]]
+        lines.append("")
     head = headline(results)
     if head:
         lines += ["## Headline: connman vs hand-written and vs the raw driver pool", "",
-                  "| backend | scenario | c | connman/hand | connman/raw |",
-                  "| --- | --- | ---: | ---: | ---: |"]
+                  "Throughput ratios, median over repetitions (min-max across repetitions in "
+                  "brackets), and the CPU-per-operation ratio hand/connman (below 1: connman "
+                  "spends more client CPU per operation).", "",
+                  "| backend | scenario | c | connman/hand | CPU hand/connman | connman/raw |",
+                  "| --- | --- | ---: | ---: | ---: | ---: |"]
         lines += [f"| {r['backend']} | {r['scenario']} | {r['concurrency']} | "
-                  f"{_cell(r['connman/hand'])} | {_cell(r['connman/raw'])} |" for r in head]
+                  f"{_cell(r['connman/hand'])} {_range(r.get('connman/hand range'))} | "
+                  f"{_inverse(r.get('connman/hand cpu'))} | "
+                  f"{_cell(r['connman/raw'])} {_range(r.get('connman/raw range'))} |"
+                  for r in head]
         lines.append("")
     for scenario, title in SCENARIO_TITLES.items():
         rows = [s for s in results["summary"] if s["scenario"] == scenario]
