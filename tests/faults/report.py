@@ -1,0 +1,303 @@
+"""Run every fault scenario on every backend it applies to and write docs/reliability.md.
+
+    python -m tests.faults.report            # the fast (CI) sizes, a few minutes
+    python -m tests.faults.report --full     # the full sizes (20,000 requests of sustained load)
+
+Servers are throwaway ones started here (or the `CONNMAN_TEST_*_URL` ones, which cannot be
+restarted, so their restart scenarios fail); every one is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from connman.testing.servers import (
+    MariaDBServer,
+    MongoWireServer,
+    PgBouncerServer,
+    PostgresServer,
+    Server,
+    server_from_env,
+)
+
+from .._targets import Target
+from ..conftest import TARGETS
+from .load import shutdown
+from .scenarios import KNOWN_ISSUES, SCENARIOS, Env, Figures, run_scenario
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / "docs" / "reliability.md"
+BACKENDS = list(TARGETS)
+
+# What each column of the table shows, from the figures.
+EXTRAS = ("killed", "handlers_cancelled", "tasks_cancelled", "serves_after", "throughput_rps",
+          "fail_ms", "hang_fail_ms", "app_fail_ms", "app_exit_code", "drain_ms", "late_request",
+          "job", "commit_errors", "commit_errors_applied", "unknown_writes", "transport")
+
+LIMITS = [
+    ("SQLite", "has no server: nothing to restart, kill, cut or slow down, and no PgBouncer; it "
+     "runs the scenarios that need no server (cancellation storm, sustained load, startup with "
+     "its file unreachable, shutdown). Its 'server-side' connection count is the number of file "
+     "descriptors this process holds on the database file."),
+    ("MariaDB (aiomysql, asyncmy)", "has no failpoints: the stalled-server case is covered by "
+     "the proxy's latency; PgBouncer is PostgreSQL-only."),
+    ("PostgreSQL", "has no failpoints either; PgBouncer (transaction mode, `external_pooler: "
+     "pgbouncer`) is restarted in front of it in its own scenario."),
+    ("Mongo (PyMongo, Motor)", "the server is SecantusDB, a MongoDB-wire surrogate (pure "
+     "Python, WiredTiger storage), not mongod. It runs with `--enable-test-commands`, so "
+     "`configureFailPoint` with `failCommand` works, `closeConnection` and "
+     "`blockConnection`/`blockTimeMS` included (the block is a `time.sleep` in the connection's "
+     "server thread), scoped to the app by `appName`. `serverStatus.connections.current` exists "
+     "but counts every client and reports `available: 0`, so the per-app count comes from "
+     "`currentOp` (one entry per connection, with its client metadata) and the kill scenario uses "
+     "`killOp`, which SecantusDB implements by closing the connection's socket. A Mongo client "
+     "keeps one monitoring connection besides its pool (`serverMonitoringMode=poll`); PyMongo "
+     "keeps up to `size + overflow` connections until `idle`, so its baseline is that plus one."),
+    ("PgBouncer", "applies to PostgreSQL only; the app's connections are counted with "
+     "`SHOW CLIENTS` on its admin console."),
+]
+
+
+def start_servers() -> dict[str, Server]:
+    """The throwaway servers (or the external ones named by CONNMAN_TEST_*_URL)."""
+    servers: dict[str, Server] = {}
+    for kind, cls in (("postgres", PostgresServer), ("mysql", MariaDBServer),
+                      ("mongo", MongoWireServer)):
+        servers[kind] = server_from_env(kind) or cls().start()
+    pg = servers["postgres"]
+    servers["pgbouncer"] = server_from_env("pgbouncer") or PgBouncerServer(
+        pg).start()  # type: ignore[arg-type]
+    return servers
+
+
+def target_for(tid: str, servers: dict[str, Server], sqlite_dir: Path) -> Target:
+    kind, driver, fixture = TARGETS[tid]
+    server = servers[fixture.removesuffix("_server")] if fixture else None
+    return Target(tid, kind, driver, server, None if fixture else str(sqlite_dir))
+
+
+async def run_all(full: bool, only: set[str] | None, backends: set[str] | None,
+                  progress: Callable[[str], None]) -> list[Figures]:
+    import tempfile
+
+    servers = start_servers()
+    results: list[Figures] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="connman-faults-") as tmp:
+            for scenario in SCENARIOS.values():
+                if only and scenario.name not in only:
+                    continue
+                for tid in scenario.targets:
+                    if backends and tid not in backends:
+                        continue
+                    env = Env(target_for(tid, servers, Path(tmp)), full=full,
+                              servers={n: servers[n] for n in scenario.needs})
+                    t0 = time.monotonic()
+                    try:
+                        fig = await run_scenario(scenario, env)
+                    except Exception as exc:
+                        fig = {"scenario": scenario.name, "backend": tid,
+                               "wall_s": round(time.monotonic() - t0, 1),
+                               "crashed": "".join(traceback.format_exception_only(exc)).strip(),
+                               "problems": ["the scenario crashed"]}
+                    results.append(fig)
+                    verdict = "ok" if not fig["problems"] else "; ".join(fig["problems"])
+                    progress(f"{scenario.name:24} {tid:16} {fig['wall_s']:6.1f}s  {verdict}")
+    finally:
+        shutdown()
+        for server in reversed(list(servers.values())):
+            server.stop()
+    return results
+
+
+# ------------------------------------------------------------------ Markdown
+
+
+def _errors(fig: Figures) -> str:
+    errors = fig.get("errors")
+    if isinstance(errors, dict) and errors:
+        return "<br>".join(f"{n}× {k}" for k, n in errors.items())
+    return "—"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "—"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _extras(fig: Figures) -> str:
+    parts = []
+    for key in EXTRAS:
+        if key in fig and fig[key] not in (None, 0, ""):
+            parts.append(f"{key}={fig[key]}")
+    for key in ("error", "hang_error"):
+        if key in fig:
+            parts.append(f"{key}={fig[key]}")
+    if "names_pool" in fig:
+        parts.append(f"names pool={fig['names_pool'] and fig.get('app_log_names_pool')}")
+    if fig.get("unclosed_at_gc"):
+        parts.append(f"unclosed at GC: {'; '.join(fig['unclosed_at_gc'])}")
+    if fig.get("crashed"):
+        parts.append(f"crashed: {fig['crashed']}")
+    return "<br>".join(_cell(p) for p in parts) or "—"
+
+
+def verdict(fig: Figures) -> str:
+    known = KNOWN_ISSUES.get((fig["scenario"], fig["backend"]))
+    if not fig["problems"]:
+        return "pass"
+    text = "FAIL: " + "; ".join(fig["problems"])
+    if known is not None:
+        text += " (known issue, see below)"
+    return text
+
+
+def _commit() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.strip() or "unknown"
+
+
+def render(results: list[Figures], *, full: bool, command: str) -> str:
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    versions = []
+    for dist in ("sqlalchemy", "asyncpg", "aiomysql", "asyncmy", "aiosqlite", "pymongo", "motor",
+                 "fastapi", "uvicorn", "httpx", "SecantusDB"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions.append(f"{dist} {importlib.metadata.version(dist)}")
+    lines = [
+        "# Reliability: fault scenarios under load",
+        "",
+        "Generated by `tests/faults/report.py`; do not edit by hand. Each scenario runs the test "
+        "app of `tests/faults/app.py` (`POST /items/{key}` writes via "
+        "`Depends(manager.session(\"main\"))`, `GET /items/{key}`, `GET /slow`) under uvicorn, "
+        "loads it with httpx from a separate process, injects its fault on a real server on "
+        "127.0.0.1, lifts it, and checks: the app's server-side connections return to what the "
+        "pool may keep (and to zero after shutdown), every write acknowledged with a 2xx is in "
+        "the database and none from a failed request is, and every error is one a client can "
+        "act on (503 + `Retry-After` for an exhausted pool, a typed 5xx while the server is "
+        "gone, nothing after recovery).",
+        "",
+        f"- Command: `{command}` ({'full' if full else 'fast, CI'} sizes)",
+        f"- Date: {now}; time spent in the scenarios: "
+        f"{sum(float(f.get('wall_s') or 0) for f in results):.0f} s",
+        f"- connman: commit {_commit()}",
+        f"- Machine: {os.cpu_count()} CPUs, {platform.system()} {platform.machine()}, "
+        f"Python {platform.python_version()}",
+        f"- Libraries: {', '.join(versions)}",
+        f"- Result: {sum(not f['problems'] for f in results)} of {len(results)} runs pass",
+        "",
+        "Columns: **req** requests sent, **2xx**, **errors** by status and type (`client X`: no "
+        "HTTP response, e.g. a client timeout), **unexp.** errors a client cannot act on or seen "
+        "outside the fault window, **leaked** connections (server-side count above the pool's "
+        "baseline after the load, plus any left after shutdown), **lost**/**phantom** writes, "
+        "**recovery** ms from the fault being lifted to the first 2xx of a request started after "
+        "it (outage: how long the fault lasted), **p50/p99** ms of the 2xx.",
+        "",
+        "| scenario | backend | req | 2xx | errors | unexp. | leaked | lost | phantom | "
+        "recovery ms (outage) | p50/p99 ms | other figures | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for fig in results:
+        title = SCENARIOS[fig["scenario"]].title
+        recovery = "—"
+        if "recovery_ms" in fig:
+            recovery = f"{_cell(fig['recovery_ms'])} ({_cell(fig.get('outage_ms'))})"
+        lat = (f"{_cell(fig.get('p50_ms'))}/{_cell(fig.get('p99_ms'))}"
+               if "p50_ms" in fig else "—")
+        lines.append(
+            f"| {title} | {fig['backend']} | {_cell(fig.get('requests'))} | "
+            f"{_cell(fig.get('ok'))} | {_errors(fig)} | {_cell(fig.get('unexpected'))} | "
+            f"{_cell(fig.get('leaked'))} | {_cell(fig.get('lost_writes'))} | "
+            f"{_cell(fig.get('phantom_writes'))} | {recovery} | {lat} | {_extras(fig)} | "
+            f"{_cell(verdict(fig))} |")
+    lines += ["", "## What a backend cannot do here, and why", ""]
+    lines += [f"- **{name}**: {text}" for name, text in LIMITS]
+    issues = sorted({reason for reason, _ in KNOWN_ISSUES.values()})
+    lines += ["", "## Known library issues these runs show", ""]
+    lines += [f"- {reason} Shown by: " + ", ".join(
+        f"`{s}` on {b}" for (s, b), (r, _) in sorted(KNOWN_ISSUES.items()) if r == reason)
+        for reason in issues]
+    samples: dict[str, str] = {}
+    for fig in results:
+        for label, message in (fig.get("error_samples") or {}).items():
+            samples.setdefault(label, message)
+    if samples:
+        lines += ["", "## One message per error type seen", ""]
+        lines += [f"- `{label}`: {_cell(message)}" for label, message in sorted(samples.items())]
+    lines += ["", "## Scenarios", ""]
+    for scenario in SCENARIOS.values():
+        doc = " ".join((scenario.run.__doc__ or "").split())
+        lines.append(f"- **{scenario.title}** (`{scenario.name}`, on "
+                     f"{', '.join(scenario.targets)}): {doc}")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.faults.report",
+                                     description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--full", action="store_true", help="full sizes (20,000 requests ...)")
+    parser.add_argument("--only", help="comma-separated scenario names")
+    parser.add_argument("--backends", help="comma-separated backends: " + ", ".join(BACKENDS))
+    parser.add_argument("--out", type=Path, default=OUT, help=f"default: {OUT}")
+    parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument("--base", type=Path, help="figures of an earlier run (--json): rows this "
+                        "run does not redo are taken from it")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR)
+    # As under pytest (filterwarnings = error): a driver object dropped unclosed then shows up in
+    # the figures of the scenario that dropped it (see scenarios.finalizer_complaints).
+    from sqlalchemy.exc import SAWarning
+
+    warnings.filterwarnings("error", category=ResourceWarning)
+    warnings.filterwarnings("error", category=SAWarning)
+    logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
+    logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)  # "Exception during reset"
+    only = set(args.only.split(",")) if args.only else None
+    backends = set(args.backends.split(",")) if args.backends else None
+    t0 = time.monotonic()
+    results = asyncio.run(run_all(args.full, only, backends,
+                                  lambda line: print(line, flush=True)))
+    if args.base:
+        redone = {(f["scenario"], f["backend"]) for f in results}
+        order = [(s.name, t) for s in SCENARIOS.values() for t in s.targets]
+        merged = {(f["scenario"], f["backend"]): f for f in json.loads(args.base.read_text())
+                  if (f["scenario"], f["backend"]) not in redone}
+        merged.update({(f["scenario"], f["backend"]): f for f in results})
+        results = [merged[key] for key in order if key in merged]
+    command = "python -m tests.faults.report" + (" --full" if args.full else "")
+    text = render(results, full=args.full, command=command)
+    print(f"{time.monotonic() - t0:.0f} s")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+    print(f"wrote {args.out}")
+    return 0 if all(not f["problems"] or (f["scenario"], f["backend"]) in KNOWN_ISSUES
+                    for f in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
