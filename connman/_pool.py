@@ -251,7 +251,7 @@ class Pool(abc.ABC):
     async def acquire(self) -> Lease:
         """Wait for a slot in arrival order; raises `PoolTimeout`, `TooManyWaiters`, `PoolClosed`."""
         if self._closing or not self._opened:
-            self.counters.add("requests_errors")
+            self.counters.bump("requests_errors")
             raise PoolClosed(f"pool {self.name!r} is {'closing' if self._opened else 'not open'}",
                              pool=self.name)
         if self._free > 0 and not self._nwaiting:
@@ -259,8 +259,8 @@ class Pool(abc.ABC):
             return self._grant(0.0, queued=False)
         cfg = self.config
         if cfg.max_waiting and self._nwaiting >= cfg.max_waiting:
-            self.counters.add("requests_rejected")
-            self.counters.add("requests_errors")
+            self.counters.bump("requests_rejected")
+            self.counters.bump("requests_errors")
             self._emit("rejected")
             raise TooManyWaiters(
                 f"pool {self.name!r}: {self._nwaiting} requests already wait "
@@ -275,9 +275,9 @@ class Pool(abc.ABC):
         except TimeoutError:
             self._abandon(fut)
             waited = (time.monotonic() - t0) * 1000
-            self.counters.add("requests_timeouts")
-            self.counters.add("requests_errors")
-            self.counters.add("requests_wait_ms", waited)
+            self.counters.bump("requests_timeouts")
+            self.counters.bump("requests_errors")
+            self.counters.bump("requests_wait_ms", waited)
             self._emit("timeout", waited)
             raise PoolTimeout(
                 f"pool {self.name!r}: no connection free after {cfg.timeout:g}s "
@@ -300,10 +300,10 @@ class Pool(abc.ABC):
     def _grant(self, waited_ms: float, *, queued: bool) -> Lease:
         self._active += 1
         c = self.counters
-        c.add("requests_num")
+        c.bump("requests_num")
         if queued:
-            c.add("requests_queued")
-            c.add("requests_wait_ms", waited_ms)
+            c.bump("requests_queued")
+            c.bump("requests_wait_ms", waited_ms)
         lease = Lease(time.monotonic())
         if self.config.leak_threshold is not None:
             stack = "".join(traceback.format_stack(limit=12)[:-3])
@@ -318,7 +318,7 @@ class Pool(abc.ABC):
         held = (time.monotonic() - lease.start) * 1000
         if lease.leak_timer is not None:
             lease.leak_timer.cancel()
-        self.counters.add("usage_ms", held)
+        self.counters.bump("usage_ms", held)
         self._active -= 1
         self._pass_on()
         if self.hub.active:
@@ -335,7 +335,7 @@ class Pool(abc.ABC):
         self._free += 1
 
     def _leaked(self, lease: Lease, stack: str) -> None:
-        self.counters.add("leaks_detected")
+        self.counters.bump("leaks_detected")
         held = time.monotonic() - lease.start
         self._emit("leak", held * 1000)
         logger.warning("connman: pool %r: connection held for %.1fs (leak_threshold=%gs); "

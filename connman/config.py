@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -27,7 +28,7 @@ from pydantic_settings import (
 )
 
 from ._mapping import CONFLICTS
-from ._url import SecretURL, url_path_database
+from ._url import SecretURL, mask_url, url_path_database
 from .errors import ConfigurationError
 
 __all__ = [
@@ -219,6 +220,23 @@ class PoolConfig(BaseModel):
                 yield key, value
 
 
+def _masked_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """A raw pool dict with its URLs masked and secret-looking options hidden."""
+    out: dict[str, Any] = {}
+    for key, value in fields.items():
+        if key == "url" and isinstance(value, str):
+            out[key] = mask_url(value)
+        elif key == "replicas" and isinstance(value, list):
+            out[key] = [mask_url(v) if isinstance(v, str) else v for v in value]
+        elif key == "options" and isinstance(value, Mapping):
+            out[key] = {k: ("***" if _looks_secret(str(k)) else v) for k, v in value.items()}
+        elif _looks_secret(key):
+            out[key] = "***"
+        else:
+            out[key] = value
+    return out
+
+
 def _looks_secret(key: str) -> bool:
     return any(word in key.lower() for word in ("pass", "secret", "token", "key", "credential"))
 
@@ -293,6 +311,14 @@ class ConnmanSettings(BaseSettings):
 
     pools: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Pools by name; each is validated as a `PoolConfig`."""
+
+    @field_serializer("pools")
+    def _mask_pools(self, pools: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        return {name: _masked_fields(fields) for name, fields in pools.items()}
+
+    def __repr_args__(self) -> Any:
+        for key, value in super().__repr_args__():
+            yield key, (self._mask_pools(value) if key == "pools" else value)
     workers: int = Field(1, ge=1)
     """Worker processes per replica that each open these pools (for the connection budget)."""
     replicas: int = Field(1, ge=1)

@@ -67,9 +67,13 @@ class PoolStats:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, key: str, value: float = 1) -> None:
-        """Add to one counter."""
+        """Add to one counter, from any thread (Motor's listeners run in worker threads)."""
         with self._lock:
             self.counters[key] += value
+
+    def bump(self, key: str, value: float = 1) -> None:
+        """Add to a counter that only the event loop's thread touches (the gate's); no lock."""
+        self.counters[key] += value
 
     def snapshot(self) -> dict[str, int]:
         """The counters, in whole units (milliseconds for the `_ms` keys)."""

@@ -116,10 +116,6 @@ def test_repr_and_str_never_show_the_password(url: str) -> None:
     seen.assert_clean()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "connman misbehaves: load_settings() returns ConnmanSettings whose `pools` is a plain "
-    "dict[str, dict[str, Any]] holding the raw URL strings, so repr/str/model_dump_json of the "
-    "settings show the password (the per-pool PoolConfig masks it)."))
 def test_settings_repr_never_shows_the_password(monkeypatch: pytest.MonkeyPatch,
                                                 tmp_path: Path) -> None:
     from connman import load_settings

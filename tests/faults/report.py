@@ -38,7 +38,15 @@ from connman.testing.servers import (
 from .._targets import Target
 from ..conftest import TARGETS
 from .load import shutdown
-from .scenarios import KNOWN_ISSUES, SCENARIOS, Env, Figures, run_scenario
+from .scenarios import (
+    FIXED,
+    KNOWN_ISSUES,
+    OBSERVATIONS,
+    SCENARIOS,
+    Env,
+    Figures,
+    run_scenario,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "docs" / "reliability.md"
@@ -96,6 +104,7 @@ async def run_all(full: bool, only: set[str] | None, backends: set[str] | None,
     import tempfile
 
     servers = start_servers()
+    commit = _commit()
     results: list[Figures] = []
     try:
         with tempfile.TemporaryDirectory(prefix="connman-faults-") as tmp:
@@ -115,6 +124,7 @@ async def run_all(full: bool, only: set[str] | None, backends: set[str] | None,
                                "wall_s": round(time.monotonic() - t0, 1),
                                "crashed": "".join(traceback.format_exception_only(exc)).strip(),
                                "problems": ["the scenario crashed"]}
+                    fig["commit"] = commit
                     results.append(fig)
                     verdict = "ok" if not fig["problems"] else "; ".join(fig["problems"])
                     progress(f"{scenario.name:24} {tid:16} {fig['wall_s']:6.1f}s  {verdict}")
@@ -202,7 +212,8 @@ def render(results: list[Figures], *, full: bool, command: str) -> str:
         f"- Command: `{command}` ({'full' if full else 'fast, CI'} sizes)",
         f"- Date: {now}; time spent in the scenarios: "
         f"{sum(float(f.get('wall_s') or 0) for f in results):.0f} s",
-        f"- connman: commit {_commit()}",
+        f"- connman: commit {', '.join(sorted({str(f.get('commit', '?')) for f in results}))} "
+        "(each row's is in the JSON of `--json`)",
         f"- Machine: {os.cpu_count()} CPUs, {platform.system()} {platform.machine()}, "
         f"Python {platform.python_version()}",
         f"- Libraries: {', '.join(versions)}",
@@ -239,6 +250,10 @@ def render(results: list[Figures], *, full: bool, command: str) -> str:
     lines += [f"- {reason} Shown by: " + ", ".join(
         f"`{s}` on {b}" for (s, b), (r, _) in sorted(KNOWN_ISSUES.items()) if r == reason)
         for reason in issues]
+    lines += ["", "## Found by this suite and fixed since", ""]
+    lines += [f"- {text}" for text in FIXED]
+    lines += ["", "## Observations", ""]
+    lines += [f"- {text}" for text in OBSERVATIONS]
     samples: dict[str, str] = {}
     for fig in results:
         for label, message in (fig.get("error_samples") or {}).items():

@@ -1126,6 +1126,40 @@ def finalizer_complaints() -> Iterator[list[str]]:
     complaints[:] = sorted(set(cleaned))
 
 
+FIXED: list[str] = [
+    "A session still held when `close()` gave up after `drain_timeout` returned its connection to "
+    "the disposed SQLAlchemy pool, where it stayed open on the server for good, surviving "
+    "gc.collect() (shutdown_in_flight on PostgreSQL, MariaDB x2, SQLite). Fixed in cfcd2e3: "
+    "the disposed pool is disposed again when the late session ends.",
+    "sqlite3's own 5 s lock timeout, not tied to any connman field, made writers fail with 500 "
+    "'database is locked' long before the pool's `timeout` (sustained_load on SQLite: 140 of "
+    "20,000). Fixed in cfcd2e3: `timeout` is also sqlite3's lock wait.",
+]
+"""Library misbehaviour this suite found that has been fixed since (kept for the report)."""
+
+OBSERVATIONS: list[str] = [
+    "Shutdown: a session held past `drain_timeout` (a background job) keeps working until it "
+    "ends, and its write commits after `close()` returned; once it ends its connection is "
+    "closed. In-flight HTTP requests all finish: uvicorn waits for them (it has no graceful "
+    "timeout unless `timeout_graceful_shutdown` is set) before the lifespan drains the pools.",
+    "uvicorn (0.30+) answers a failed lifespan startup with `sys.exit(3)` inside `Server.serve()`; "
+    "tests/_targets.py `serve()` runs that in a task, so the SystemExit escapes into the event "
+    "loop. The startup scenario awaits `Server.serve()` itself to catch it.",
+    "PostgreSQL restart/kill: besides connection errors, a few requests fail with "
+    "`InternalError/InternalClientError` (asyncpg: 'cannot switch to state N; another operation "
+    "is in progress') on a connection whose backend was terminated; typed 500s inside the fault "
+    "window, none after recovery. asyncpg's `ConnectionRefusedError`/`ConnectionResetError` "
+    "surface unwrapped (not as `sqlalchemy.exc.DBAPIError`).",
+    "Mongo: during a network cut or a restart PyMongo/Motor mostly wait in server selection "
+    "(up to `connect_timeout`) and then succeed, so they show few errors and long p99 instead.",
+    "A 5xx from a failed COMMIT (label 'at commit') has an unknown outcome: the server may have "
+    "committed before the link broke; it is counted as `commit_errors`, not as a phantom write.",
+    "Under heavy CPU contention a response is sometimes lost between uvicorn and httpx "
+    "(`ReadError`/`RemoteProtocolError` while the app's own counter shows it answered): counted "
+    "as `client ...` errors but excused when the app answered every request.",
+]
+
+
 async def run_scenario(scenario: Scenario, env: Env) -> Figures:
     """Run one scenario; the figures also carry its name, backend, wall time and problems."""
     t0 = time.monotonic()
