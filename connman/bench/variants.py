@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from connman import ConnectionManager
 
@@ -288,9 +289,12 @@ class HandSql(Variant):
         connect_args: dict[str, Any] = {}
         if self.target.backend.server == "pgbouncer":
             connect_args = {"statement_cache_size": 0, "prepared_statement_cache_size": 0}
+        # An explicit queue pool: SQLAlchemy 2.0 gives file SQLite databases a NullPool, which
+        # takes no pool_size (same as connman does).
         self.engine = create_async_engine(
             self.target.url, pool_size=s.size, max_overflow=s.overflow, pool_timeout=s.timeout,
-            pool_recycle=int(s.recycle), pool_pre_ping=s.pre_ping, connect_args=connect_args)
+            pool_recycle=int(s.recycle), pool_pre_ping=s.pre_ping, connect_args=connect_args,
+            poolclass=AsyncAdaptedQueuePool)
         self.session_local = async_sessionmaker(self.engine, expire_on_commit=False)
         conns = [self.engine.connect() for _ in range(s.size)]
         await asyncio.gather(*(c.start() for c in conns))
