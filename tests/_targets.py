@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -13,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from connman.testing.servers import Server
+from connman.testing.servers import Server, free_port
 
 
 @dataclass
@@ -135,12 +134,6 @@ async def wait_for_count(target: Target, expected: int, timeout: float = 5.0) ->
         await asyncio.sleep(0.05)
         n = await server_connections(target)
     return n
-
-
-def free_port() -> int:
-    with contextlib.closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.asynccontextmanager
