@@ -3,11 +3,20 @@
 Maps the schema to `create_async_engine` keywords, feeds the stats from pool events, and emulates
 what SQLAlchemy lacks: an idle timeout, lifetime jitter (both checked at checkout, where
 `pool_recycle` is checked) and counted reasons for every closed connection.
+
+The fast path (`connection()`) keeps the connections it gives back on a small LIFO stack of its own
+instead of returning them through SQLAlchemy's pool: the next fast-path checkout then costs no
+greenlet hop, no pool bookkeeping and no pre-ping round trip, which is what made it 3x slower than
+asyncpg's own pool. Those connections stay checked out of SQLAlchemy's pool, so its bound on open
+connections still holds; the stack gives one back whenever a session could otherwise wait for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
+import logging
 import time
 from collections.abc import Callable
 from functools import partial
@@ -28,6 +37,85 @@ from .._pool import Pool, finish, jittered_lifetime, shielded
 from ..config import PoolConfig
 from ..errors import ConfigurationError
 from ..stats import EventHub
+
+logger = logging.getLogger("connman")
+
+# HikariCP's aliveBypassWindowMs: a connection used this recently is not pinged again.
+ALIVE_BYPASS_S = 0.5
+
+
+class _Probe:
+    """How to ask one driver's raw connection, without I/O, whether it is closed or in a transaction."""
+
+    __slots__ = ("closed", "in_transaction", "interrupt", "rollback")
+
+    def __init__(self, closed: Callable[[Any], bool], in_transaction: Callable[[Any], bool],
+                 rollback: Callable[[Any], Any],
+                 interrupt: Callable[[Any], None] | None = None) -> None:
+        self.closed = closed
+        self.in_transaction = in_transaction
+        self.rollback = rollback
+        self.interrupt = interrupt
+
+
+def _interrupt_sqlite(conn: Any) -> None:
+    # sqlite3's interrupt() is safe from any thread: the query running in aiosqlite's thread stops
+    # at once instead of holding the connection (and its file lock) until it completes.
+    raw = getattr(conn, "_connection", None)
+    if raw is not None:
+        raw.interrupt()
+
+
+_PROBES: dict[str, _Probe] = {
+    "asyncpg": _Probe(lambda c: c.is_closed(), lambda c: c.is_in_transaction(),
+                      lambda c: c.execute("ROLLBACK")),
+    "aiomysql": _Probe(lambda c: c.closed, lambda c: c.get_transaction_status(),
+                       lambda c: c.rollback()),
+    "asyncmy": _Probe(lambda c: not c.connected, lambda c: c.get_transaction_status(),
+                      lambda c: c.rollback()),
+    "aiosqlite": _Probe(lambda c: c._connection is None, lambda c: c.in_transaction,
+                        lambda c: c.rollback(), _interrupt_sqlite),
+}
+
+_orphans: set[asyncio.Future[Any]] = set()
+
+
+def _close_orphan(task: asyncio.Future[Any]) -> None:
+    """A connect that finished for a caller who was cancelled meanwhile: close what it made."""
+    if task.cancelled() or task.exception() is not None:
+        return
+    closing = asyncio.ensure_future(task.result().close())
+    _orphans.add(closing)
+    closing.add_done_callback(_orphans.discard)
+
+
+async def _shielded_connect(pending: Any) -> Any:
+    task = asyncio.ensure_future(_awaited(pending))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(_close_orphan)
+        raise
+
+
+async def _awaited(pending: Any) -> Any:
+    return await pending
+
+
+def _aiosqlite_connect(*args: Any, **kw: Any) -> Any:
+    """`aiosqlite.connect` that a cancelled caller cannot leave half-open.
+
+    Cancelled while aiosqlite's thread opens the file, aiosqlite drops the result without closing
+    it: the handle stays open until the garbage collector finds it. Shielded, the connect finishes
+    and the connection is closed.
+    """
+    import aiosqlite
+
+    pending = aiosqlite.connect(*args, **kw)
+    thread: Any = getattr(pending, "_thread", pending)  # aiosqlite < 0.22: it is the thread
+    thread.daemon = True  # as SQLAlchemy does
+    return _shielded_connect(pending)
+
 
 _CONNECT_TIMEOUT_ARG = {"asyncpg": "timeout", "aiomysql": "connect_timeout",
                         "asyncmy": "connect_timeout"}
@@ -80,6 +168,49 @@ def engine_options(name: str, config: PoolConfig) -> dict[str, Any]:
     return kw
 
 
+def _live_idle(pool: Any) -> int:
+    """Idle connections in SQLAlchemy's queue, not counting records the fast path closed.
+
+    Such a record waits in the queue without a connection and reconnects when next used.
+    """
+    if not pool.checkedin():
+        return 0
+    queue = getattr(pool, "_pool", None)
+    # SQLAlchemy's AsyncAdaptedQueue wraps an asyncio.Queue, whose items are in its `_queue`.
+    records = getattr(getattr(queue, "_queue", None), "_queue", None)
+    if records is None:
+        return int(pool.checkedin())
+    return sum(1 for rec in list(records) if rec.dbapi_connection is not None)
+
+
+_OPTIMIZED = inspect.CO_OPTIMIZED
+_CLEARABLE = (inspect.CO_OPTIMIZED | inspect.CO_GENERATOR | inspect.CO_COROUTINE
+              | inspect.CO_ASYNC_GENERATOR | inspect.CO_ITERABLE_COROUTINE)
+
+
+def _release_frames(error: BaseException) -> None:
+    """Drop the locals of the finished frames a cancellation passed through.
+
+    sqlite3's close() leaves the file open while a statement of the connection is alive, and the
+    cursor of a query cut short by the cancel is held by those frames, in a reference cycle with
+    the exception: without this, the handle stays open until the garbage collector runs.
+    """
+    seen: set[int] = set()
+    exc: BaseException | None = error
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        tb = exc.__traceback__
+        while tb is not None:
+            frame = tb.tb_frame
+            # Only finished plain functions: never a module's namespace, never a suspended
+            # generator or coroutine (clearing one would finalize it).
+            if frame.f_code.co_flags & _CLEARABLE == _OPTIMIZED:
+                with contextlib.suppress(RuntimeError):  # still executing
+                    frame.clear()
+            tb = tb.tb_next
+        exc = exc.__context__
+
+
 class SQLAlchemyPool(Pool):
     """A pool whose sessions are `AsyncSession`s on one `AsyncEngine`."""
 
@@ -93,6 +224,9 @@ class SQLAlchemyPool(Pool):
         self.connect_hooks: list[Callable[[Any, Any], None]] = []
         self._finish_timeout = config.connect_timeout + config.timeout
         self._disposed_pool: Any = None
+        # The fast path's own idle connections: (fairy, driver connection, when it came back).
+        self._hot: list[tuple[Any, Any, float]] = []
+        self._probe = _PROBES.get(config.driver_name)
 
     # ------------------------------------------------------------------ lifecycle
     async def _open(self) -> None:
@@ -115,6 +249,9 @@ class SQLAlchemyPool(Pool):
                     await shielded(c.close())
 
     async def _close(self) -> None:
+        while self._hot:
+            # Checked out of SQLAlchemy's pool, so dispose() would not close them: give them back.
+            await self._discard(self._hot.pop()[0], reason=None)
         if self._engine is not None:
             engine, self._engine = self._engine, None
             if self._active:
@@ -127,10 +264,14 @@ class SQLAlchemyPool(Pool):
         pool = sync_engine.pool
         cfg = self.config
 
+        sqlite = cfg.driver_name == "aiosqlite"
+
         @event.listens_for(sync_engine, "do_connect")
         def do_connect(dialect: Any, conn_rec: Any, cargs: Any, cparams: Any) -> Any:
             t0 = time.monotonic()
             self.counters.add("connections_num")
+            if sqlite and "async_creator_fn" not in cparams:
+                cparams = {**cparams, "async_creator_fn": _aiosqlite_connect}
             try:
                 conn = dialect.connect(*cargs, **cparams)
             except BaseException:
@@ -171,9 +312,18 @@ class SQLAlchemyPool(Pool):
             if rec is not None:
                 rec.info["cm_in"] = time.monotonic()
 
+        interrupt = self._probe.interrupt if self._probe is not None else None
+
         @event.listens_for(pool, "invalidate")
         def on_invalidate(dbapi_con: Any, rec: Any, error: BaseException | None) -> None:
             rec.info.setdefault("cm_reason", "lost")
+            if interrupt is not None and dbapi_con is not None:
+                # Invalidated mid-query (a cancelled request): stop the query, so the close that
+                # follows runs now rather than after it, and the file handle goes with it.
+                try:
+                    interrupt(getattr(dbapi_con, "driver_connection", dbapi_con))
+                except Exception:
+                    logger.debug("connman: pool %r: interrupt failed", self.name, exc_info=True)
 
         @event.listens_for(pool, "close")
         def on_close(dbapi_con: Any, rec: Any) -> None:
@@ -192,9 +342,27 @@ class SQLAlchemyPool(Pool):
     # ------------------------------------------------------------------ sessions
     async def _begin(self) -> AsyncSession:
         assert self._sessionmaker is not None
+        if self._hot and self._active + len(self._hot) > self.config.max_size:
+            # This session's slot would need a connection the fast path holds idle.
+            await self._discard(self._hot.pop(0)[0], reason=None)
         return self._sessionmaker()
 
+    def _interrupt(self, session: AsyncSession) -> None:
+        """Stop the query a cancelled session may have left running (SQLite: in its thread)."""
+        probe = self._probe
+        if probe is None or probe.interrupt is None or not session.in_transaction():
+            return
+        try:
+            fairy = session.sync_session.connection().connection
+            probe.interrupt(fairy.driver_connection)
+        except Exception:  # no connection yet, or one that needs I/O to get: nothing to stop
+            logger.debug("connman: pool %r: nothing to interrupt", self.name, exc_info=True)
+
     async def _end(self, session: AsyncSession, error: BaseException | None) -> None:
+        if error is not None and not isinstance(error, Exception):
+            self._interrupt(session)
+            if self._probe is not None and self._probe.interrupt is not None:
+                _release_frames(error)
         try:
             if error is None and session.in_transaction():
                 await session.commit()
@@ -212,10 +380,91 @@ class SQLAlchemyPool(Pool):
                          self._finish_timeout, self.name)
 
     async def _begin_raw(self) -> tuple[Any, Any]:
+        hot = self._hot
+        while hot:
+            fairy, conn, since = hot.pop()
+            reason = self._unusable(fairy, conn, since)
+            if reason is None:
+                return fairy, conn
+            await self._discard(fairy, reason)
         fairy = await self._require_engine().raw_connection()
         return fairy, fairy.driver_connection
 
+    def _unusable(self, fairy: Any, conn: Any, since: float) -> str | None:
+        """Why a fast-path connection cannot be handed out as is (None: it can)."""
+        probe = self._probe
+        assert probe is not None
+        if probe.closed(conn):
+            return "lost"
+        rec = fairy._connection_record
+        now = time.monotonic()
+        deadline = rec.info.get("cm_deadline")
+        if deadline is not None and now >= deadline:
+            return "recycle"
+        cfg = self.config
+        if cfg.idle is not None and now - since > cfg.idle:
+            return "idle_close"
+        if fairy._pool._invalidate_time > rec.starttime:
+            return "lost"  # SQLAlchemy saw the server go away meanwhile
+        if cfg.pre_ping and now - since > ALIVE_BYPASS_S:
+            return "ping"  # not used lately: let SQLAlchemy's checkout ping it
+        return None
+
+    async def _make_room(self) -> None:
+        """Before checking out past the gate (ping, server_info): free a connection the fast path
+        holds idle if SQLAlchemy's pool has none, so that checkout cannot wait on them."""
+        pool: Any = self._engine.sync_engine.pool if self._engine is not None else None
+        if self._hot and pool is not None and not pool.checkedin():
+            await self._discard(self._hot.pop(0)[0], reason=None)
+
+    async def _trim(self, pool: Any, size: int) -> None:
+        """Close the oldest fast-path connections while more than `size` are idle.
+
+        Only when nobody waits: like SQLAlchemy's pool closing overflow connections on return, but
+        without closing one a queued request is about to take.
+        """
+        hot = self._hot
+        while hot and not self._nwaiting and len(hot) + _live_idle(pool) > size:
+            await self._discard(hot.pop(0)[0], "close")
+
+    async def _discard(self, fairy: Any, reason: str | None) -> None:
+        """Hand a fast-path connection back to SQLAlchemy's pool, or close it for `reason`."""
+        if reason is None or reason == "ping":
+            step = fairy.close
+        else:
+            fairy._connection_record.info["cm_reason"] = reason
+            step = fairy.invalidate
+        await finish(partial(greenlet_spawn, step), self._finish_timeout, self.name)
+
     async def _end_raw(self, fairy: Any, error: BaseException | None) -> None:
+        probe = self._probe
+        if (probe is not None and self._engine is not None and not self._closing
+                and fairy.is_valid):
+            conn = fairy.driver_connection
+            if not isinstance(error, Exception) and error is not None:
+                # Cancelled, perhaps mid-query: this connection's protocol state is unknown.
+                if probe.interrupt is not None and not probe.closed(conn):
+                    probe.interrupt(conn)
+                await self._discard(fairy, "close")
+                return
+            if probe.closed(conn):
+                await self._discard(fairy, "lost")
+                return
+            if probe.in_transaction(conn):
+                # What SQLAlchemy's reset-on-return does: roll back what the caller left open.
+                try:
+                    await finish(partial(probe.rollback, conn), self._finish_timeout, self.name)
+                except Exception:
+                    await self._discard(fairy, "lost")
+                    return
+                if probe.closed(conn) or probe.in_transaction(conn):
+                    await self._discard(fairy, "lost")
+                    return
+            self._hot.append((fairy, conn, time.monotonic()))
+            pool, size = fairy._pool, self.config.size
+            if not self._nwaiting and len(self._hot) + pool.checkedin() > size:
+                await self._trim(pool, size)
+            return
         await finish(partial(greenlet_spawn, fairy.close), self._finish_timeout, self.name)
         await self._close_if_disposed()
 
@@ -239,6 +488,7 @@ class SQLAlchemyPool(Pool):
         """One `SELECT 1` on a pooled connection; latency in milliseconds."""
         engine = self._require_engine()
         t0 = time.perf_counter()
+        await self._make_room()
         async with engine.connect() as conn:
             await conn.exec_driver_sql("SELECT 1")
         return (time.perf_counter() - t0) * 1000
@@ -247,8 +497,8 @@ class SQLAlchemyPool(Pool):
         if self._engine is None:
             return 0, 0
         pool: Any = self._engine.sync_engine.pool
-        idle = int(pool.checkedin())
-        return idle + int(pool.checkedout()), idle
+        idle = _live_idle(pool)
+        return idle + int(pool.checkedout()), idle + len(self._hot)
 
     def native(self) -> AsyncEngine:
         """The `AsyncEngine`."""
@@ -265,6 +515,7 @@ class SQLAlchemyPool(Pool):
         driver = self.config.driver_name
         info: dict[str, Any] = {"version": None, "max_connections": None, "reserved": 0,
                                 "server_connections": None}
+        await self._make_room()
         async with engine.connect() as conn:
             if driver == "asyncpg":
                 info["version"] = (await conn.exec_driver_sql("SHOW server_version")).scalar()

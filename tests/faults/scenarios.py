@@ -1079,22 +1079,10 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
 ]}
 
 
-_SQLITE_CANCEL = (
-    "connman misbehaves on SQLite: a task cancelled mid-query leaves its connection invalidated "
-    "(counted as connections_lost) but the aiosqlite connection behind it (worker thread + file "
-    "handle) stays open until the garbage collector runs; 2,000 cancelled tasks left 3-21 handles "
-    "open against pool_size 2, and after a full-size storm one was still open after shutdown. "
-    "Plain SQLAlchemy (`async with AsyncSession()`) under the same storm leaves at most one.")
-
-KNOWN_ISSUES: dict[tuple[str, str], tuple[str, bool]] = {
-    ("cancellation_storm", "sqlite"): (_SQLITE_CANCEL, False),
-}
+KNOWN_ISSUES: dict[tuple[str, str], tuple[str, bool]] = {}
 """(scenario, backend) -> (the library misbehaviour it shows, whether it shows every time).
 
-Fixed since the suite found them (commit cfcd2e3): a session still held when `close()` gave up
-after `drain_timeout` left its connection open for good (shutdown_in_flight on every SQL backend);
-sqlite3's own 5 s lock timeout made writers fail with "database is locked" long before the pool's
-`timeout` (sustained_load on SQLite).
+Empty now; what it held is in FIXED.
 """
 
 
@@ -1134,6 +1122,13 @@ FIXED: list[str] = [
     "sqlite3's own 5 s lock timeout, not tied to any connman field, made writers fail with 500 "
     "'database is locked' long before the pool's `timeout` (sustained_load on SQLite: 140 of "
     "20,000). Fixed in cfcd2e3: `timeout` is also sqlite3's lock wait.",
+    "SQLite cancellation storm: a task cancelled mid-query left its aiosqlite connection's file "
+    "handle open until the garbage collector ran (2,000 cancelled tasks left 3-21 handles open "
+    "against pool_size 2; one survived shutdown). Two causes: sqlite3's close() keeps the file "
+    "open while a statement is alive, and the cancelled query's cursor was held by the frames of "
+    "the CancelledError's traceback, in a cycle; and aiosqlite drops a connection whose connect "
+    "was cancelled without closing it. Fixed: on a cancelled session connman interrupts the "
+    "running query, clears the finished frames' locals, and shields the aiosqlite connect.",
 ]
 """Library misbehaviour this suite found that has been fixed since (kept for the report)."""
 

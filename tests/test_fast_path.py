@@ -1,0 +1,242 @@
+"""The fast path, `manager.connection(name)`: the driver's own connection, from the managed pool.
+
+It keeps the connections it gives back on a stack of its own; these tests hold it to the same
+promises as sessions, on the real servers: limits, lifetimes, rollback of what a caller left
+open, no leak on cancellation, no more than `size` idle, and no starving of sessions or health.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from connman import ConnectionManager, PoolTimeout
+
+from ._targets import Ops, Target, server_connections, wait_for_count
+from .conftest import only
+from .test_semantics import kill_app_connections
+
+Make = Callable[..., ConnectionManager]
+sql_only = only(kinds=("sql",))
+
+
+async def scalar(target: Target, conn: Any, sql: str) -> Any:
+    """First column of the first row of `sql`, in the driver's own API."""
+    if target.driver == "asyncpg":
+        return await conn.fetchval(sql)
+    if target.driver == "aiosqlite":
+        async with conn.execute(sql) as cur:
+            row = await cur.fetchone()
+    else:
+        async with conn.cursor() as cur:
+            await cur.execute(sql)
+            row = await cur.fetchone()
+    return None if row is None else row[0]
+
+
+async def execute(target: Target, conn: Any, sql: str) -> None:
+    """Run one statement in the driver's own API, without committing."""
+    if target.driver == "asyncpg" or target.driver == "aiosqlite":
+        await conn.execute(sql)
+    else:
+        async with conn.cursor() as cur:
+            await cur.execute(sql)
+
+
+def sleep_sql(target: Target, seconds: float) -> str:
+    if target.driver == "asyncpg":
+        return f"SELECT pg_sleep({seconds})"
+    if target.driver in ("aiomysql", "asyncmy"):
+        return f"SELECT SLEEP({seconds})"
+    # SQLite: a query that keeps its thread busy (a recursive count).
+    return ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+            "WHERE x < 30000000) SELECT count(*) FROM c")
+
+
+DRIVER_MODULE = {"asyncpg": "asyncpg", "aiomysql": "aiomysql", "asyncmy": "asyncmy",
+                 "aiosqlite": "aiosqlite"}
+
+
+@only()
+async def test_fast_path_gives_the_drivers_connection_and_counts_it(
+        make_manager: Make, target: Target, ops: Ops) -> None:
+    m = make_manager(size=2, overflow=0)
+    async with m:
+        async with m.connection("main") as conn:
+            if target.is_sql:
+                assert type(conn).__module__.split(".")[0] == DRIVER_MODULE[target.driver]
+                assert await scalar(target, conn, "SELECT 1") == 1
+            else:
+                assert conn.name == m.pool("main").database.name
+                await ops.select1(conn)
+            assert m.stats("main")["requests_active"] == 1
+        stats = m.stats("main")
+        assert stats["requests_active"] == 0
+        assert stats["requests_num"] == 1
+        assert stats["pool_size"] <= 2
+
+
+@sql_only
+async def test_fast_path_reuses_its_last_connection(make_manager: Make, target: Target) -> None:
+    m = make_manager(size=2, overflow=0)
+    async with m:
+        async with m.connection("main") as first:
+            pass
+        async with m.connection("main") as second:
+            assert second is first  # back from the fast path's own stack, no pool round trip
+            assert await scalar(target, second, "SELECT 1") == 1
+        assert m.stats("main")["pool_available"] == 2
+
+
+@sql_only
+async def test_fast_path_rolls_back_what_the_caller_left_open(
+        make_manager: Make, target: Target, ops: Ops) -> None:
+    m = make_manager(size=1, overflow=0)
+    async with m:
+        async with m.session("main") as s:
+            await ops.create(s)
+        async with m.connection("main") as conn:
+            await execute(target, conn, "BEGIN")
+            await execute(target, conn, f"INSERT INTO {ops.table} (k, v) VALUES ('left-open', 1)")
+            kept = conn
+        async with m.connection("main") as conn:
+            assert conn is kept  # rolled back and reused, not thrown away
+            assert await scalar(target, conn, f"SELECT COUNT(*) FROM {ops.table}") == 0
+        async with m.session("main") as s:
+            assert await ops.keys(s) == set()
+        assert m.stats("main")["connections_lost"] == 0
+
+
+@sql_only
+async def test_fast_path_limits_apply(make_manager: Make, target: Target) -> None:
+    m = make_manager(size=1, overflow=0, timeout=0.3)
+    async with m:
+        async with m.connection("main"):
+            with pytest.raises(PoolTimeout):
+                async with m.connection("main"):
+                    pass
+            with pytest.raises(PoolTimeout):
+                async with m.session("main"):
+                    pass
+        assert m.stats("main")["requests_timeouts"] == 2
+
+
+@sql_only
+async def test_sessions_and_health_are_not_starved_by_idle_fast_path_connections(
+        make_manager: Make, target: Target, ops: Ops) -> None:
+    # size = max: every connection can end up idle on the fast path's stack.
+    m = make_manager(size=2, overflow=0, timeout=2.0)
+    async with m:
+        async def hold() -> None:
+            async with m.connection("main") as conn:
+                await scalar(target, conn, "SELECT 1")
+                await asyncio.sleep(0.05)
+
+        await asyncio.gather(hold(), hold())
+        assert m.stats("main")["pool_available"] == 2
+        async with asyncio.timeout(1.5):  # well inside the native pool's backstop (timeout + 1)
+            async with m.session("main") as s:
+                await ops.select1(s)
+            assert await m.pool("main").ping() >= 0
+            await m.pool("main").server_info()
+
+        async def mixed(i: int) -> None:
+            for _ in range(20):
+                if i % 2:
+                    await hold()
+                else:
+                    async with m.session("main") as s:
+                        await ops.select1(s)
+
+        async with asyncio.timeout(20):
+            await asyncio.gather(*(mixed(i) for i in range(6)))
+        stats = m.stats("main")
+        assert stats["requests_errors"] == 0
+        assert stats["requests_active"] == 0
+        assert stats["pool_size"] <= 2
+
+
+@sql_only
+async def test_fast_path_keeps_no_more_than_size_idle(make_manager: Make, target: Target) -> None:
+    baseline = await server_connections(target)
+    m = make_manager(size=2, overflow=3)
+    async with m:
+        async def hold() -> None:
+            async with m.connection("main") as conn:
+                await scalar(target, conn, "SELECT 1")
+                await asyncio.sleep(0.1)
+
+        await asyncio.gather(*(hold() for _ in range(5)))  # size + overflow at once
+        stats = m.stats("main")
+        assert stats["pool_size"] == 2
+        assert stats["pool_available"] == 2
+        assert stats["connections_num"] - stats["connections_closed"] == 2
+        if baseline is not None:
+            assert await wait_for_count(target, baseline + 2) == baseline + 2
+    if baseline is not None:
+        assert await wait_for_count(target, baseline) == baseline  # close() closed them all
+
+
+@sql_only
+async def test_fast_path_recycles_and_expires_idle_connections(
+        make_manager: Make, target: Target) -> None:
+    m = make_manager(size=1, overflow=0, recycle=0.3, recycle_jitter=0.0, idle=None)
+    async with m:
+        async with m.connection("main") as first:
+            pass
+        await asyncio.sleep(0.4)
+        async with m.connection("main") as second:
+            assert second is not first
+            assert await scalar(target, second, "SELECT 1") == 1
+        assert m.stats("main")["connections_recycled"] >= 1
+    m = make_manager(size=1, overflow=0, idle=0.2, recycle=None)
+    async with m:
+        async with m.connection("main") as first:
+            pass
+        await asyncio.sleep(0.3)
+        async with m.connection("main") as second:
+            assert second is not first
+        assert m.stats("main")["connections_idle_closed"] >= 1
+
+
+@only(kinds=("sql",), exclude=("sqlite",))
+async def test_fast_path_replaces_connections_killed_while_idle(
+        make_manager: Make, target: Target) -> None:
+    m = make_manager(size=2, overflow=0)
+    async with m:
+        async with m.connection("main") as conn:
+            assert await scalar(target, conn, "SELECT 1") == 1
+        await kill_app_connections(target)
+        await asyncio.sleep(0.6)  # past the 0.5 s in which a just-used connection is trusted
+        async with m.connection("main") as conn:
+            assert await scalar(target, conn, "SELECT 1") == 1
+        assert m.stats("main")["requests_errors"] == 0
+
+
+@sql_only
+async def test_cancelled_fast_path_query_leaks_nothing(make_manager: Make, target: Target) -> None:
+    baseline = await server_connections(target)
+    m = make_manager(size=2, overflow=0, timeout=5.0)
+    async with m:
+        async def slow() -> None:
+            async with m.connection("main") as conn:
+                await scalar(target, conn, sleep_sql(target, 5))
+
+        tasks = [asyncio.create_task(slow()) for _ in range(4)]
+        await asyncio.sleep(0.3)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert m.stats("main")["requests_active"] == 0
+        async with asyncio.timeout(5):
+            async with m.connection("main") as conn:
+                assert await scalar(target, conn, "SELECT 1") == 1
+        if baseline is not None:
+            n = await wait_for_count(target, baseline + 2, timeout=10)
+            assert n is not None
+            assert n <= baseline + 2
+    if baseline is not None:
+        assert await wait_for_count(target, baseline, timeout=10) == baseline
