@@ -118,6 +118,8 @@ class Pool(abc.ABC):
         self._closing = False
         self._idle_event: asyncio.Event | None = None
         self._maint_task: asyncio.Task[None] | None = None
+        self.connection_limit: int | None = None
+        """Connections the server accepts for this app (read while warming up; None: unknown)."""
 
     # ------------------------------------------------------------------ backend verbs
     @abc.abstractmethod

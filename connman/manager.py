@@ -274,7 +274,7 @@ class ConnectionManager:
             else:
                 logger.warning("connman: optional %s", result)
         if not failures:
-            await self._warn_budget()
+            self._warn_budget()
             return
         await asyncio.gather(*(p.close(0) for p in pools), return_exceptions=True)
         for _, r in failures:
@@ -285,18 +285,16 @@ class ConnectionManager:
         message = "; ".join(str(r) for _, r in failures)
         raise PoolStartupError(message, pool=failures[0][0].name)
 
-    async def _warn_budget(self) -> None:
+    def _warn_budget(self) -> None:
         """Warn when the pools, times workers and replicas, exceed a server's connection limit."""
         from .budget import compute_budget, server_key
 
         pools = [p for p in self._pools.values() if not p.closed]
-        infos = await asyncio.gather(*(asyncio.wait_for(p.server_info(), 2) for p in pools),
-                                     return_exceptions=True)
+        # Each pool read its server's limit while warming up: no round trip here.
         limits: dict[str, int | None] = {}
-        for pool, info in zip(pools, infos, strict=True):
-            if isinstance(info, dict) and info.get("max_connections") is not None:
-                limits[server_key(pool.config)] = (int(info["max_connections"])
-                                                   - int(info.get("reserved") or 0))
+        for pool in pools:
+            if pool.connection_limit is not None:
+                limits[server_key(pool.config)] = pool.connection_limit
         configs = {p.name: p.config for p in pools}
         for line in compute_budget(configs, limits, workers=self.workers, replicas=self.replicas):
             if line.over:

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from pymongo import monitoring
+from pymongo.errors import OperationFailure
 
 from .._pool import Pool, jittered_lifetime
 from .._url import url_path_database
@@ -153,6 +154,18 @@ class _CommandLogger(monitoring.CommandListener):
         logger.info("connman[%s]: %s failed", self.pool_name, event.command_name)
 
 
+def _limit_of(status: Any) -> int | None:
+    """The connection limit in a `serverStatus` reply.
+
+    mongod reports available = limit - current; a server that reports 0 (SecantusDB) has no limit
+    to report, since this very connection was accepted.
+    """
+    conns = status.get("connections") or {}
+    if "current" in conns and int(conns.get("available") or 0) > 0:
+        return int(conns["current"]) + int(conns["available"])
+    return None
+
+
 class MongoPool(Pool):
     """A pool whose sessions are database handles of one Mongo client."""
 
@@ -183,9 +196,18 @@ class MongoPool(Pool):
         self._db = self._client[self._database]
         import asyncio
 
-        # Warm `size` connections: concurrent pings make the pool open them now, not on demand.
-        await asyncio.gather(*(self._client.admin.command("ping")
-                               for _ in range(max(1, self.config.size))))
+        # Warm `size` connections: concurrent commands make the pool open them now, not on
+        # demand; one of them asks the server's connection limit for the startup budget check.
+        await asyncio.gather(self._read_limit(), *(self._client.admin.command("ping")
+                                                   for _ in range(max(0, self.config.size - 1))))
+
+    async def _read_limit(self) -> None:
+        try:
+            status = await self._client.admin.command("serverStatus")
+        except OperationFailure:  # not authorised to read it: a ping warms the connection
+            await self._client.admin.command("ping")
+            return
+        self.connection_limit = _limit_of(status)
 
     async def _close(self) -> None:
         client, self._client = self._client, None
@@ -273,8 +295,5 @@ class MongoPool(Pool):
         conns = status.get("connections") or {}
         if "current" in conns:
             info["server_connections"] = int(conns["current"])
-            # mongod reports available = limit - current; a server that reports 0 (SecantusDB)
-            # has no limit to report, since this very connection was accepted.
-            if int(conns.get("available") or 0) > 0:
-                info["max_connections"] = int(conns["current"]) + int(conns["available"])
+        info["max_connections"] = _limit_of(status)
         return info

@@ -242,11 +242,23 @@ class SQLAlchemyPool(Pool):
             for r in results:
                 if isinstance(r, BaseException):
                     raise r
-            await conns[0].exec_driver_sql("SELECT 1")
+            # The first query doubles as the startup budget check's question to the server.
+            self.connection_limit = await self._read_limit(conns[0])
         finally:
             for c in conns:
                 if c.sync_connection is not None:
                     await shielded(c.close())
+
+    async def _read_limit(self, conn: Any) -> int | None:
+        driver = self.config.driver_name
+        if driver == "asyncpg":
+            return int((await conn.exec_driver_sql(
+                "SELECT current_setting('max_connections')::int"
+                " - current_setting('superuser_reserved_connections')::int")).scalar_one())
+        if driver in ("aiomysql", "asyncmy"):
+            return int((await conn.exec_driver_sql("SELECT @@max_connections")).scalar_one())
+        await conn.exec_driver_sql("SELECT 1")
+        return None
 
     async def _close(self) -> None:
         while self._hot:

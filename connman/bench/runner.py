@@ -11,11 +11,12 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from .infra import SECANTUS_NOTE, Servers, environment, parse_urls
 from .report import write as write_report
@@ -66,6 +67,8 @@ class Plan:
     exhaust_timeout_s: float = 0.5
     exhaust_max_waiting: int = 8
     cold_pool_size: int = 5
+    cold_link_ms: float = 2.5
+    """One-way delay of the second cold-start round, through a TCP proxy (0: loopback only)."""
     max_seconds: float = 20.0
     sweep: PoolSettings = field(default_factory=PoolSettings)
     overrides: Mapping[str, Mapping[int, int]] = field(default_factory=dict)
@@ -272,7 +275,11 @@ async def exhaustion(target: Target, plan: Plan, rec: Recorder, progress: Progre
 
 async def cold_start(targets: Sequence[Target], plan: Plan, rec: Recorder,
                      progress: Progress) -> dict[str, str]:
-    """open() of a lifespan with 4 pools vs each of those pools opened alone."""
+    """open() of a lifespan with 4 pools vs each of those pools opened alone.
+
+    Twice: on loopback, where opening is CPU-bound in the one event loop, and through a proxy
+    adding `cold_link_ms` each way (a link between zones), where it waits on the network.
+    """
     order = ("postgres-asyncpg", "mysql-aiomysql", "mongo-pymongo", "sqlite-aiosqlite",
              "pgbouncer-asyncpg", "mysql-asyncmy", "mongo-motor")
     by_name = {t.backend.name: t for t in targets}
@@ -281,24 +288,59 @@ async def cold_start(targets: Sequence[Target], plan: Plan, rec: Recorder,
         return {}
     while len(chosen) < 4:
         chosen.append(chosen[len(chosen) % len(chosen)])
-    s = PoolSettings(size=plan.cold_pool_size, overflow=plan.cold_pool_size)
-    pools = {f"p{i + 1}": t.pool_config(s) for i, t in enumerate(chosen)}
     which = {f"p{i + 1}": t.backend.name for i, t in enumerate(chosen)}
-    for rep in range(plan.cold_reps):
-        progress.step(f"cold start (rep {rep + 1})", 0)
-        entry: dict[str, Any] = {"rep": rep, "single_open_s": {}, "single_close_s": {}}
-        for key in rotate([*pools, "all"], rep):
-            subset = pools if key == "all" else {key: pools[key]}
-            gc.collect()
-            open_s, close_s = await open_close(subset)
-            if key == "all":
-                entry["all_open_s"], entry["all_close_s"] = round(open_s, 6), round(close_s, 6)
-            else:
-                entry["single_open_s"][key] = round(open_s, 6)
-                entry["single_close_s"][key] = round(close_s, 6)
-        rec.cold.append(entry)
-        progress.step(f"cold start (rep {rep + 1})")
+    links = [0.0] + ([plan.cold_link_ms] if plan.cold_link_ms > 0 else [])
+    for link_ms in links:
+        with linked(chosen, link_ms) as linked_targets:
+            s = PoolSettings(size=plan.cold_pool_size, overflow=plan.cold_pool_size)
+            pools = {f"p{i + 1}": t.pool_config(s) for i, t in enumerate(linked_targets)}
+            for rep in range(plan.cold_reps):
+                label = f"cold start, {'loopback' if not link_ms else f'{link_ms:g} ms link'}"
+                progress.step(f"{label} (rep {rep + 1})", 0)
+                entry: dict[str, Any] = {"rep": rep, "link_ms": link_ms, "single_open_s": {},
+                                         "single_close_s": {}}
+                for key in rotate([*pools, "all"], rep):
+                    subset = pools if key == "all" else {key: pools[key]}
+                    gc.collect()
+                    open_s, close_s = await open_close(subset)
+                    if key == "all":
+                        entry["all_open_s"] = round(open_s, 6)
+                        entry["all_close_s"] = round(close_s, 6)
+                    else:
+                        entry["single_open_s"][key] = round(open_s, 6)
+                        entry["single_close_s"][key] = round(close_s, 6)
+                rec.cold.append(entry)
+                progress.step(f"{label} (rep {rep + 1})")
     return which
+
+
+@contextlib.contextmanager
+def linked(targets: Sequence[Target], link_ms: float) -> Iterator[list[Target]]:
+    """The targets as they are (link_ms=0), or each server reached through a delaying proxy."""
+    if not link_ms:
+        yield list(targets)
+        return
+    from connman.testing.proxy import TcpProxy
+
+    proxies: dict[tuple[str, int], TcpProxy] = {}
+    out: list[Target] = []
+    try:
+        for t in targets:
+            parts = urlsplit(t.url)
+            if not parts.port or not parts.hostname:
+                out.append(t)  # SQLite: no network to delay
+                continue
+            key = (parts.hostname, parts.port)
+            if key not in proxies:
+                proxies[key] = TcpProxy(parts.hostname, parts.port).start()
+                proxies[key].latency(link_ms / 1000)
+            netloc = parts.netloc.replace(f"{parts.hostname}:{parts.port}",
+                                          f"127.0.0.1:{proxies[key].port}")
+            out.append(replace(t, url=urlunsplit(parts._replace(netloc=netloc))))
+        yield out
+    finally:
+        for proxy in proxies.values():
+            proxy.stop()
 
 
 @contextlib.asynccontextmanager
@@ -356,7 +398,8 @@ async def arun(quick: bool = False, backends: Sequence[str] | None = None,
     env = environment()
     server_versions: dict[str, str] = {}
     servers = Servers({BACKENDS[n].server for n in names} - {""}, parse_urls(urls))
-    total = sum(plan.steps(BACKENDS[n].family) for n in names) + plan.cold_reps
+    total = (sum(plan.steps(BACKENDS[n].family) for n in names)
+             + plan.cold_reps * (2 if plan.cold_link_ms > 0 else 1))
     cold_pools: dict[str, str] = {}
     try:
         with Progress(total, progress) as bar:
