@@ -362,13 +362,19 @@ class SQLAlchemyPool(Pool):
     def _interrupt(self, session: AsyncSession) -> None:
         """Stop the query a cancelled session may have left running (SQLite: in its thread)."""
         probe = self._probe
-        if probe is None or probe.interrupt is None or not session.in_transaction():
+        trans = session.sync_session.get_transaction()
+        if probe is None or probe.interrupt is None or trans is None:
             return
-        try:
-            fairy = session.sync_session.connection().connection
-            probe.interrupt(fairy.driver_connection)
-        except Exception:  # no connection yet, or one that needs I/O to get: nothing to stop
-            logger.debug("connman: pool %r: nothing to interrupt", self.name, exc_info=True)
+        # The connections this transaction already holds (asking session.connection() could
+        # open one, which needs I/O); SessionTransaction keeps them in `_connections`.
+        for held in list(getattr(trans, "_connections", {}).values()):
+            conn = held[0]
+            if conn.closed or conn.invalidated:  # .connection would reconnect
+                continue
+            try:
+                probe.interrupt(conn.connection.driver_connection)
+            except Exception:  # already closed or invalidated: nothing to stop
+                logger.debug("connman: pool %r: nothing to interrupt", self.name, exc_info=True)
 
     async def _end(self, session: AsyncSession, error: BaseException | None) -> None:
         if error is not None and not isinstance(error, Exception):
@@ -430,14 +436,15 @@ class SQLAlchemyPool(Pool):
             await self._discard(self._hot.pop(0)[0], reason=None)
 
     async def _trim(self, pool: Any, size: int) -> None:
-        """Close the oldest fast-path connections while more than `size` are idle.
+        """While more than `size` connections are idle, give the oldest fast-path ones back.
 
-        Only when nobody waits: like SQLAlchemy's pool closing overflow connections on return, but
-        without closing one a queued request is about to take.
+        Only when nobody waits. SQLAlchemy's pool keeps what fits in its queue and closes the rest
+        as overflow, so no connection is closed while the queue has room: closing one here instead
+        would leave an empty slot in that queue, which the next session would fill by connecting.
         """
         hot = self._hot
         while hot and not self._nwaiting and len(hot) + _live_idle(pool) > size:
-            await self._discard(hot.pop(0)[0], "close")
+            await self._discard(hot.pop(0)[0], reason=None)
 
     async def _discard(self, fairy: Any, reason: str | None) -> None:
         """Hand a fast-path connection back to SQLAlchemy's pool, or close it for `reason`."""
