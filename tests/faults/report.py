@@ -250,6 +250,8 @@ def render(results: list[Figures], *, full: bool, command: str) -> str:
     lines += [f"- {reason} Shown by: " + ", ".join(
         f"`{s}` on {b}" for (s, b), (r, _) in sorted(KNOWN_ISSUES.items()) if r == reason)
         for reason in issues]
+    if not issues:
+        lines.append("None: no scenario is marked as a known library issue.")
     lines += ["", "## Found by this suite and fixed since", ""]
     lines += [f"- {text}" for text in FIXED]
     lines += ["", "## Observations", ""]
