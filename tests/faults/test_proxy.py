@@ -108,8 +108,12 @@ async def test_unreachable_target_resets_the_client() -> None:
     from connman.testing.servers import free_port
 
     with TcpProxy("127.0.0.1", free_port()) as proxy:
-        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-        with contextlib.suppress(ConnectionError):
-            assert await asyncio.wait_for(reader.read(1), 5) == b""
-        writer.close()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        except ConnectionError:
+            pass  # the reset beat the end of our own handshake: the same outcome
+        else:
+            with contextlib.suppress(ConnectionError):
+                assert await asyncio.wait_for(reader.read(1), 5) == b""
+            writer.close()
         assert await asyncio.to_thread(lambda: proxy.refused) == 1
