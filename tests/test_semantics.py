@@ -6,6 +6,7 @@ Each runs on every backend it applies to, against the real server, with short du
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import statistics
 import time
@@ -134,9 +135,15 @@ async def test_leak_warning_names_pool_time_and_checkout_stack(
 
 
 async def test_waiters_are_served_in_arrival_order(make_manager: Make, ops: Ops) -> None:
-    """50 tasks on a pool of 10: every task progresses, and no waiter starves."""
+    """50 tasks on a pool of 10: slots are granted exactly in arrival order, so no task starves.
+
+    Checked on the order itself rather than on wait-time percentiles, which one slow server
+    response (a checkpoint, a GC pause) can move without any unfairness.
+    """
     m = make_manager(size=10, overflow=0, timeout=30)
     total = 1000
+    arrivals, grants = itertools.count(), itertools.count()
+    order: list[tuple[int, int]] = []
     async with m:
         waits: list[float] = []
         m.on("checkout", lambda e: waits.append(e.duration_ms))
@@ -146,18 +153,20 @@ async def test_waiters_are_served_in_arrival_order(make_manager: Make, ops: Ops)
         async def worker(i: int) -> None:
             while remaining[0] > 0:
                 remaining[0] -= 1
+                arrived = next(arrivals)  # no await between this and joining the queue
                 async with m.session("main") as unit:
+                    order.append((arrived, next(grants)))
                     await ops.select1(unit)
                 done[i] += 1
 
         await asyncio.gather(*(worker(i) for i in range(50)))
+    granted = [g for _, g in sorted(order)]
+    overtaken = sum(1 for a, b in itertools.pairwise(granted) if b < a)
+    assert overtaken == 0, f"{overtaken} of {len(granted)} grants out of arrival order"
     mean_ops = statistics.mean(done)
     assert min(done) >= 0.5 * mean_ops, done
     assert max(done) <= 2.0 * mean_ops, done
-    queued = sorted(w for w in waits if w > 0)
-    assert len(queued) > total / 2
-    p999 = queued[int(len(queued) * 0.999) - 1]
-    assert p999 <= 5 * statistics.mean(queued), (p999, statistics.mean(queued))
+    assert len([w for w in waits if w > 0]) > total / 2  # most of them did queue
 
 
 @only(kinds=("sql",), exclude=("sqlite",))
