@@ -46,6 +46,21 @@ def describe(exc: BaseException) -> str:
     return name
 
 
+def _unknown_outcome(exc: BaseException) -> bool:
+    """A Mongo write that failed in a way that leaves its outcome unknown to the client.
+
+    The connection broke after the server may have applied it (a network error), or PyMongo's
+    retryable-write retry found the document the first attempt inserted (a duplicate key: every
+    request writes its own key). mongod answers such a retry with the first result; SecantusDB
+    does not de-duplicate retries.
+    """
+    try:
+        from pymongo.errors import ConnectionFailure, DuplicateKeyError
+    except ImportError:
+        return False
+    return isinstance(exc, (ConnectionFailure, DuplicateKeyError))
+
+
 class Served:
     """What the app answered, counted server-side (the scenarios watch it to time their faults)."""
 
@@ -99,6 +114,8 @@ class TypedErrors:
             label = describe(exc)
             if scope["method"] == "POST" and scope["path"].rpartition("/")[2] in self.served.written:
                 label += " at commit"  # the handler's insert succeeded; the COMMIT failed
+            elif scope["method"] == "POST" and _unknown_outcome(exc):
+                label += " at commit"  # a Mongo write is its own commit: same unknown outcome
             self.served.record(500, label)
             self.served.samples.setdefault(label, str(exc).splitlines()[0][:200] if str(exc) else "")
             body = json.dumps({"error": label}).encode()

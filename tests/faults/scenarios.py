@@ -1148,7 +1148,10 @@ OBSERVATIONS: list[str] = [
     "Mongo: during a network cut or a restart PyMongo/Motor mostly wait in server selection "
     "(up to `connect_timeout`) and then succeed, so they show few errors and long p99 instead.",
     "A 5xx from a failed COMMIT (label 'at commit') has an unknown outcome: the server may have "
-    "committed before the link broke; it is counted as `commit_errors`, not as a phantom write.",
+    "committed before the link broke; it is counted as `commit_errors`, not as a phantom write. "
+    "A Mongo write is its own commit: one that fails with a network error, or whose retryable-"
+    "write retry finds the document its first attempt inserted (DuplicateKeyError: SecantusDB "
+    "does not de-duplicate retries as mongod does), is labelled the same way.",
     "Under heavy CPU contention a response is sometimes lost between uvicorn and httpx "
     "(`ReadError`/`RemoteProtocolError` while the app's own counter shows it answered): counted "
     "as `client ...` errors but excused when the app answered every request.",
