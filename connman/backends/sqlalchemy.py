@@ -47,15 +47,13 @@ ALIVE_BYPASS_S = 0.5
 class _Probe:
     """How to ask one driver's raw connection, without I/O, whether it is closed or in a transaction."""
 
-    __slots__ = ("closed", "in_transaction", "interrupt", "rollback")
+    __slots__ = ("closed", "in_transaction", "rollback")
 
     def __init__(self, closed: Callable[[Any], bool], in_transaction: Callable[[Any], bool],
-                 rollback: Callable[[Any], Any],
-                 interrupt: Callable[[Any], None] | None = None) -> None:
+                 rollback: Callable[[Any], Any]) -> None:
         self.closed = closed
         self.in_transaction = in_transaction
         self.rollback = rollback
-        self.interrupt = interrupt
 
 
 def _interrupt_sqlite(conn: Any) -> None:
@@ -74,7 +72,7 @@ _PROBES: dict[str, _Probe] = {
     "asyncmy": _Probe(lambda c: not c.connected, lambda c: c.get_transaction_status(),
                       lambda c: c.rollback()),
     "aiosqlite": _Probe(lambda c: c._connection is None, lambda c: c.in_transaction,
-                        lambda c: c.rollback(), _interrupt_sqlite),
+                        lambda c: c.rollback()),
 }
 
 _orphans: set[asyncio.Future[Any]] = set()
@@ -90,16 +88,12 @@ def _close_orphan(task: asyncio.Future[Any]) -> None:
 
 
 async def _shielded_connect(pending: Any) -> Any:
-    task = asyncio.ensure_future(_awaited(pending))
+    task = asyncio.ensure_future(pending)
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
         task.add_done_callback(_close_orphan)
         raise
-
-
-async def _awaited(pending: Any) -> Any:
-    return await pending
 
 
 def _aiosqlite_connect(*args: Any, **kw: Any) -> Any:
@@ -227,6 +221,7 @@ class SQLAlchemyPool(Pool):
         # The fast path's own idle connections: (fairy, driver connection, when it came back).
         self._hot: list[tuple[Any, Any, float]] = []
         self._probe = _PROBES.get(config.driver_name)
+        self._sqlite = config.driver_name == "aiosqlite"
 
     # ------------------------------------------------------------------ lifecycle
     async def _open(self) -> None:
@@ -276,7 +271,7 @@ class SQLAlchemyPool(Pool):
         pool = sync_engine.pool
         cfg = self.config
 
-        sqlite = cfg.driver_name == "aiosqlite"
+        sqlite = self._sqlite
 
         @event.listens_for(sync_engine, "do_connect")
         def do_connect(dialect: Any, conn_rec: Any, cargs: Any, cparams: Any) -> Any:
@@ -324,16 +319,14 @@ class SQLAlchemyPool(Pool):
             if rec is not None:
                 rec.info["cm_in"] = time.monotonic()
 
-        interrupt = self._probe.interrupt if self._probe is not None else None
-
         @event.listens_for(pool, "invalidate")
         def on_invalidate(dbapi_con: Any, rec: Any, error: BaseException | None) -> None:
             rec.info.setdefault("cm_reason", "lost")
-            if interrupt is not None and dbapi_con is not None:
+            if sqlite and dbapi_con is not None:
                 # Invalidated mid-query (a cancelled request): stop the query, so the close that
                 # follows runs now rather than after it, and the file handle goes with it.
                 try:
-                    interrupt(getattr(dbapi_con, "driver_connection", dbapi_con))
+                    _interrupt_sqlite(getattr(dbapi_con, "driver_connection", dbapi_con))
                 except Exception:
                     logger.debug("connman: pool %r: interrupt failed", self.name, exc_info=True)
 
@@ -359,28 +352,11 @@ class SQLAlchemyPool(Pool):
             await self._discard(self._hot.pop(0)[0], reason=None)
         return self._sessionmaker()
 
-    def _interrupt(self, session: AsyncSession) -> None:
-        """Stop the query a cancelled session may have left running (SQLite: in its thread)."""
-        probe = self._probe
-        trans = session.sync_session.get_transaction()
-        if probe is None or probe.interrupt is None or trans is None:
-            return
-        # The connections this transaction already holds (asking session.connection() could
-        # open one, which needs I/O); SessionTransaction keeps them in `_connections`.
-        for held in list(getattr(trans, "_connections", {}).values()):
-            conn = held[0]
-            if conn.closed or conn.invalidated:  # .connection would reconnect
-                continue
-            try:
-                probe.interrupt(conn.connection.driver_connection)
-            except Exception:  # already closed or invalidated: nothing to stop
-                logger.debug("connman: pool %r: nothing to interrupt", self.name, exc_info=True)
-
     async def _end(self, session: AsyncSession, error: BaseException | None) -> None:
-        if error is not None and not isinstance(error, Exception):
-            self._interrupt(session)
-            if self._probe is not None and self._probe.interrupt is not None:
-                _release_frames(error)
+        if error is not None and not isinstance(error, Exception) and self._sqlite:
+            # Cancelled: SQLAlchemy invalidated the connection if a query was in flight (the
+            # invalidate event interrupts it); the cursor it leaves must not keep the file open.
+            _release_frames(error)
         try:
             if error is None and session.in_transaction():
                 await session.commit()
@@ -462,8 +438,7 @@ class SQLAlchemyPool(Pool):
             conn = fairy.driver_connection
             if not isinstance(error, Exception) and error is not None:
                 # Cancelled, perhaps mid-query: this connection's protocol state is unknown.
-                if probe.interrupt is not None and not probe.closed(conn):
-                    probe.interrupt(conn)
+                # Invalidating it also interrupts a SQLite query (the invalidate event).
                 await self._discard(fairy, "close")
                 return
             if probe.closed(conn):
