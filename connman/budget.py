@@ -41,6 +41,13 @@ class BudgetLine:
         return asdict(self)
 
 
+def server_limit(info: Mapping[str, Any]) -> int | None:
+    """The connections a server accepts for this app, from a `Pool.server_info()` dict."""
+    if info.get("max_connections") is None:
+        return None
+    return int(info["max_connections"]) - int(info.get("reserved") or 0)
+
+
 def compute_budget(configs: Mapping[str, PoolConfig], limits: Mapping[str, int | None], *,
                    workers: int, replicas: int) -> list[BudgetLine]:
     """Group pools by server, multiply their `size + overflow` by workers × replicas, compare.

@@ -17,7 +17,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise MissingDependency("the connman CLI needs typer and rich: "
                             "pip install 'connman[cli]'") from exc
 
-from .budget import compute_budget, server_key, size_advice
+from .budget import compute_budget, server_key, server_limit, size_advice
 from .config import load_settings
 from .errors import ConnmanError
 from .manager import ConnectionManager
@@ -77,8 +77,8 @@ async def _check(env_file: Path | None, config_file: Path | None, workers: int |
     limits: dict[str, int | None] = {}
     for row in rows:
         cfg = manager.pool(row["pool"]).config
-        if row["max_connections"] is not None:
-            limits[server_key(cfg)] = int(row["max_connections"]) - int(row["reserved"])
+        if (limit := server_limit(row)) is not None:
+            limits[server_key(cfg)] = limit
     configs = {n: manager.pool(n).config for n in manager.names}
     budget = compute_budget(configs, limits, workers=workers, replicas=replicas)
     problems = [f"pool {r['pool']!r}: {r['error']}" for r in rows if r["status"] == "error"]
@@ -192,8 +192,8 @@ async def _measure(name: str, env_file: Path | None, config_file: Path | None,
     try:
         samples = sorted([await pool.ping() for _ in range(50)])
         info = await pool.server_info()
-        if limit is None and info.get("max_connections") is not None:
-            limit = int(info["max_connections"]) - int(info.get("reserved") or 0)
+        if limit is None:
+            limit = server_limit(info)
         return samples[len(samples) // 2], limit
     finally:
         await pool.close(0)

@@ -215,7 +215,7 @@ class PoolConfig(BaseModel):
     def __repr_args__(self) -> Any:
         for key, value in super().__repr_args__():
             if key == "options":
-                yield key, {k: ("***" if _looks_secret(k) else v) for k, v in value.items()}
+                yield key, _masked_options(value)
             else:
                 yield key, value
 
@@ -229,12 +229,17 @@ def _masked_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
         elif key == "replicas" and isinstance(value, list):
             out[key] = [mask_url(v) if isinstance(v, str) else v for v in value]
         elif key == "options" and isinstance(value, Mapping):
-            out[key] = {k: ("***" if _looks_secret(str(k)) else v) for k, v in value.items()}
+            out[key] = _masked_options(value)
         elif _looks_secret(key):
             out[key] = "***"
         else:
             out[key] = value
     return out
+
+
+def _masked_options(options: Mapping[Any, Any]) -> dict[Any, Any]:
+    """Driver options with the values of secret-looking keys replaced by ***."""
+    return {k: ("***" if _looks_secret(str(k)) else v) for k, v in options.items()}
 
 
 def _looks_secret(key: str) -> bool:
@@ -311,6 +316,10 @@ class ConnmanSettings(BaseSettings):
 
     pools: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Pools by name; each is validated as a `PoolConfig`."""
+    workers: int = Field(1, ge=1)
+    """Worker processes per replica that each open these pools (for the connection budget)."""
+    replicas: int = Field(1, ge=1)
+    """Replicas of the service (for the connection budget)."""
 
     @field_serializer("pools")
     def _mask_pools(self, pools: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -319,10 +328,6 @@ class ConnmanSettings(BaseSettings):
     def __repr_args__(self) -> Any:
         for key, value in super().__repr_args__():
             yield key, (self._mask_pools(value) if key == "pools" else value)
-    workers: int = Field(1, ge=1)
-    """Worker processes per replica that each open these pools (for the connection budget)."""
-    replicas: int = Field(1, ge=1)
-    """Replicas of the service (for the connection budget)."""
 
     @classmethod
     def settings_customise_sources(

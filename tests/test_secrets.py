@@ -235,13 +235,9 @@ async def exercise(url: str, seen: Seen, *, driver: str | None = None) -> None:
                     pass
             seen.error("PoolTimeout", info.value)
         seen.add("manager (open)", manager, manager.stats())
-        app = FastAPI()
-        app.include_router(manager.health_router())
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://app") as client:
-            health = await client.get("/health")
-            assert health.status_code == 200, health.text
-            seen.add("health", health.text)
+        health = await get_health(manager)
+        assert health.status_code == 200, health.text
+        seen.add("health", health.text)
         with contextlib.suppress(ImportError):
             from prometheus_client import CollectorRegistry, generate_latest
 
@@ -252,6 +248,15 @@ async def exercise(url: str, seen: Seen, *, driver: str | None = None) -> None:
             metrics = generate_latest(registry).decode()
             assert "connman_" in metrics
             seen.add("metrics", metrics)
+
+
+async def get_health(manager: ConnectionManager) -> httpx.Response:
+    """GET /health from the manager's health router, in process."""
+    app = FastAPI()
+    app.include_router(manager.health_router())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://app") as client:
+        return await client.get("/health")
 
 
 async def health_when_down(url: str, server: Server, seen: Seen, *,
@@ -265,11 +270,7 @@ async def health_when_down(url: str, server: Server, seen: Seen, *,
         manager = ConnectionManager({"main": fields})
         async with manager:
             proxy.cut()
-            app = FastAPI()
-            app.include_router(manager.health_router())
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                         base_url="http://app") as client:
-                health = await client.get("/health")
+            health = await get_health(manager)
             assert health.status_code == 503, health.text
             seen.add("health (down)", health.text)
             proxy.restore()

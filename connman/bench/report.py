@@ -277,7 +277,7 @@ def _exhaustion_md(results: dict[str, Any]) -> list[str]:
 
 def cold_summary(results: dict[str, Any]) -> dict[str, Any]:
     """Per link (loopback, delayed): median open time of each pool alone, of the 4 together,
-    their ratio, and the client CPU it took."""
+    and their ratio."""
     cold = results["cold_start"]
     out: dict[str, Any] = {}
     by_link: dict[float, list[dict[str, Any]]] = {}

@@ -289,13 +289,13 @@ async def cold_start(targets: Sequence[Target], plan: Plan, rec: Recorder,
     while len(chosen) < 4:
         chosen.append(chosen[len(chosen) % len(chosen)])
     which = {f"p{i + 1}": t.backend.name for i, t in enumerate(chosen)}
+    s = PoolSettings(size=plan.cold_pool_size, overflow=plan.cold_pool_size)
     links = [0.0] + ([plan.cold_link_ms] if plan.cold_link_ms > 0 else [])
     for link_ms in links:
+        label = f"cold start, {'loopback' if not link_ms else f'{link_ms:g} ms link'}"
         with linked(chosen, link_ms) as linked_targets:
-            s = PoolSettings(size=plan.cold_pool_size, overflow=plan.cold_pool_size)
             pools = {f"p{i + 1}": t.pool_config(s) for i, t in enumerate(linked_targets)}
             for rep in range(plan.cold_reps):
-                label = f"cold start, {'loopback' if not link_ms else f'{link_ms:g} ms link'}"
                 progress.step(f"{label} (rep {rep + 1})", 0)
                 entry: dict[str, Any] = {"rep": rep, "link_ms": link_ms, "single_open_s": {},
                                          "single_close_s": {}}
