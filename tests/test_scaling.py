@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,12 @@ from sqlalchemy import text
 from typer.testing import CliRunner
 
 from connman import ConnectionManager
-from connman.budget import compute_budget, size_advice
+from connman.budget import compute_budget, server_limit, size_advice
 from connman.cli import app as cli_app
 from connman.config import PoolConfig
 from connman.testing.servers import PgBouncerServer, PostgresServer, Server
+
+from ._targets import Target
 
 
 async def hammer(m: ConnectionManager, n: int = 300, concurrency: int = 30) -> tuple[int, list[str]]:
@@ -134,6 +137,20 @@ async def test_startup_warns_when_the_budget_exceeds_max_connections(
     assert len(warning) == 1
     assert "500 connections" in warning[0]
     assert "50 workers" in warning[0]
+
+
+async def test_warm_up_reads_the_same_limit_as_server_info(
+        make_manager: Callable[..., ConnectionManager], target: Target) -> None:
+    """The startup budget check uses the limit read while warming up, with no round trip of its
+    own: it must be what the full `server_info()` query reports."""
+    m = make_manager(size=2)
+    async with m:
+        pool = m.pool("main")
+        expected = server_limit(await pool.server_info())
+        assert pool.connection_limit == expected
+        if target.driver in ("asyncpg", "aiomysql", "asyncmy"):
+            assert expected is not None  # the test servers run with max_connections=200
+            assert 150 < expected <= 200
 
 
 def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pools: dict[str, str]) -> None:

@@ -190,9 +190,13 @@ def _release_frames(error: BaseException) -> None:
     the exception: without this, the handle stays open until the garbage collector runs.
     """
     seen: set[int] = set()
-    exc: BaseException | None = error
-    while exc is not None and id(exc) not in seen:
+    todo: list[BaseException] = [error]
+    while todo:
+        exc = todo.pop()
+        if id(exc) in seen:
+            continue
         seen.add(id(exc))
+        todo += [e for e in (exc.__context__, exc.__cause__) if e is not None]
         tb = exc.__traceback__
         while tb is not None:
             frame = tb.tb_frame
@@ -202,7 +206,6 @@ def _release_frames(error: BaseException) -> None:
                 with contextlib.suppress(RuntimeError):  # still executing
                     frame.clear()
             tb = tb.tb_next
-        exc = exc.__context__
 
 
 class SQLAlchemyPool(Pool):
