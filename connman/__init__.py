@@ -6,14 +6,19 @@ from ._pool import Pool
 from ._url import SecretURL, mask_url
 from .config import PRESETS, ConnmanSettings, PoolConfig, load_settings
 from .errors import (
+    ConcurrentUse,
     ConfigurationError,
     ConnmanError,
     MissingDependency,
     PoolClosed,
+    PoolNotOpen,
     PoolStartupError,
     PoolTimeout,
+    SessionEnded,
+    StatementTimeout,
     TooManyWaiters,
     UnknownPool,
+    WrongEventLoop,
 )
 from .manager import ConnectionManager, SessionProvider
 from .stats import COUNTER_KEYS, EVENT_NAMES, GAUGE_KEYS, STAT_KEYS, PoolEvent
@@ -29,6 +34,7 @@ __all__ = [
     "PRESETS",
     "STAT_KEYS",
     # errors
+    "ConcurrentUse",
     "ConfigurationError",
     # manager
     "ConnectionManager",
@@ -39,12 +45,16 @@ __all__ = [
     "PoolClosed",
     "PoolConfig",
     "PoolEvent",
+    "PoolNotOpen",
     "PoolStartupError",
     "PoolTimeout",
     "SecretURL",
+    "SessionEnded",
     "SessionProvider",
+    "StatementTimeout",
     "TooManyWaiters",
     "UnknownPool",
+    "WrongEventLoop",
     "load_settings",
     "mask_url",
 ]

@@ -128,6 +128,25 @@ class PoolConfig(BaseModel):
     """Read replica URLs (SQL): `session(name, readonly=True)` reads from them, round-robin."""
     options: dict[str, Any] = Field(default_factory=dict)
     """Raw driver keyword arguments passed through; a key a field above sets is an error."""
+    reset_on_return: Literal["rollback", "full"] = "rollback"
+    """What a connection is cleared of when a unit of work gives it back (SQL): `rollback` (the
+    open transaction, SQLAlchemy's reset) or `full` (also session settings, advisory locks, LISTEN,
+    temporary tables and prepared state, as asyncpg's own pool does). See docs/semantics.md."""
+    statement_timeout: float | None = Field(None, gt=0)
+    """Seconds one operation may wait for the server's answer before `StatementTimeout`; its
+    connection is discarded and the unit of work rolled back. None: no limit (every driver's)."""
+    session_class: Any = None
+    """SQL: the session class sessions are made of (a class or a dotted path such as
+    `sqlmodel.ext.asyncio.session.AsyncSession`); default SQLAlchemy's `AsyncSession`."""
+    session_options: dict[str, Any] = Field(default_factory=dict)
+    """SQL: keyword arguments for `async_sessionmaker` (`autoflush`, `expire_on_commit`, `info`,
+    ...); connman's default is `expire_on_commit=False`."""
+    commit: Literal["auto", "manual"] = "auto"
+    """`auto`: a unit of work commits when the handler succeeds; `manual`: the app commits, and
+    what it left uncommitted is rolled back. Either way the connection always goes back."""
+    transaction: bool = False
+    """Mongo: run each unit of work in one multi-document transaction, committed before the
+    response and aborted on any error (needs a replica set or sharded cluster)."""
 
     @model_validator(mode="before")
     @classmethod

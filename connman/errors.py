@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 __all__ = [
+    "ConcurrentUse",
     "ConfigurationError",
     "ConnmanError",
     "MissingDependency",
     "PoolClosed",
+    "PoolNotOpen",
     "PoolStartupError",
     "PoolTimeout",
+    "SessionEnded",
+    "StatementTimeout",
     "TooManyWaiters",
     "UnknownPool",
+    "WrongEventLoop",
 ]
 
 
@@ -59,3 +64,35 @@ class PoolClosed(ConnmanError):
 
 class PoolStartupError(ConnmanError):
     """A pool could not be opened at startup; names the pool and its masked URL."""
+
+
+class PoolNotOpen(PoolClosed):
+    """The pool was never opened (the app's lifespan did not run) or was closed before this call."""
+
+
+class SessionEnded(ConnmanError):
+    """A session or fast-path connection was used after its unit of work ended.
+
+    Its connection went back to the pool when the unit ended; using it again would take a
+    connection past the pool's limits. Open a new unit of work instead.
+    """
+
+
+class ConcurrentUse(ConnmanError):
+    """Two tasks used one session or one fast-path connection at the same time.
+
+    A session is one unit of work on one connection: give each task its own
+    (`async with manager.session(name)`), or await the operations one after the other.
+    """
+
+
+class WrongEventLoop(ConnmanError, RuntimeError):
+    """The pool was opened in another event loop; its driver connections cannot be used here."""
+
+
+class StatementTimeout(ConnmanError, TimeoutError):
+    """An operation got no answer within the pool's `statement_timeout` (seconds).
+
+    The connection it ran on was discarded (its protocol state is unknown) and the unit of work
+    rolled back.
+    """
