@@ -336,6 +336,22 @@ class Pool(abc.ABC):
                 return
         self._free += 1
 
+    def _reserve(self) -> bool:
+        """Take a free slot for housekeeping (closing a surplus connection), never making anyone
+        wait: only when a slot is free and nobody waits. Not a request: no stats, no events.
+
+        While the slot is held, the connection being closed still counts against `size +
+        overflow`, so a burst arriving meanwhile cannot open one more than the maximum.
+        """
+        if self._closing or self._nwaiting or self._free <= 0:
+            return False
+        self._free -= 1
+        return True
+
+    def _unreserve(self) -> None:
+        """Give back a slot taken by `_reserve`; the longest waiter gets it first."""
+        self._pass_on()
+
     def _leaked(self, lease: Lease, stack: str) -> None:
         self.counters.bump("leaks_detected")
         held = time.monotonic() - lease.start
