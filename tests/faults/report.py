@@ -74,8 +74,9 @@ LIMITS = [
      "but counts every client and reports `available: 0`, so the per-app count comes from "
      "`currentOp` (one entry per connection, with its client metadata) and the kill scenario uses "
      "`killOp`, which SecantusDB implements by closing the connection's socket. A Mongo client "
-     "keeps one monitoring connection besides its pool (`serverMonitoringMode=poll`); PyMongo "
-     "keeps up to `size + overflow` connections until `idle`, so its baseline is that plus one."),
+     "keeps one monitoring connection besides its pool (`serverMonitoringMode=poll`); every pool "
+     "keeps up to `size + overflow` connections until `overflow_idle`, so its baseline is that "
+     "plus one."),
     ("PgBouncer", "applies to PostgreSQL only; the app's connections are counted with "
      "`SHOW CLIENTS` on its admin console."),
 ]
