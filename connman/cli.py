@@ -203,11 +203,19 @@ async def _measure(name: str, env_file: Path | None, config_file: Path | None,
 def bench(quick: Annotated[bool, typer.Option(help="A short run (under a minute).")] = False,
           backends: Annotated[str | None, typer.Option(help="Comma-separated backends.")] = None,
           out: Annotated[Path, typer.Option(help="Results folder.")] = Path("benchmarks/results"),
+          urls: Annotated[list[str] | None, typer.Option(
+              "--urls", help="KIND=URL of a running server to use instead of a throwaway one "
+                             "(postgres, pgbouncer, mysql, mongo); repeat for several.")] = None,
           ) -> None:
-    """Run the benchmark suite on throwaway real servers and write JSON, Markdown and plots."""
+    """Run the benchmark suite on real servers and write JSON, Markdown and plots.
+
+    Needs the `bench` extra (`pip install 'connman[bench]'`) and the drivers of the backends run;
+    a missing one is named with its extra (`MissingDependency`).
+    """
     from .bench.runner import run
 
-    path = run(quick=quick, backends=backends.split(",") if backends else None, out=out)
+    path = run(quick=quick, backends=backends.split(",") if backends else None, out=out,
+               urls=urls or None)
     print(f"results: {path}")
 
 

@@ -239,3 +239,4 @@ async def test_shutdown_during_shrinking_leaves_nothing_open(
     assert m.stats("main")["pool_size"] == 0
     if baseline is not None:
         assert await wait_for_count(target, baseline) == baseline
+

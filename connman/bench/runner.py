@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from .bursts import burst_series, probe
+from .deps import require_bench, require_drivers
 from .infra import SECANTUS_NOTE, Servers, environment, parse_urls
 from .report import write as write_report
 from .scenarios import (
@@ -35,7 +37,16 @@ from .scenarios import (
     summarize,
 )
 from .targets import BACKENDS, QUICK_BACKENDS, PoolSettings, Target, prepare, server_version
-from .variants import ConnmanVariant, HandSql, Variant, make_variants, raw_variant, with_max_waiting
+from .variants import (
+    ConnmanVariant,
+    FastVariant,
+    HandMongo,
+    HandSql,
+    Variant,
+    make_variants,
+    raw_variant,
+    with_max_waiting,
+)
 
 __all__ = ["FULL", "QUICK", "Plan", "arun", "run"]
 
@@ -70,6 +81,14 @@ class Plan:
     cold_link_ms: float = 2.5
     """One-way delay of the second cold-start round, through a TCP proxy (0: loopback only)."""
     max_seconds: float = 20.0
+    bursts: int = 30
+    """Bursts per variant and repetition in the burst scenario."""
+    burst_reps: int = 3
+    burst_size: int = 10
+    burst_overflow: int = 20
+    burst_factor: int = 10
+    """Units of work per burst: `burst_factor x burst_size`."""
+    burst_gap_s: float = 0.05
     sweep: PoolSettings = field(default_factory=PoolSettings)
     overrides: Mapping[str, Mapping[int, int]] = field(default_factory=dict)
     """Per "family/scenario": operations by concurrency; a concurrency left out is skipped."""
@@ -86,7 +105,7 @@ class Plan:
             for s in SWEEP_SCENARIOS)
         http = self.repetitions * (n_variants + (1 if family == "sql" else 0))
         exhaust = self.exhaust_reps * (4 if family == "sql" else 2)
-        return 1 + sweep + http + exhaust
+        return 1 + sweep + http + exhaust + self.burst_reps * n_variants
 
 
 FULL = Plan(quick=False, concurrencies=(1, 10, 100, 1000), repetitions=3,
@@ -97,7 +116,8 @@ FULL = Plan(quick=False, concurrencies=(1, 10, 100, 1000), repetitions=3,
 QUICK = Plan(quick=True, concurrencies=(1, 10), repetitions=1, ops={1: 60, 10: 120},
              warmup_ops=40, http_concurrency=10, http_ops=60, cold_reps=1, exhaust_reps=1,
              overrides={"mongo/write": {1: 30, 10: 60}},
-             exhaust_hold_s=0.05, exhaust_timeout_s=0.2, max_seconds=5.0)
+             exhaust_hold_s=0.05, exhaust_timeout_s=0.2, max_seconds=5.0, bursts=8,
+             burst_reps=1)
 """The quick smoke run (what tests/test_bench.py runs): few operations, one repetition."""
 
 
@@ -156,6 +176,7 @@ class Recorder:
         self.cold: list[dict[str, Any]] = []
         self.failures: dict[str, str] = {}
         self.skipped: list[dict[str, Any]] = []
+        self.bursts: list[dict[str, Any]] = []
 
     def sample(self, backend: str, scenario: str, variant: str, concurrency: int, rep: int,
                s: Sample, cpu_s: float) -> None:
@@ -273,6 +294,33 @@ async def exhaustion(target: Target, plan: Plan, rec: Recorder, progress: Progre
                 progress.step(f"{name}: exhaustion {v.name} (rep {rep + 1})")
 
 
+async def bursts(target: Target, plan: Plan, rec: Recorder, progress: Progress) -> None:
+    """Bursts of `burst_factor x burst_size` units, `burst_gap_s` apart, each variant on its own
+    pool (the fast path too, so no variant inherits another's connections); rotated per rep."""
+    s = PoolSettings(size=plan.burst_size, overflow=plan.burst_overflow)
+    connman = ConnmanVariant(target, s)
+    fast_pool = ConnmanVariant(target, s, name="connman_fast")
+    hand: Variant = (HandMongo(target, s) if target.backend.family == "mongo"
+                     else HandSql(target, s))
+    measured: list[Variant] = [connman, FastVariant(fast_pool), hand, raw_variant(target, s)]
+    name = target.backend.name
+    units = plan.burst_factor * plan.burst_size
+    async with opened([connman, fast_pool, hand, measured[3]]):
+        probes = {v.name: probe(v) for v in measured}
+        for rep in range(plan.burst_reps):
+            for v in rotate(measured, rep):
+                what = f"{name}: bursts {v.name} (rep {rep + 1})"
+                progress.step(what, 0)
+                gc.collect()
+                series = await burst_series(*probes[v.name], units, plan.bursts, plan.burst_gap_s)
+                rec.bursts.append({
+                    "backend": name, "variant": v.name, "rep": rep, "units": units,
+                    "burst_ms": [round(x * 1000, 3) for x in series.seconds],
+                    "opened": series.opened, "errors": series.errors,
+                    "first_error": series.first_error})
+                progress.step(what)
+
+
 async def cold_start(targets: Sequence[Target], plan: Plan, rec: Recorder,
                      progress: Progress) -> dict[str, str]:
     """open() of a lifespan with 4 pools vs each of those pools opened alone.
@@ -369,6 +417,7 @@ async def bench_backend(target: Target, plan: Plan, rec: Recorder, progress: Pro
         await sweep(target, variants, plan, rec, progress)
         await http(target, variants, plan, rec, progress)
     await exhaustion(target, plan, rec, progress)
+    await bursts(target, plan, rec, progress)
 
 
 # ---------------------------------------------------------------------------- entry points
@@ -392,6 +441,8 @@ async def arun(quick: bool = False, backends: Sequence[str] | None = None,
     unknown = [n for n in names if n not in BACKENDS]
     if unknown:
         raise ValueError(f"unknown backend(s) {unknown}; known: {', '.join(BACKENDS)}")
+    require_bench()
+    require_drivers(BACKENDS[n].driver for n in names)
     started = datetime.now(UTC)
     t0 = time.monotonic()
     rec = Recorder()
@@ -452,6 +503,7 @@ async def arun(quick: bool = False, backends: Sequence[str] | None = None,
         "skipped": rec.skipped,
         "samples": rec.samples,
         "exhaustion": rec.exhaustion,
+        "bursts": rec.bursts,
         "cold_start": {"pools": cold_pools, "reps": rec.cold},
     }
     return write_report(results, Path(out), started)
