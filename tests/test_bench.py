@@ -127,10 +127,12 @@ def test_bursts_are_reported_for_every_variant_on_every_backend(results: dict[st
         assert r["units"] == QUICK.burst_factor * QUICK.burst_size
         assert 0 < r["median_ms"] <= r["p99_ms"]
     for backend in QUICK_BACKENDS:
-        # connman keeps its overflow: over all the bursts it opens it once at most (PyMongo opens
-        # two at a time, so its pool may take a few bursts to grow), never again.
+        # connman keeps its overflow: over all the bursts it opens it once at most, never again.
+        # PyMongo opens two at a time (so its warm-up may leave part of `size` to its background
+        # fill, counted here), but never beyond the maximum.
+        limit = QUICK.burst_overflow + (QUICK.burst_size if backend.startswith("mongo") else 0)
         for variant in ("connman", "fast"):
-            assert rows[(backend, variant)]["opened_total"] <= QUICK.burst_overflow, backend
+            assert rows[(backend, variant)]["opened_total"] <= limit, backend
     # SQLAlchemy alone closes its overflow on return: every burst reopens it.
     hand = rows[("postgres-asyncpg", "hand")]
     assert hand["opened_per_burst_after_first"] == QUICK.burst_overflow
