@@ -48,7 +48,11 @@ from .variants import (
     with_max_waiting,
 )
 
-__all__ = ["FULL", "QUICK", "Plan", "arun", "run"]
+__all__ = ["FULL", "QUICK", "SCENARIOS", "Plan", "arun", "run"]
+
+SCENARIOS = ("sweep", "http", "exhaustion", "bursts", "cold")
+"""What `--scenarios` can choose: the concurrency sweep, the FastAPI endpoint, pool exhaustion,
+bursts, and the cold start; default all."""
 
 T = TypeVar("T")
 SKIP_REASONS = {
@@ -92,6 +96,7 @@ class Plan:
     sweep: PoolSettings = field(default_factory=PoolSettings)
     overrides: Mapping[str, Mapping[int, int]] = field(default_factory=dict)
     """Per "family/scenario": operations by concurrency; a concurrency left out is skipped."""
+    scenarios: tuple[str, ...] = SCENARIOS
 
     def ops_for(self, family: str, scenario: str) -> Mapping[int, int]:
         """Operations per sample by concurrency for one family and scenario."""
@@ -100,12 +105,15 @@ class Plan:
     def steps(self, family: str) -> int:
         """Progress steps one backend of `family` takes."""
         n_variants = 4
+        on = self.scenarios
         sweep = self.repetitions * n_variants * sum(
             len([c for c in self.concurrencies if c in self.ops_for(family, s)])
-            for s in SWEEP_SCENARIOS)
-        http = self.repetitions * (n_variants + (1 if family == "sql" else 0))
-        exhaust = self.exhaust_reps * (4 if family == "sql" else 2)
-        return 1 + sweep + http + exhaust + self.burst_reps * n_variants
+            for s in SWEEP_SCENARIOS) if "sweep" in on else 0
+        http = self.repetitions * (n_variants + (1 if family == "sql" else 0)) if (
+            "http" in on) else 0
+        exhaust = self.exhaust_reps * (4 if family == "sql" else 2) if "exhaustion" in on else 0
+        bursts = self.burst_reps * n_variants if "bursts" in on else 0
+        return int("sweep" in on) + sweep + http + exhaust + bursts
 
 
 FULL = Plan(quick=False, concurrencies=(1, 10, 100, 1000), repetitions=3,
@@ -413,30 +421,41 @@ async def opened(variants: Sequence[Variant]) -> Any:
 async def bench_backend(target: Target, plan: Plan, rec: Recorder, progress: Progress) -> None:
     """Every scenario on one backend."""
     await prepare(target)
-    async with opened(make_variants(target, plan.sweep)) as variants:
-        await sweep(target, variants, plan, rec, progress)
-        await http(target, variants, plan, rec, progress)
-    await exhaustion(target, plan, rec, progress)
-    await bursts(target, plan, rec, progress)
+    on = plan.scenarios
+    if "sweep" in on or "http" in on:
+        async with opened(make_variants(target, plan.sweep)) as variants:
+            if "sweep" in on:
+                await sweep(target, variants, plan, rec, progress)
+            if "http" in on:
+                await http(target, variants, plan, rec, progress)
+    if "exhaustion" in on:
+        await exhaustion(target, plan, rec, progress)
+    if "bursts" in on:
+        await bursts(target, plan, rec, progress)
 
 
 # ---------------------------------------------------------------------------- entry points
-def make_plan(quick: bool, repetitions: int | None) -> Plan:
-    """QUICK or FULL, with the repetitions overridden when given."""
+def make_plan(quick: bool, repetitions: int | None,
+              scenarios: Sequence[str] | None = None) -> Plan:
+    """QUICK or FULL, with the repetitions and the scenarios overridden when given."""
     plan = QUICK if quick else FULL
     if repetitions is not None:
-        from dataclasses import replace
-
-        plan = replace(plan, repetitions=repetitions)
+        plan = replace(plan, repetitions=repetitions, burst_reps=repetitions)
+    if scenarios is not None:
+        unknown = [s for s in scenarios if s not in SCENARIOS]
+        if unknown:
+            raise ValueError(f"unknown scenario(s) {unknown}; known: {', '.join(SCENARIOS)}")
+        plan = replace(plan, scenarios=tuple(s for s in SCENARIOS if s in scenarios))
     return plan
 
 
 async def arun(quick: bool = False, backends: Sequence[str] | None = None,
                out: Path = Path("benchmarks/results"),
                urls: Mapping[str, str] | Sequence[str] | None = None,
-               repetitions: int | None = None, progress: bool = True) -> Path:
+               repetitions: int | None = None, progress: bool = True,
+               scenarios: Sequence[str] | None = None) -> Path:
     """The suite, in the running event loop; returns the run's results directory."""
-    plan = make_plan(quick, repetitions)
+    plan = make_plan(quick, repetitions, scenarios)
     names = list(backends or (QUICK_BACKENDS if quick else BACKENDS))
     unknown = [n for n in names if n not in BACKENDS]
     if unknown:
@@ -450,7 +469,8 @@ async def arun(quick: bool = False, backends: Sequence[str] | None = None,
     server_versions: dict[str, str] = {}
     servers = Servers({BACKENDS[n].server for n in names} - {""}, parse_urls(urls))
     total = (sum(plan.steps(BACKENDS[n].family) for n in names)
-             + plan.cold_reps * (2 if plan.cold_link_ms > 0 else 1))
+             + (plan.cold_reps * (2 if plan.cold_link_ms > 0 else 1)
+                if "cold" in plan.scenarios else 0))
     cold_pools: dict[str, str] = {}
     try:
         with Progress(total, progress) as bar:
@@ -476,8 +496,9 @@ async def arun(quick: bool = False, backends: Sequence[str] | None = None,
                     bar.log(f"[red]{n} failed: {exc}")
                     traceback.print_exc(file=sys.stderr)
             # Built again: a restarted throwaway server has a new port.
-            cold_pools = await cold_start([servers.target(BACKENDS[n]) for n in ready], plan,
-                                          rec, bar)
+            if "cold" in plan.scenarios:
+                cold_pools = await cold_start([servers.target(BACKENDS[n]) for n in ready],
+                                              plan, rec, bar)
     finally:
         servers.stop()
     finished = datetime.now(UTC)
@@ -519,11 +540,12 @@ def _command() -> str:
 def run(quick: bool = False, backends: Sequence[str] | None = None,
         out: Path = Path("benchmarks/results"),
         urls: Mapping[str, str] | Sequence[str] | None = None,
-        repetitions: int | None = None, progress: bool = True) -> Path:
+        repetitions: int | None = None, progress: bool = True,
+        scenarios: Sequence[str] | None = None) -> Path:
     """Run the suite (starting throwaway servers as needed); returns the results directory.
 
     Writes `<out>/<UTC timestamp>/` and a copy in `<out>/latest/`: results.json, results.md and
     PNG plots. Servers come from `urls` (kind -> URL), `CONNMAN_TEST_<KIND>_URL`, or are started.
     """
-    return asyncio.run(arun(quick, backends, out, urls, repetitions, progress))
+    return asyncio.run(arun(quick, backends, out, urls, repetitions, progress, scenarios))
 
