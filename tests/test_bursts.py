@@ -95,6 +95,34 @@ async def eventually(check: Callable[[], bool], timeout: float) -> bool:
     return True
 
 
+async def app_connections(target: Target) -> int | None:
+    """The pool's connections as the server sees them: PostgreSQL/MariaDB, all clients but the
+    check's own (tests/_targets.py); SecantusDB, one `currentOp` entry per connection of the app
+    (its client's monitoring connections included); SQLite: None."""
+    if target.is_sql:
+        return await server_connections(target)
+    from pymongo import AsyncMongoClient
+
+    client: Any = AsyncMongoClient(target.url(), appname="connman-bursts-check",
+                                   serverSelectionTimeoutMS=5000)
+    try:
+        inprog = (await client.admin.command("currentOp"))["inprog"]
+    finally:
+        await client.close()
+    return sum(1 for op in inprog if op.get("type") == "op" and (
+        (op.get("clientMetadata") or {}).get("application") or {}).get("name") == "connman:main")
+
+
+async def settled(target: Target, expected: int, timeout: float = 10.0) -> int | None:
+    """Poll `app_connections` until it equals `expected` (or time runs out)."""
+    deadline = time.monotonic() + timeout
+    n = await app_connections(target)
+    while n is not None and n != expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        n = await app_connections(target)
+    return n
+
+
 def opened(m: ConnectionManager) -> int:
     return m.stats("main")["connections_num"]
 
@@ -128,10 +156,12 @@ async def test_bursts_within_the_idle_window_open_no_connection(
         await burst(m, target, ops, fast=fast)
         after_first = opened(m)
         assert after_first == MAX  # size warmed at open, overflow opened by the burst
+        seen = await app_connections(target)  # server side, monitoring connections included
         for _ in range(4):
             await asyncio.sleep(0.05)
             await burst(m, target, ops, fast=fast)
             assert opened(m) == after_first  # nothing reopened
+            assert await app_connections(target) == seen
         stats = m.stats("main")
         assert stats["connections_closed"] == 0
         assert stats["pool_size"] == MAX
@@ -152,6 +182,9 @@ async def test_the_surplus_is_closed_once_idle_and_size_is_kept(
     async with m:
         await burst(m, target, ops, fast=fast)
         stopped = time.monotonic()
+        peak = await app_connections(target)
+        if m.stats("main")["connections_closed"]:
+            peak = None  # a loaded machine took longer than idle_s to count: no reference point
         # Generous bound for a loaded machine; the promise is overflow_idle + one period (0.05 s).
         assert await eventually(lambda: m.stats("main")["pool_size"] == SIZE, 20.0)
         assert time.monotonic() - stopped >= idle_s  # none closed before it was idle that long
@@ -161,6 +194,8 @@ async def test_the_surplus_is_closed_once_idle_and_size_is_kept(
         assert stats["connections_num"] == MAX
         if baseline is not None:
             assert await wait_for_count(target, baseline + SIZE) == baseline + SIZE
+        if peak is not None:  # the server saw the surplus go, and only the surplus
+            assert await settled(target, peak - OVERFLOW) == peak - OVERFLOW
         await asyncio.sleep(5 * idle_s)  # the floor stays: nothing below size is ever closed
         assert m.stats("main")["pool_size"] == SIZE
         assert m.stats("main")["connections_closed"] == OVERFLOW
