@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -27,9 +28,26 @@ HOLD_S = 0.15
 """How long each unit of a burst keeps its connection busy: long enough that all MAX overlap."""
 
 
+@pytest.fixture
+def app_name() -> str:
+    """This test's Mongo `appname`: the failpoint and the server-side count see only its pools."""
+    return f"bursts-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def make(make_manager: Make, target: Target, app_name: str) -> Make:
+    """`make_manager`, with this test's app name on Mongo pools."""
+    def build(**fields: Any) -> ConnectionManager:
+        if not target.is_sql:
+            fields["options"] = {"appname": app_name}
+        return make_manager(**fields)
+
+    return build
+
+
 @pytest.fixture(autouse=True)
-async def slow_mongo_finds(target: Target) -> AsyncIterator[None]:
-    """Mongo: the server holds each `find` of connman's pools HOLD_S (a `failCommand` failpoint
+async def slow_mongo_finds(target: Target, app_name: str) -> AsyncIterator[None]:
+    """Mongo: the server holds each `find` of this test's pools HOLD_S (a `failCommand` failpoint
     with `blockConnection`), so a burst keeps MAX driver connections busy at once."""
     if target.is_sql:
         yield
@@ -40,7 +58,7 @@ async def slow_mongo_finds(target: Target) -> AsyncIterator[None]:
     point = {"configureFailPoint": "failCommand"}
     try:
         await client.admin.command({**point, "mode": "alwaysOn", "data": {
-            "appName": "connman:main", "failCommands": ["find"], "blockConnection": True,
+            "appName": app_name, "failCommands": ["find"], "blockConnection": True,
             "blockTimeMS": int(HOLD_S * 1000)}})
         yield
     finally:
@@ -95,7 +113,7 @@ async def eventually(check: Callable[[], bool], timeout: float) -> bool:
     return True
 
 
-async def app_connections(target: Target) -> int | None:
+async def app_connections(target: Target, app_name: str) -> int | None:
     """The pool's connections as the server sees them: PostgreSQL/MariaDB, all clients but the
     check's own (tests/_targets.py); SecantusDB, one `currentOp` entry per connection of the app
     (its client's monitoring connections included); SQLite: None."""
@@ -110,16 +128,17 @@ async def app_connections(target: Target) -> int | None:
     finally:
         await client.close()
     return sum(1 for op in inprog if op.get("type") == "op" and (
-        (op.get("clientMetadata") or {}).get("application") or {}).get("name") == "connman:main")
+        (op.get("clientMetadata") or {}).get("application") or {}).get("name") == app_name)
 
 
-async def settled(target: Target, expected: int, timeout: float = 10.0) -> int | None:
+async def settled(target: Target, app_name: str, expected: int, timeout: float = 10.0
+                  ) -> int | None:
     """Poll `app_connections` until it equals `expected` (or time runs out)."""
     deadline = time.monotonic() + timeout
-    n = await app_connections(target)
+    n = await app_connections(target, app_name)
     while n is not None and n != expected and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-        n = await app_connections(target)
+        n = await app_connections(target, app_name)
     return n
 
 
@@ -133,8 +152,8 @@ def fast_params() -> Any:
 
 @only()
 async def test_warm_up_opens_size_and_the_gauges_keep_their_meaning(
-        make_manager: Make, target: Target) -> None:
-    m = make_manager(size=SIZE, overflow=OVERFLOW)
+        make: Make, target: Target) -> None:
+    m = make(size=SIZE, overflow=OVERFLOW)
     async with m:
         stats = m.stats("main")
         assert stats["connections_num"] == SIZE
@@ -149,19 +168,19 @@ async def test_warm_up_opens_size_and_the_gauges_keep_their_meaning(
 @only()
 @fast_params()
 async def test_bursts_within_the_idle_window_open_no_connection(
-        make_manager: Make, target: Target, ops: Ops, fast: bool) -> None:
+        make: Make, target: Target, ops: Ops, fast: bool, app_name: str) -> None:
     baseline = await server_connections(target)
-    m = make_manager(size=SIZE, overflow=OVERFLOW, overflow_idle=60.0)
+    m = make(size=SIZE, overflow=OVERFLOW, overflow_idle=60.0)
     async with m:
         await burst(m, target, ops, fast=fast)
         after_first = opened(m)
         assert after_first == MAX  # size warmed at open, overflow opened by the burst
-        seen = await app_connections(target)  # server side, monitoring connections included
+        seen = await app_connections(target, app_name)  # server side (Mongo: monitors too)
         for _ in range(4):
             await asyncio.sleep(0.05)
             await burst(m, target, ops, fast=fast)
             assert opened(m) == after_first  # nothing reopened
-            assert await app_connections(target) == seen
+            assert await app_connections(target, app_name) == seen
         stats = m.stats("main")
         assert stats["connections_closed"] == 0
         assert stats["pool_size"] == MAX
@@ -175,14 +194,14 @@ async def test_bursts_within_the_idle_window_open_no_connection(
 @only()
 @fast_params()
 async def test_the_surplus_is_closed_once_idle_and_size_is_kept(
-        make_manager: Make, target: Target, ops: Ops, fast: bool) -> None:
+        make: Make, target: Target, ops: Ops, fast: bool, app_name: str) -> None:
     idle_s = 0.5
     baseline = await server_connections(target)
-    m = make_manager(size=SIZE, overflow=OVERFLOW, overflow_idle=idle_s)
+    m = make(size=SIZE, overflow=OVERFLOW, overflow_idle=idle_s)
     async with m:
         await burst(m, target, ops, fast=fast)
         stopped = time.monotonic()
-        peak = await app_connections(target)
+        peak = await app_connections(target, app_name)
         if m.stats("main")["connections_closed"]:
             peak = None  # a loaded machine took longer than idle_s to count: no reference point
         # Generous bound for a loaded machine; the promise is overflow_idle + one period (0.05 s).
@@ -195,7 +214,7 @@ async def test_the_surplus_is_closed_once_idle_and_size_is_kept(
         if baseline is not None:
             assert await wait_for_count(target, baseline + SIZE) == baseline + SIZE
         if peak is not None:  # the server saw the surplus go, and only the surplus
-            assert await settled(target, peak - OVERFLOW) == peak - OVERFLOW
+            assert await settled(target, app_name, peak - OVERFLOW) == peak - OVERFLOW
         await asyncio.sleep(5 * idle_s)  # the floor stays: nothing below size is ever closed
         assert m.stats("main")["pool_size"] == SIZE
         assert m.stats("main")["connections_closed"] == OVERFLOW
@@ -208,10 +227,10 @@ async def test_the_surplus_is_closed_once_idle_and_size_is_kept(
 
 @only()
 async def test_a_light_load_after_a_burst_still_shrinks_to_size(
-        make_manager: Make, target: Target, ops: Ops) -> None:
+        make: Make, target: Target, ops: Ops) -> None:
     # One unit at a time reuses the most recently used connection (LIFO), so the others go idle
     # and are closed; a FIFO pool would rotate through all of them and keep every one open.
-    m = make_manager(size=SIZE, overflow=OVERFLOW, overflow_idle=0.5)
+    m = make(size=SIZE, overflow=OVERFLOW, overflow_idle=0.5)
     async with m:
         await burst(m, target, ops)
         deadline = time.monotonic() + 20.0
@@ -227,8 +246,8 @@ async def test_a_light_load_after_a_burst_still_shrinks_to_size(
 
 @only()
 async def test_recycle_and_idle_still_hold_for_kept_connections(
-        make_manager: Make, target: Target, ops: Ops) -> None:
-    m = make_manager(size=SIZE, overflow=OVERFLOW, overflow_idle=60.0, recycle=1.0,
+        make: Make, target: Target, ops: Ops) -> None:
+    m = make(size=SIZE, overflow=OVERFLOW, overflow_idle=60.0, recycle=1.0,
                      recycle_jitter=0.0)
     async with m:
         await burst(m, target, ops)
@@ -238,7 +257,7 @@ async def test_recycle_and_idle_still_hold_for_kept_connections(
         # Each one the second burst needed was replaced, none handed out past `recycle`.
         assert stats["connections_recycled"] >= OVERFLOW
         assert stats["requests_errors"] == 0
-    m = make_manager(size=SIZE, overflow=OVERFLOW, overflow_idle=60.0, idle=0.5)
+    m = make(size=SIZE, overflow=OVERFLOW, overflow_idle=60.0, idle=0.5)
     async with m:
         await burst(m, target, ops)
         # `idle` caps `overflow_idle`: the surplus is closed after 0.5 s, not 60 s.
@@ -248,9 +267,9 @@ async def test_recycle_and_idle_still_hold_for_kept_connections(
 
 @only(kinds=("sql",))
 async def test_mixed_fast_path_and_sessions_keep_the_maximum(
-        make_manager: Make, target: Target, ops: Ops) -> None:
+        make: Make, target: Target, ops: Ops) -> None:
     baseline = await server_connections(target)
-    m = make_manager(size=SIZE, overflow=OVERFLOW, overflow_idle=60.0)
+    m = make(size=SIZE, overflow=OVERFLOW, overflow_idle=60.0)
     async with m:
         await burst(m, target, ops, fast=True)
         await burst(m, target, ops)
@@ -265,9 +284,9 @@ async def test_mixed_fast_path_and_sessions_keep_the_maximum(
 
 @only(kinds=("sql",))
 async def test_shutdown_during_shrinking_leaves_nothing_open(
-        make_manager: Make, target: Target, ops: Ops) -> None:
+        make: Make, target: Target, ops: Ops) -> None:
     baseline = await server_connections(target)
-    m = make_manager(size=SIZE, overflow=OVERFLOW, overflow_idle=0.05)
+    m = make(size=SIZE, overflow=OVERFLOW, overflow_idle=0.05)
     async with m:
         await burst(m, target, ops)
         await asyncio.sleep(0.06)  # the maintenance is closing the surplus now
