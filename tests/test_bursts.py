@@ -155,6 +155,10 @@ async def test_warm_up_opens_size_and_the_gauges_keep_their_meaning(
         make: Make, target: Target) -> None:
     m = make(size=SIZE, overflow=OVERFLOW)
     async with m:
+        if not target.is_sql:
+            # PyMongo opens two at a time and may serve the warm-up pings on fewer connections;
+            # its minPoolSize fill opens the rest in the background.
+            assert await eventually(lambda: m.stats("main")["connections_num"] == SIZE, 10.0)
         stats = m.stats("main")
         assert stats["connections_num"] == SIZE
         assert (stats["pool_min"], stats["pool_max"]) == (SIZE, MAX)
