@@ -35,6 +35,8 @@ T = TypeVar("T")
 
 # Every pool of this process, so that tests can check the gate invariant on all of them.
 _POOLS: weakref.WeakSet[Pool] = weakref.WeakSet()
+# What pools found off the books when they closed (see `Pool.close`); read by connman.testing.
+GATE_REPORTS: list[str] = []
 
 
 async def _bounded(aw: Awaitable[T], timeout: float | None) -> T:
@@ -300,12 +302,22 @@ class Pool(abc.ABC):
     async def close(self, drain_timeout: float | None = None) -> None:
         """Refuse new sessions, wait up to `drain_timeout` for held ones, then dispose the pool.
 
-        From another event loop than the pool's, or after that loop closed, the driver objects
-        are dropped without waiting on them (their sockets closed where the driver allows it).
+        After the pool's event loop closed, the driver objects are dropped without waiting on
+        them (their sockets closed directly). From another thread while the pool's loop runs,
+        the close runs in that loop. From another loop while the pool's loop exists but is not
+        running, raises `WrongEventLoop`: close it in its own loop.
         """
         if not self._opened:
             return
         if self._loop is not asyncio.get_running_loop():
+            loop = self._loop
+            if loop is not None and loop.is_running() and not loop.is_closed():
+                # Still served by another thread: close it there.
+                future = asyncio.run_coroutine_threadsafe(self.close(drain_timeout), loop)
+                await asyncio.wrap_future(future)
+                return
+            if loop is not None and not loop.is_closed():
+                raise self._wrong_loop()  # its loop may run again: close it there
             self._drop()
             return
         self._closing = True
@@ -325,6 +337,12 @@ class Pool(abc.ABC):
             self._maint_task.cancel()
             await asyncio.gather(self._maint_task, return_exceptions=True)
             self._maint_task = None
+        escaped = self.off_books()
+        if escaped:
+            report = (f"pool {self.name!r}: {escaped} connection(s) checked out past the gate "
+                      "at close")
+            GATE_REPORTS.append(report)
+            logger.warning("connman: %s", report)
         await shielded(self._close_quietly())
         self._opened = False
         self._closing = False

@@ -10,11 +10,11 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ._pool import Pool
 from .config import ConnmanSettings, PoolConfig, load_settings, validate_pools
-from .errors import ConfigurationError, PoolStartupError, UnknownPool
+from .errors import ConfigurationError, PoolStartupError, UnknownPool, WrongEventLoop
 from .stats import EventHub, PoolEvent
 
 __all__ = ["ConnectionManager", "ReplicaRouter", "SessionProvider"]
@@ -103,9 +103,10 @@ class SessionProvider:
     is sent, so a failed commit is a 5xx; an exhausted pool answers 503 with `Retry-After`.
     """
 
-    def __init__(self, name: str, open_unit: Callable[[], AbstractAsyncContextManager[Any]]
-                 ) -> None:
+    def __init__(self, name: str, open_unit: Callable[[], AbstractAsyncContextManager[Any]],
+                 scope: Literal["function", "request"] = "function") -> None:
         self.name = name
+        self.scope = scope
         self._open_unit = open_unit
         self._stack: contextvars.ContextVar[tuple[AbstractAsyncContextManager[Any], ...]] = (
             contextvars.ContextVar(f"connman_session_{name}", default=()))
@@ -141,7 +142,7 @@ class SessionProvider:
         from fastapi import Depends
 
         param = inspect.Parameter("unit", inspect.Parameter.KEYWORD_ONLY, annotation=Any,
-                                  default=Depends(self._dependency, scope="function"))
+                                  default=Depends(self._dependency, scope=self.scope))
         return inspect.Signature([param])
 
     async def __call__(self, *, unit: Any = None) -> Any:
@@ -149,7 +150,8 @@ class SessionProvider:
         return unit
 
     def __repr__(self) -> str:
-        return f"<SessionProvider {self.name!r}>"
+        scope = "" if self.scope == "function" else f" scope={self.scope!r}"
+        return f"<SessionProvider {self.name!r}{scope}>"
 
 
 class ConnectionManager:
@@ -170,7 +172,7 @@ class ConnectionManager:
                            for i, rc in enumerate(cfg.replica_configs())]
                 self._pools.update((p.name, p) for p in readers)
                 self._routers[name] = ReplicaRouter(self._pools[name], readers)
-        self._providers: dict[tuple[str, bool], SessionProvider] = {}
+        self._providers: dict[tuple[str, bool, str], SessionProvider] = {}
 
 
     @classmethod
@@ -199,22 +201,30 @@ class ConnectionManager:
             known = ", ".join(repr(n) for n in self._pools)
             raise UnknownPool(f"no pool named {name!r}; known pools: {known}", pool=str(name)) from None
 
-    def session(self, name: str, *, readonly: bool = False) -> SessionProvider:
+    def session(self, name: str, *, readonly: bool = False,
+                scope: Literal["function", "request"] = "function") -> SessionProvider:
         """A unit of work on pool `name`: `Depends(...)` in FastAPI, or `async with` anywhere.
 
         SQL: an `AsyncSession` (expire_on_commit=False), committed on success, rolled back on
         error, its connection always returned. Mongo: the database handle.
         `readonly=True` reads from the pool's replicas (round-robin, skipping unreachable ones;
         the primary when none answers or none is configured).
+        `scope` (FastAPI's `Depends(scope=...)`): `"function"` ends the unit of work when the
+        handler returns, before the response is sent, so a failed commit is a 5xx;
+        `"request"` keeps it open until the response has been sent, for a `StreamingResponse`
+        body that reads through it; its commit then happens after the response.
+        A session used after its unit of work ended raises `SessionEnded`.
         Raises `PoolTimeout` / `TooManyWaiters` when no connection frees in time.
         """
-        key = (name, readonly)
+        if scope not in ("function", "request"):
+            raise ValueError(f"scope must be 'function' or 'request', not {scope!r}")
+        key = (name, readonly, scope)
         provider = self._providers.get(key)
         if provider is None:
             pool = self.pool(name)
             router = self._routers.get(pool.name) if readonly else None
             open_unit = router.session if router is not None else pool.session
-            provider = self._providers[key] = SessionProvider(pool.name, open_unit)
+            provider = self._providers[key] = SessionProvider(pool.name, open_unit, scope)
         return provider
 
     def connection(self, name: str) -> AbstractAsyncContextManager[Any]:
@@ -280,7 +290,7 @@ class ConnectionManager:
         for _, r in failures:
             if isinstance(r, asyncio.CancelledError):
                 raise r
-        if len(failures) == 1 and isinstance(failures[0][1], PoolStartupError):
+        if len(failures) == 1 and isinstance(failures[0][1], (PoolStartupError, WrongEventLoop)):
             raise failures[0][1]
         message = "; ".join(str(r) for _, r in failures)
         raise PoolStartupError(message, pool=failures[0][0].name)
@@ -338,11 +348,17 @@ class ConnectionManager:
 
         return lifespan
 
-    def health_router(self, *, prefix: str = "/health", include_stats: bool = True) -> Any:
-        """A FastAPI router: per-pool status, ping latency and stats; 503 if a required pool is down."""
+    def health_router(self, *, prefix: str = "/health", include_stats: bool = True,
+                      ping_timeout: float = 2.0) -> Any:
+        """A FastAPI router: per-pool status, ping latency and stats; 503 if a required pool is down.
+
+        Each check takes at most `ping_timeout` seconds and never waits behind sessions: see
+        `connman.fastapi.health_router`.
+        """
         from .fastapi import health_router
 
-        return health_router(self, prefix=prefix, include_stats=include_stats)
+        return health_router(self, prefix=prefix, include_stats=include_stats,
+                             ping_timeout=ping_timeout)
 
     def __repr__(self) -> str:
         inner = "; ".join(p.state() for p in self._pools.values())

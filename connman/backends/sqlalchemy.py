@@ -59,7 +59,9 @@ class _Probe:
 
 
 async def _mysql_select1(conn: Any) -> None:
-    cur = await conn.cursor()
+    cur = conn.cursor()  # aiomysql: an awaitable; asyncmy: the cursor itself
+    if inspect.isawaitable(cur):
+        cur = await cur
     try:
         await cur.execute("SELECT 1")
         await cur.fetchall()
@@ -275,6 +277,9 @@ class SQLAlchemyPool(Pool):
         self._probe = _PROBES.get(config.driver_name)
         self._sqlite = config.driver_name == "aiosqlite"
         self._autocommit = config.commit == "auto"
+        # Drivers whose every query the fast path's proxy sees (asyncpg's connection methods,
+        # the MySQL drivers' cursors); aiosqlite's go through result objects it does not track.
+        self._tracked = config.driver_name != "aiosqlite"
 
     # ------------------------------------------------------------------ lifecycle
     async def _open(self) -> None:
@@ -441,12 +446,22 @@ class SQLAlchemyPool(Pool):
         sync = session.sync_session
         try:
             if error is None and self._autocommit and session.in_transaction():
-                await session.commit()
+                try:
+                    await session.commit()
+                except Exception:
+                    # What the server kept is unknown (SQLite even leaves the transaction open
+                    # after a failed COMMIT, for the next unit to see): discard the connection
+                    # instead of trusting a rollback on it.
+                    await self._force_close(sync)
+                    raise
         finally:
             # close() rolls back what was not committed and returns the connection, also when
             # the request was cancelled.
             try:
                 await finish(session.close, self._finish_timeout, self.name)
+                if _session_connections(sync):
+                    # close() was abandoned (stuck past its deadline): discard what it held.
+                    await self._force_close(sync)
             except Exception as exc:
                 # Another task is still inside this session (gather over one session), or the
                 # connection broke while being reset: close() could not return it, so discard it
@@ -482,15 +497,17 @@ class SQLAlchemyPool(Pool):
         sync.bind = EndedBind(self.name)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._finish_timeout
-        while _changing(sync) and loop.time() < deadline:
-            await asyncio.sleep(0.005)
-        for conn in _session_connections(sync):
-            try:
-                if not conn.closed and not conn.invalidated:
-                    conn.invalidate()
-            except Exception:
-                logger.debug("connman: pool %r: invalidating a session's connection failed",
-                             self.name, exc_info=True)
+        try:
+            while _changing(sync) and loop.time() < deadline:
+                await asyncio.sleep(0.005)
+        finally:
+            for conn in _session_connections(sync):
+                try:
+                    if not conn.closed and not conn.invalidated:
+                        conn.invalidate()
+                except Exception:
+                    logger.debug("connman: pool %r: invalidating a session's connection failed",
+                                 self.name, exc_info=True)
 
     async def _close_if_disposed(self) -> None:
         if self._disposed_pool is not None:
@@ -564,9 +581,11 @@ class SQLAlchemyPool(Pool):
 
     async def _end_raw(self, handle: Any, error: BaseException | None) -> None:
         fairy, proxy = handle
-        if proxy._cm_detach():
-            # An operation is still running on it (a task the `async with` did not wait for):
-            # its protocol state is unknown, so it is terminated, never handed out again busy.
+        if proxy._cm_detach() or (isinstance(error, Exception) and not self._tracked):
+            # An operation is still running on it (a task the `async with` did not wait for), or
+            # may be: aiosqlite queues queries on its thread through objects the proxy does not
+            # see, so an error exit could leave one queued. Its state is unknown: terminate it,
+            # never hand it out again busy.
             self._terminate(fairy, "close")
             return
         await self._checkin_raw(fairy, error)
