@@ -8,7 +8,7 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -147,6 +147,13 @@ class PoolConfig(BaseModel):
     transaction: bool = False
     """Mongo: run each unit of work in one multi-document transaction, committed before the
     response and aborted on any error (needs a replica set or sharded cluster)."""
+
+    if TYPE_CHECKING:
+        # What a type checker shows users: keyword fields, each validated at run time. Without
+        # this, mypy derives a signature that refuses a plain string `url` (the field is a
+        # SecretURL) and, as pydantic's `Field(5, ...)` default is positional, calls every
+        # field required.
+        def __init__(self, **fields: Any) -> None: ...
 
     @model_validator(mode="before")
     @classmethod
