@@ -110,6 +110,7 @@ class Pool(abc.ABC):
         self.counters = PoolStats()
         self._secrets = sorted({s for u in (config.url, *config.replicas) for s in u.secrets()},
                                key=len, reverse=True)
+        self._urls = [u.get_secret_value() for u in (config.url, *config.replicas)]
         self._free = config.max_size
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._nwaiting = 0
@@ -199,9 +200,11 @@ class Pool(abc.ABC):
                 raise
             reason = "timed out" if isinstance(exc, TimeoutError) else (
                 f"{type(exc).__name__}: {exc}")
+            # Only the driver's words are redacted: connman's own (pool name, masked URL) stay
+            # readable whatever the password equals.
             raise PoolStartupError(
-                self.redact(f"pool {self.name!r} ({self.config.url.masked}) could not be opened: "
-                            f"{reason}"),
+                f"pool {self.name!r} ({self.config.url.masked}) could not be opened: "
+                f"{self.redact(reason)}",
                 pool=self.name,
             ) from None
         self._opened = True
@@ -388,8 +391,8 @@ class Pool(abc.ABC):
         return out
 
     def redact(self, text: str) -> str:
-        """`text` with this pool's secrets replaced by ***."""
-        return redact(text, self._secrets)
+        """`text` with URLs masked structurally and this pool's secrets replaced by *** elsewhere."""
+        return redact(text, self._secrets, self._urls)
 
     def state(self) -> str:
         """One line of state, httpcore style."""

@@ -28,7 +28,7 @@ from pydantic_settings import (
 )
 
 from ._mapping import CONFLICTS
-from ._url import SecretURL, mask_url, url_path_database
+from ._url import SecretURL, mask_url, url_path_database, url_string
 from .errors import ConfigurationError
 
 __all__ = [
@@ -83,8 +83,10 @@ class FieldError(ValueError):
 class PoolConfig(BaseModel):
     """One pool's settings, with the same meaning on every backend (see docs/mapping.md)."""
 
+    # hide_input_in_errors: a ValidationError raised directly (PoolConfig(url=...)) must not
+    # quote the URL it refused.
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True,
-                              use_attribute_docstrings=True)
+                              use_attribute_docstrings=True, hide_input_in_errors=True)
 
     url: SecretURL
     """Database URL; its scheme picks the backend. Masked in every repr, log and error."""
@@ -250,10 +252,10 @@ def _masked_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
     """A raw pool dict with its URLs masked and secret-looking options hidden."""
     out: dict[str, Any] = {}
     for key, value in fields.items():
-        if key == "url" and isinstance(value, str):
-            out[key] = mask_url(value)
+        if key == "url":
+            out[key] = _masked_url(value)
         elif key == "replicas" and isinstance(value, list):
-            out[key] = [mask_url(v) if isinstance(v, str) else v for v in value]
+            out[key] = [_masked_url(v) for v in value]
         elif key == "options" and isinstance(value, Mapping):
             out[key] = _masked_options(value)
         elif _looks_secret(key):
@@ -261,6 +263,14 @@ def _masked_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def _masked_url(value: Any) -> str:
+    """Any URL value (string, SQLAlchemy URL, pydantic DSN), masked; *** when it is no URL."""
+    try:
+        return mask_url(url_string(value))
+    except ValueError:
+        return "***"
 
 
 def _masked_options(options: Mapping[Any, Any]) -> dict[Any, Any]:
