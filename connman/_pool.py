@@ -19,7 +19,14 @@ from typing import Any, TypeVar
 
 from ._url import redact
 from .config import PoolConfig
-from .errors import ConnmanError, PoolClosed, PoolStartupError, PoolTimeout, TooManyWaiters
+from .errors import (
+    ConnmanError,
+    PoolClosed,
+    PoolNotOpen,
+    PoolStartupError,
+    PoolTimeout,
+    TooManyWaiters,
+)
 from .stats import EventHub, PoolEvent, PoolStats
 
 logger = logging.getLogger("connman")
@@ -80,6 +87,14 @@ async def finish(step: Callable[[], Awaitable[None]], timeout: float, pool: str)
                        pool, timeout)
 
 
+def not_open_message(name: str) -> str:
+    """What `PoolNotOpen` says: the pool was never opened, and the usual reason why."""
+    return (f"pool {name!r} is not open: the app's lifespan did not run, and it opens the pools "
+            "(httpx.AsyncClient(transport=ASGITransport(app)) does not run it: use "
+            "`with TestClient(app)`, asgi-lifespan's `LifespanManager(app)`, or "
+            "`async with manager:` around the client)")
+
+
 def jittered_lifetime(recycle: float, jitter: float) -> float:
     """A connection's lifetime: `recycle` shortened by up to `jitter` of it, at random.
 
@@ -116,6 +131,7 @@ class Pool(abc.ABC):
         self._nwaiting = 0
         self._active = 0
         self._opened = False
+        self._was_opened = False
         self._closing = False
         self._idle_event: asyncio.Event | None = None
         self._maint_task: asyncio.Task[None] | None = None
@@ -208,6 +224,7 @@ class Pool(abc.ABC):
                 pool=self.name,
             ) from None
         self._opened = True
+        self._was_opened = True
         interval = self._maintenance_interval()
         if interval is not None:
             self._maint_task = asyncio.create_task(self._maintenance_loop(interval),
@@ -257,8 +274,7 @@ class Pool(abc.ABC):
         """Wait for a slot in arrival order; raises `PoolTimeout`, `TooManyWaiters`, `PoolClosed`."""
         if self._closing or not self._opened:
             self.counters.bump("requests_errors")
-            raise PoolClosed(f"pool {self.name!r} is {'closing' if self._opened else 'not open'}",
-                             pool=self.name)
+            raise self._refusal()
         if self._free > 0 and not self._nwaiting:
             self._free -= 1
             return self._grant(0.0, queued=False)
@@ -294,6 +310,13 @@ class Pool(abc.ABC):
         finally:
             self._nwaiting -= 1
         return self._grant((time.monotonic() - t0) * 1000, queued=True)
+
+    def _refusal(self) -> PoolClosed:
+        """Why a closed pool refuses: never opened (`PoolNotOpen`, saying why), closing or closed."""
+        if not self._was_opened:
+            return PoolNotOpen(not_open_message(self.name), pool=self.name)
+        state = "closing" if self._closing else "closed"
+        return PoolClosed(f"pool {self.name!r} is {state}: the app is shutting down", pool=self.name)
 
     def _abandon(self, fut: asyncio.Future[None]) -> None:
         # A permit handed over just as the wait ended (timeout or cancel) is passed on, not lost.
