@@ -37,8 +37,10 @@ class AuditedSession(AsyncSession):
 
 
 async def create_heroes(m: ConnectionManager) -> str:
-    async with m.native("main").begin() as conn:
-        await conn.run_sync(SQLModel.metadata.create_all, tables=[Hero.__table__])
+    async with m.session("main") as db:  # through the gate, like every other connection
+        await db.run_sync(lambda s: SQLModel.metadata.create_all(s.connection(),
+                                                                  tables=[Hero.__table__]))
+        await db.commit()  # also under commit="manual"
     return uuid.uuid4().hex[:8]  # each test's rows carry their own tag
 
 
@@ -211,4 +213,4 @@ async def test_manual_rolls_back_on_error_and_returns_the_connection(
         # One connection, and the next unit gets it: the failed one gave it back.
         assert await names(m, tag) == ["before"]
         assert_returned(m)
-        assert m.stats("main")["requests_num"] == 2
+        assert m.stats("main")["requests_num"] == 3
