@@ -79,6 +79,10 @@ def health_router(manager: ConnectionManager, *, prefix: str = "/health",
 
     @router.get("", summary="Pool health")
     async def health() -> JSONResponse:
+        if manager.deferred:  # pools read at open(), which has not run: nothing is up
+            return JSONResponse({"status": "down", "pools": {},
+                                 "detail": "the pools are not read yet: the app's lifespan, "
+                                           "which opens them, did not run"}, status_code=503)
         names = manager.names
         results = await asyncio.gather(*(check(n) for n in names))
         pools = dict(zip(names, results, strict=True))

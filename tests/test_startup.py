@@ -136,6 +136,11 @@ async def test_an_app_module_imports_without_database_settings(
     r = await asgi_get(module.app, "/ping")
     assert r.status_code == 503
     assert "lifespan did not run" in r.json()["detail"]
+    health = FastAPI()
+    health.include_router(module.manager.health_router())
+    r = await asgi_get(health, "/health")
+    assert r.status_code == 503
+    assert r.json()["status"] == "down"
     # Served for real, with the settings present at startup.
     for key, value in env_for(target).items():
         clean_env.setenv(key, value)
