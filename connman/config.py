@@ -89,7 +89,9 @@ class PoolConfig(BaseModel):
                               use_attribute_docstrings=True, hide_input_in_errors=True)
 
     url: SecretURL
-    """Database URL; its scheme picks the backend. Masked in every repr, log and error."""
+    """Database URL; its scheme picks the backend. A string, a `sqlalchemy.engine.URL`, a pydantic
+    URL/DSN (`PostgresDsn`, `MongoDsn`) or a `SecretStr`; a password that is the mask `***` is
+    refused. Masked in every repr, log and error."""
     preset: Literal["development", "production", "high_traffic"] | None = None
     """Fill unset fields from a preset; fields set explicitly win."""
     size: int = Field(5, ge=0, le=10_000)
