@@ -22,12 +22,15 @@ from typing import Any
 
 from fastapi import Depends, FastAPI
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from connman import ConnectionManager, PoolConfig, PoolNotOpen, PoolTimeout, SessionProvider
 
 manager = ConnectionManager.from_settings()
 other = ConnectionManager({"main": PoolConfig(url="sqlite+aiosqlite:///app.db", size=2)})
+late = ConnectionManager(lambda: {"main": {"url": make_url("sqlite+aiosqlite:///app.db"),
+                                           "session_class": AsyncSession, "commit": "manual"}})
 app = FastAPI(lifespan=manager.lifespan)
 app.include_router(manager.health_router())
 provider: SessionProvider = manager.session("main")
