@@ -155,15 +155,17 @@ def render_configuration() -> str:
         "the code equal.",
         "",
         "Every pool is one `PoolConfig`. In the environment: `CONNMAN_POOLS__<NAME>__<FIELD>`, "
-        "e.g. `CONNMAN_POOLS__MAIN__SIZE=10`; `options` takes JSON.",
+        "e.g. `CONNMAN_POOLS__MAIN__SIZE=10`; `options` and `session_options` take JSON.",
         "",
         "| field | default | what it is for |",
         "| --- | --- | --- |",
     ]
     for name, info in PoolConfig.model_fields.items():
         default = "required" if info.is_required() else (
-            "[]" if name == "replicas" else "{}" if name == "options" else repr(info.default))
-        lines.append(f"| `{name}` | `{default}` | {info.description or ''} |")
+            "[]" if name == "replicas" else "{}" if name in ("options", "session_options")
+            else repr(info.default))
+        # A table row is one line: a docstring that wraps must not break it.
+        lines.append(f"| `{name}` | `{default}` | {' '.join((info.description or '').split())} |")
     lines += ["", "## Presets", "",
               "`preset=` fills the fields a pool does not set; fields set explicitly win.", "",
               "| preset | " + " | ".join(sorted({k for p in PRESETS.values() for k in p})) + " |",

@@ -23,6 +23,7 @@ from .config import PoolConfig
 from .errors import (
     ConnmanError,
     PoolClosed,
+    PoolNotOpen,
     PoolStartupError,
     PoolTimeout,
     TooManyWaiters,
@@ -93,6 +94,14 @@ async def finish(step: Callable[[], Awaitable[None]], timeout: float, pool: str)
                        pool, timeout)
 
 
+def not_open_message(name: str) -> str:
+    """What `PoolNotOpen` says: the pool was never opened, and the usual reason why."""
+    return (f"pool {name!r} is not open: the app's lifespan did not run, and it opens the pools "
+            "(httpx.AsyncClient(transport=ASGITransport(app)) does not run it: use "
+            "`with TestClient(app)`, asgi-lifespan's `LifespanManager(app)`, or "
+            "`async with manager:` around the client)")
+
+
 def jittered_lifetime(recycle: float, jitter: float) -> float:
     """A connection's lifetime: `recycle` shortened by up to `jitter` of it, at random.
 
@@ -123,11 +132,13 @@ class Pool(abc.ABC):
         self.counters = PoolStats()
         self._secrets = sorted({s for u in (config.url, *config.replicas) for s in u.secrets()},
                                key=len, reverse=True)
+        self._urls = [u.get_secret_value() for u in (config.url, *config.replicas)]
         self._free = config.max_size
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._nwaiting = 0
         self._active = 0
         self._opened = False
+        self._was_opened = False
         self._closing = False
         self._idle_event: asyncio.Event | None = None
         self._maint_task: asyncio.Task[None] | None = None
@@ -261,12 +272,15 @@ class Pool(abc.ABC):
                 raise
             reason = "timed out" if isinstance(exc, TimeoutError) else (
                 f"{type(exc).__name__}: {exc}")
+            # Only the driver's words are redacted: connman's own (pool name, masked URL) stay
+            # readable whatever the password equals.
             raise PoolStartupError(
-                self.redact(f"pool {self.name!r} ({self.config.url.masked}) could not be opened: "
-                            f"{reason}"),
+                f"pool {self.name!r} ({self.config.url.masked}) could not be opened: "
+                f"{self.redact(reason)}",
                 pool=self.name,
             ) from None
         self._opened = True
+        self._was_opened = True
         interval = self._maintenance_interval()
         if interval is not None:
             self._maint_task = asyncio.create_task(self._maintenance_loop(interval),
@@ -363,8 +377,7 @@ class Pool(abc.ABC):
         """
         if self._closing or not self._opened:
             self.counters.bump("requests_errors")
-            raise PoolClosed(f"pool {self.name!r} is {'closing' if self._opened else 'not open'}",
-                             pool=self.name)
+            raise self._refusal()
         if self._loop is not asyncio.get_running_loop():
             raise self._wrong_loop()
         if self._free > 0 and not self._nwaiting:
@@ -402,6 +415,13 @@ class Pool(abc.ABC):
         finally:
             self._nwaiting -= 1
         return self._grant((time.monotonic() - t0) * 1000, queued=True)
+
+    def _refusal(self) -> PoolClosed:
+        """Why a closed pool refuses: never opened (`PoolNotOpen`, saying why), closing or closed."""
+        if not self._was_opened:
+            return PoolNotOpen(not_open_message(self.name), pool=self.name)
+        state = "closing" if self._closing else "closed"
+        return PoolClosed(f"pool {self.name!r} is {state}: the app is shutting down", pool=self.name)
 
     def _abandon(self, fut: asyncio.Future[None]) -> None:
         # A permit handed over just as the wait ended (timeout or cancel) is passed on, not lost.
@@ -461,8 +481,7 @@ class Pool(abc.ABC):
         of the gate like any checkout, without counting as a request.
         """
         if not self._opened or self._closing:
-            return {"status": "down", "error": f"pool {self.name!r} is "
-                    f"{'closing' if self._opened else 'not open'}"}
+            return {"status": "down", "error": str(self._refusal())}
         if self._loop is not asyncio.get_running_loop():
             return {"status": "down", "error": str(self._wrong_loop())}
         if self.saturated():
@@ -537,8 +556,8 @@ class Pool(abc.ABC):
         return out
 
     def redact(self, text: str) -> str:
-        """`text` with this pool's secrets replaced by ***."""
-        return redact(text, self._secrets)
+        """`text` with URLs masked structurally and this pool's secrets replaced by *** elsewhere."""
+        return redact(text, self._secrets, self._urls)
 
     def state(self) -> str:
         """One line of state, httpcore style."""

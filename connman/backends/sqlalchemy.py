@@ -213,6 +213,26 @@ def engine_options(name: str, config: PoolConfig) -> dict[str, Any]:
     return kw
 
 
+def session_options(name: str, config: PoolConfig) -> dict[str, Any]:
+    """The `async_sessionmaker` keywords for a pool config (`class_` from `session_class`).
+
+    Checked now, by making one unbound session: an option the session class does not take
+    would otherwise fail on the first request, not at startup.
+    """
+    cls = config.session_class or AsyncSession
+    if not issubclass(cls, AsyncSession):
+        raise ConfigurationError(
+            f"pool {name!r}: session_class: {cls.__module__}.{cls.__qualname__} is not a "
+            "subclass of sqlalchemy.ext.asyncio.AsyncSession", pool=name, field="session_class")
+    kw: dict[str, Any] = {"expire_on_commit": False, **config.session_options}
+    try:
+        cls(**kw)
+    except (TypeError, sa_exc.ArgumentError) as exc:
+        raise ConfigurationError(f"pool {name!r}: session_options: {exc}", pool=name,
+                                 field="session_options") from None
+    return {"class_": cls, **kw}
+
+
 def _live_idle(pool: Any) -> int:
     """Idle connections in SQLAlchemy's queue, not counting records the fast path closed.
 
@@ -267,6 +287,7 @@ class SQLAlchemyPool(Pool):
     def __init__(self, name: str, config: PoolConfig, hub: EventHub) -> None:
         super().__init__(name, config, hub)
         self._options = engine_options(name, config)
+        self._session_kw = session_options(name, config)
         self._engine: AsyncEngine | None = None
         self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
         self.connect_hooks: list[Callable[[Any, Any], None]] = []
@@ -287,7 +308,7 @@ class SQLAlchemyPool(Pool):
         engine = create_async_engine(self.config.url.get_secret_value(), **self._options)
         self._engine = engine
         self._install_events(engine)
-        self._sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
+        self._sessionmaker = async_sessionmaker(engine, **self._session_kw)
         # Warm `size` connections at once, then give them back: the pool starts full.
         conns = [engine.connect() for _ in range(self.config.size)]
         try:
