@@ -1,5 +1,4 @@
 import pytest
-
 from notes import Base
 
 pytest_plugins = ["connman.testing.plugin"]
