@@ -247,14 +247,16 @@ def connman_test_client(connman_app: Any, connman_isolation: Isolation) -> Itera
 
     manager = connman_isolation.manager
     with TestClient(connman_app, raise_server_exceptions=False) as client:
+        portal = client.portal
+        assert portal is not None  # set while the client's context is open
         opened = False
         if any(manager.pool(n).closed for n in manager.names):
-            client.portal.call(manager.open)
+            portal.call(manager.open)
             opened = True
         try:
             yield client
         finally:
-            client.portal.call(connman_isolation.aclose)
+            portal.call(connman_isolation.aclose)
             if opened:
-                client.portal.call(manager.close)
+                portal.call(manager.close)
 
