@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -243,7 +244,10 @@ async def connman_client(connman_app: Any, connman_isolation: Isolation) -> Asyn
 def connman_test_client(connman_app: Any, connman_isolation: Isolation) -> Iterator[Any]:
     """A Starlette `TestClient` on the app, lifespan run (pools opened in its loop if the lifespan
     does not), isolated: for synchronous tests."""
-    from starlette.testclient import TestClient
+    with warnings.catch_warnings():
+        # Starlette >= 1.x prefers httpx2 for its TestClient and warns when it runs on httpx.
+        warnings.filterwarnings("ignore", message=r".*httpx2.*")
+        from starlette.testclient import TestClient
 
     manager = connman_isolation.manager
     with TestClient(connman_app, raise_server_exceptions=False) as client:
