@@ -328,6 +328,11 @@ class TestBinding:
             raise
         self.conn, self.loop = conn, asyncio.get_running_loop()
 
+    async def start(self) -> None:
+        """Begin the outer transaction now, in this event loop (else the first unit of work does)."""
+        await self._enter()
+        self._exit()
+
     async def begin(self) -> AsyncSession:
         """A session joined to the outer transaction (waits for the units before it)."""
         await self._enter()

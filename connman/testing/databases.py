@@ -108,28 +108,33 @@ def _quote(kind: str, name: str) -> str:
     return f"`{name}`" if kind == "mysql" else f'"{name}"'
 
 
-async def _admin(url: str, *statements: str) -> None:
+async def _admin(url: str, database: str, kind: str, *, create: bool) -> None:
     from sqlalchemy.ext.asyncio import create_async_engine
     from sqlalchemy.pool import NullPool
 
+    name = _quote(kind, database)
     engine = create_async_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
     try:
         async with engine.connect() as conn:
-            for sql in statements:
-                await conn.exec_driver_sql(sql)
+            if kind == "postgres":
+                await conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            elif (await conn.exec_driver_sql(
+                    "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s",
+                    (database,))).scalar():
+                # Not DROP ... IF EXISTS: MySQL drivers turn its note into a Python warning.
+                await conn.exec_driver_sql(f"DROP DATABASE {name}")
+            if create:
+                await conn.exec_driver_sql(f"CREATE DATABASE {name}")
     finally:
         await engine.dispose()
 
 
 async def _recreate_database(admin: str, database: str, kind: str) -> None:
-    name = _quote(kind, database)
-    force = " WITH (FORCE)" if kind == "postgres" else ""
-    await _admin(admin, f"DROP DATABASE IF EXISTS {name}{force}", f"CREATE DATABASE {name}")
+    await _admin(admin, database, kind, create=True)
 
 
 async def _drop_database(admin: str, database: str, kind: str) -> None:
-    force = " WITH (FORCE)" if kind == "postgres" else ""
-    await _admin(admin, f"DROP DATABASE IF EXISTS {_quote(kind, database)}{force}")
+    await _admin(admin, database, kind, create=False)
 
 
 def _metadata_of(schema: Any) -> Any:

@@ -245,8 +245,11 @@ def connman_test_client(connman_app: Any, connman_isolation: Isolation) -> Itera
     """A Starlette `TestClient` on the app, lifespan run (pools opened in its loop if the lifespan
     does not), isolated: for synchronous tests."""
     with warnings.catch_warnings():
-        # Starlette >= 1.x prefers httpx2 for its TestClient and warns when it runs on httpx.
+        # Import-time warnings of the versions in use, not of the app: Starlette >= 1.x prefers
+        # httpx2 and warns on httpx; Starlette < 1 names an alias anyio >= 4.12 deprecates.
         warnings.filterwarnings("ignore", message=r".*httpx2.*")
+        warnings.filterwarnings("ignore", message=r".*anyio\..*alias is deprecated.*",
+                                category=DeprecationWarning)
         from starlette.testclient import TestClient
 
     manager = connman_isolation.manager
