@@ -1,7 +1,9 @@
-"""Test helpers: throwaway real database servers (see `connman.testing.servers`)."""
+"""Test helpers: throwaway real database servers (`connman.testing.servers`), per-test isolation of
+an app's pools (`connman.testing.isolation`) and the pytest plugin (`connman.testing.plugin`)."""
 
 from __future__ import annotations
 
+from connman.testing.isolation import Isolation, isolated, point
 from connman.testing.servers import (
     ExternalServer,
     LocalServer,
@@ -18,6 +20,7 @@ from connman.testing.servers import (
 
 __all__ = [
     "ExternalServer",
+    "Isolation",
     "LocalServer",
     "MariaDBServer",
     "MongoWireServer",
@@ -27,5 +30,7 @@ __all__ = [
     "Server",
     "ServerError",
     "free_port",
+    "isolated",
+    "point",
     "server_from_env",
 ]
