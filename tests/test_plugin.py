@@ -409,3 +409,156 @@ def test_example_suite(postgres_server: Server, mongo_server: Server, tmp_path: 
         cwd=REPO / "examples" / "notes", env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     assert "5 passed" in proc.stdout
+
+
+# ------------------------------------------------------------------------------------------------
+# The parts, in process: TestBinding, Isolation, point().
+
+async def _make_table(manager: Any, ops: Any) -> None:
+    async with manager.session("main") as unit:
+        await ops.create(unit)
+
+
+@only(kinds=("sql",))
+async def test_units_take_turns_through_the_gate(make_manager: Any, ops: Any) -> None:
+    """Concurrent units of work in one test run one after the other on the outer connection, each
+    through the gate (counted), and all of it is rolled back."""
+    import asyncio
+
+    from connman.testing import Isolation
+
+    manager = make_manager()
+    await manager.open()
+    await _make_table(manager, ops)
+    before = manager.stats("main")["requests_num"]
+    spans: list[tuple[str, str]] = []
+    iso = Isolation(manager).start()
+
+    async def unit(key: str) -> None:
+        async with manager.session("main") as db:
+            spans.append(("in", key))
+            await ops.insert(db, key)
+            await asyncio.sleep(0.05)
+            spans.append(("out", key))
+
+    await asyncio.gather(*(unit(k) for k in "abc"))
+    assert [s for s, _ in spans] == ["in", "out"] * 3  # never two inside at once
+    async with manager.session("main") as db:
+        assert await ops.keys(db) == {"a", "b", "c"}
+    assert manager.stats("main")["requests_num"] - before == 4
+    await iso.aclose()
+    async with manager.session("main") as db:
+        assert await ops.keys(db) == set()
+
+
+@only(kinds=("sql",))
+async def test_a_unit_that_waits_too_long_gets_pool_timeout(make_manager: Any, ops: Any) -> None:
+    import asyncio
+
+    from connman import PoolTimeout
+    from connman.testing import Isolation
+
+    manager = make_manager(timeout=0.5)
+    await manager.open()
+    iso = Isolation(manager).start()
+    held, done = asyncio.Event(), asyncio.Event()
+
+    async def holder() -> None:
+        async with manager.session("main"):
+            held.set()
+            await done.wait()
+
+    task = asyncio.create_task(holder())
+    await held.wait()
+    with pytest.raises(PoolTimeout, match="'main'"):
+        async with manager.session("main"):
+            pass
+    done.set()
+    await task
+    async with manager.session("main") as db:  # the turn is free again
+        await ops.select1(db)
+    await iso.aclose()
+    assert manager.stats("main")["requests_active"] == 0
+
+
+@only(kinds=("sql",))
+async def test_a_unit_inside_another_nests(make_manager: Any, ops: Any) -> None:
+    """In one task, a unit opened inside another runs in a savepoint inside it instead of waiting."""
+    from connman.testing import Isolation
+
+    manager = make_manager(timeout=2)
+    await manager.open()
+    await _make_table(manager, ops)
+    iso = Isolation(manager).start()
+    async with manager.session("main") as outer:
+        await ops.insert(outer, "outer")
+        async with manager.session("main") as inner:
+            await ops.insert(inner, "inner")
+            assert await ops.keys(inner) == {"outer", "inner"}
+    async with manager.session("main") as db:
+        assert await ops.keys(db) == {"outer", "inner"}
+    await iso.aclose()
+
+
+@only(kinds=("sql",))
+async def test_closing_the_pools_rolls_back(make_manager: Any, ops: Any) -> None:
+    """A lifespan that ends inside the test rolls the outer transaction back with the pool."""
+    from connman.testing import Isolation
+
+    manager = make_manager()
+    await manager.open()
+    await _make_table(manager, ops)
+    iso = Isolation(manager).start()
+    async with manager.session("main") as db:
+        await ops.insert(db, "gone")
+    await manager.close()
+    await manager.open()
+    async with manager.session("main") as db:
+        assert await ops.keys(db) == set()
+    await iso.aclose()
+
+
+@only(kinds=("mongo",))
+async def test_mongo_database_per_test_is_dropped(make_manager: Any, ops: Any) -> None:
+    from connman.testing import Isolation
+
+    manager = make_manager()
+    await manager.open()
+    iso = Isolation(manager).start()
+    fresh = iso.databases["main"]
+    async with manager.session("main") as db:
+        assert db.name == fresh
+        await ops.insert(db, "k")
+    client = manager.native("main")
+    assert fresh in await client.list_database_names()
+    await iso.aclose()
+    assert fresh not in await client.list_database_names()
+    async with manager.session("main") as db:
+        assert db.name == "connman"
+
+
+@only(kinds=("sql",), exclude=("mysql-aiomysql", "mysql-asyncmy"))
+async def test_point_redirects_an_imported_manager(target: Target, managers: list[Any],
+                                                   ops: Any) -> None:
+    """Providers made before point() (as `Depends(...)` at import) and on_connect hooks follow."""
+    from connman import ConnectionManager
+    from connman.testing import point
+
+    bogus = BOGUS[target.driver]
+    manager = ConnectionManager({"main": {"url": bogus, "replicas": [bogus], "timeout": 5}})
+    managers.append(manager)
+    provider, reader = manager.session("main"), manager.session("main", readonly=True)
+    connected: list[int] = []
+    manager.on_connect("main", lambda conn, rec: connected.append(1))
+    point(manager, "main", target.url(), size=1)
+    assert manager.pool("main").config.size == 1
+    assert manager.pool("main.replica1").config.url.get_secret_value() == target.url()
+    await manager.open()
+    async with provider as db:
+        await ops.select1(db)
+    async with reader as db:
+        await ops.select1(db)
+    assert connected
+    assert manager.stats("main.replica1")["requests_num"] == 1
+    with pytest.raises(RuntimeError, match="open"):
+        point(manager, "main", target.url())
