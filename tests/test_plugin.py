@@ -562,3 +562,30 @@ async def test_point_redirects_an_imported_manager(target: Target, managers: lis
     assert manager.stats("main.replica1")["requests_num"] == 1
     with pytest.raises(RuntimeError, match="open"):
         point(manager, "main", target.url())
+
+
+XDIST_TESTS = '''
+import os
+
+import pytest
+
+from app import manager
+
+
+@pytest.mark.parametrize("n", range(6))
+async def test_each_worker_has_its_own_database(connman_client, n):
+    worker = os.environ["PYTEST_XDIST_WORKER"]
+    assert manager.pool("main").config.url.get_secret_value().split("?")[0].endswith(worker) or (
+        manager.pool("main").config.url.get_secret_value().endswith(f"{worker}.db"))
+    assert (await connman_client.post("/items/same-key")).status_code == 201
+    assert (await connman_client.get("/items")).json() == ["same-key"]
+'''
+
+
+@only(kinds=("sql",), exclude=("mysql-asyncmy", "mysql-aiomysql"))
+def test_xdist_workers_get_databases_of_their_own(pytester: pytest.Pytester,
+                                                  target: Target) -> None:
+    pytester.makepyfile(app=sql_app(target.driver), conftest=SCHEMA_CONFTEST,
+                        test_inner=XDIST_TESTS)
+    pytester.makefile(".ini", pytest=ini("session"))
+    check(run_inner(pytester, target, "-n", "2"), 6)
