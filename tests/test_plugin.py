@@ -589,3 +589,28 @@ def test_xdist_workers_get_databases_of_their_own(pytester: pytest.Pytester,
                         test_inner=XDIST_TESTS)
     pytester.makefile(".ini", pytest=ini("session"))
     check(run_inner(pytester, target, "-n", "2"), 6)
+
+
+STRICT_CONFTEST = SCHEMA_CONFTEST + '''
+
+import pytest_asyncio
+
+from connman.testing import app_client
+
+
+@pytest_asyncio.fixture
+async def client(connman_app, connman_isolation):
+    async with app_client(connman_app, connman_isolation) as c:
+        yield c
+'''
+
+
+@only(kinds=("sql",), exclude=("mysql-asyncmy", "mysql-aiomysql"))
+def test_pytest_asyncio_strict_mode(pytester: pytest.Pytester, target: Target) -> None:
+    """In strict mode the app wraps `app_client` in its own `pytest_asyncio.fixture`."""
+    tests = SQL_TESTS.replace("connman_client", "client").replace(
+        "async def test_", "@pytest.mark.asyncio\nasync def test_")
+    pytester.makepyfile(app=sql_app(target.driver), conftest=STRICT_CONFTEST,
+                        test_inner="import pytest\n" + tests)
+    pytester.makefile(".ini", pytest=ini("function", mode="strict"))
+    check(run_inner(pytester, target), 7)

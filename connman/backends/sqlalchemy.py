@@ -343,7 +343,7 @@ class TestBinding:
     async def end(self, session: AsyncSession, error: BaseException | None) -> None:
         """Commit (release the savepoint) or roll back to it, close the session, let the next in."""
         try:
-            if error is None and session.in_transaction():
+            if error is None and session.in_transaction() and self.pool.config.commit == "auto":
                 await session.commit()
         finally:
             try:

@@ -3,7 +3,7 @@ an app's pools (`connman.testing.isolation`) and the pytest plugin (`connman.tes
 
 from __future__ import annotations
 
-from connman.testing.isolation import Isolation, isolated, point
+from connman.testing.isolation import Isolation, app_client, isolated, open_pools, point
 from connman.testing.servers import (
     ExternalServer,
     LocalServer,
@@ -29,8 +29,10 @@ __all__ = [
     "PostgresServer",
     "Server",
     "ServerError",
+    "app_client",
     "free_port",
     "isolated",
+    "open_pools",
     "point",
     "server_from_env",
 ]

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from ..backends.sqlalchemy import TestBinding
     from ..manager import ConnectionManager
 
-__all__ = ["Isolation", "isolated", "point", "run_in_thread"]
+__all__ = ["Isolation", "app_client", "isolated", "open_pools", "point", "run_in_thread"]
 
 T = TypeVar("T")
 
@@ -259,3 +259,33 @@ async def isolated(manager: ConnectionManager, *, open: bool = True) -> AsyncIte
         finally:
             if opened:
                 await manager.close()
+
+
+@contextlib.asynccontextmanager
+async def open_pools(isolation: Isolation) -> AsyncIterator[ConnectionManager]:
+    """The body of `connman_pools`, for your own async fixture: the isolated manager with its
+    pools open in the running loop (opened here if closed, and closed after); rolls back at exit."""
+    manager = isolation.manager
+    async with contextlib.AsyncExitStack() as stack:
+        if any(manager.pool(n).closed for n in manager.names):
+            await manager.open()
+            stack.push_async_callback(manager.close)
+        stack.push_async_callback(isolation.aclose)
+        yield manager
+
+
+@contextlib.asynccontextmanager
+async def app_client(app: Any, isolation: Isolation) -> AsyncIterator[Any]:
+    """The body of `connman_client`, for your own async fixture: an `httpx.AsyncClient` on `app`
+    (base URL `http://test`, a handler's exception is a 500), the app's lifespan run in the
+    running loop, the pools open and isolated; rolls back at exit."""
+    import httpx
+
+    async with contextlib.AsyncExitStack() as stack:
+        lifespan = getattr(getattr(app, "router", None), "lifespan_context", None)
+        if lifespan is not None:
+            await stack.enter_async_context(lifespan(app))
+        await stack.enter_async_context(open_pools(isolation))
+        yield await stack.enter_async_context(httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+            base_url="http://test"))

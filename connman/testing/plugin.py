@@ -27,7 +27,7 @@ import pytest
 
 from ..manager import ConnectionManager
 from .databases import KIND_OF_DRIVER, TestServers, create_schema
-from .isolation import Isolation, point
+from .isolation import Isolation, app_client, open_pools, point
 from .servers import Server, ServerError
 
 __all__ = [
@@ -206,17 +206,8 @@ def connman_isolation(connman_pointed: ConnectionManager) -> Iterator[Isolation]
 @pytest.fixture
 async def connman_pools(connman_isolation: Isolation) -> AsyncIterator[ConnectionManager]:
     """The isolated manager, its pools open in the test's event loop (closed after)."""
-    manager = connman_isolation.manager
-    opened = False
-    if any(manager.pool(n).closed for n in manager.names):
-        await manager.open()
-        opened = True
-    try:
+    async with open_pools(connman_isolation) as manager:
         yield manager
-    finally:
-        await connman_isolation.aclose()
-        if opened:
-            await manager.close()
 
 
 @pytest.fixture
@@ -224,19 +215,7 @@ async def connman_client(connman_app: Any, connman_isolation: Isolation) -> Asyn
     """An `httpx.AsyncClient` on the app (base URL `http://test`): the app's lifespan runs in the
     test's event loop, the pools are open (opened here if the lifespan does not) and isolated.
     An exception in a handler is a 500 response, as in production."""
-    import httpx
-
-    manager = connman_isolation.manager
-    async with contextlib.AsyncExitStack() as stack:
-        lifespan = getattr(getattr(connman_app, "router", None), "lifespan_context", None)
-        if lifespan is not None:
-            await stack.enter_async_context(lifespan(connman_app))
-        if any(manager.pool(n).closed for n in manager.names):
-            await manager.open()
-            stack.push_async_callback(manager.close)
-        stack.push_async_callback(connman_isolation.aclose)
-        client = await stack.enter_async_context(httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=connman_app, raise_app_exceptions=False), base_url="http://test"))
+    async with app_client(connman_app, connman_isolation) as client:
         yield client
 
 
