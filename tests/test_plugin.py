@@ -614,3 +614,27 @@ def test_pytest_asyncio_strict_mode(pytester: pytest.Pytester, target: Target) -
                         test_inner="import pytest\n" + tests)
     pytester.makefile(".ini", pytest=ini("function", mode="strict"))
     check(run_inner(pytester, target), 7)
+
+
+@only(kinds=("sql",))
+async def test_bound_units_keep_the_gate_guards(make_manager: Any, ops: Any) -> None:
+    """Inside a binding, a session or fast-path connection used after its unit ended refuses
+    (SessionEnded) instead of reaching the test's connection past the gate, and the outer
+    connection is on the books."""
+    from connman import SessionEnded
+    from connman.testing import Isolation
+
+    manager = make_manager()
+    await manager.open()
+    iso = Isolation(manager).start()
+    async with manager.session("main") as db:
+        await ops.select1(db)
+    assert manager.pool("main").off_books() == 0
+    with pytest.raises(SessionEnded):
+        await ops.select1(db)
+    async with manager.connection("main") as conn:
+        pass
+    with pytest.raises(SessionEnded):
+        await conn.execute("SELECT 1")
+    await iso.aclose()
+    assert manager.pool("main").off_books() == 0
