@@ -72,9 +72,10 @@ class TestServers:
         suffix = f"_{self.worker}" if self.worker else ""
         return _identifier(f"connman_{pool}{suffix}")
 
-    def url_for(self, pool: str, config: PoolConfig) -> str:
-        """A URL for pool `pool` on the test server of its driver, its database freshly created."""
-        driver = config.driver_name
+    def url_for(self, pool: str, config: PoolConfig | str) -> str:
+        """A URL for pool `pool` on the test server of its driver (a `PoolConfig`, or a driver name:
+        asyncpg, aiomysql, asyncmy, aiosqlite, pymongo, motor), its database freshly created."""
+        driver = config if isinstance(config, str) else config.driver_name
         kind = KIND_OF_DRIVER[driver]
         database = self.database_name(pool)
         if kind == "sqlite":

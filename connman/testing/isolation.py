@@ -67,6 +67,9 @@ def point(manager: ConnectionManager, name: str, url: str | None = None, **field
     # manager's registry (pools, replica routers, cached session providers).
     from ..manager import ReplicaRouter, _make_pool
 
+    if getattr(manager, "deferred", False):
+        _point_deferred(manager, name, url, fields)
+        return
     old = manager.pool(name)
     key = old.name
     if not old.closed:
@@ -102,8 +105,48 @@ def point(manager: ConnectionManager, name: str, url: str | None = None, **field
         provider._open_unit = router.session if router is not None else pool.session
 
 
-def _sql_pools(manager: ConnectionManager) -> list[Any]:
-    return [p for p in (manager.pool(n) for n in manager.names) if p.backend == "sqlalchemy"]
+def _fields_of(raw: Any) -> dict[str, Any]:
+    if isinstance(raw, PoolConfig):
+        return {k: getattr(raw, k) for k in raw.model_fields_set}
+    if isinstance(raw, str):
+        return {"url": raw}
+    return dict(raw or {})
+
+
+def _point_deferred(manager: ConnectionManager, name: str, url: str | None,
+                    fields: dict[str, Any]) -> None:
+    """Point a pool of a manager whose pools are read at `open()` (from_settings() imported
+    without settings, or a function): the overrides are applied to what that read returns."""
+    m: Any = manager  # the deferred-pools attributes of issue 12's manager
+    overrides: dict[str, dict[str, Any]] | None = getattr(m, "_cm_test_overrides", None)
+    if overrides is None:
+        overrides = {}
+        source = m._source
+
+        def read() -> dict[str, Any]:
+            assert overrides is not None
+            pools = {str(k).lower(): _fields_of(v) for k, v in dict(source() or {}).items()}
+            for key, change in overrides.items():
+                merged = {**pools.get(key, {}), **change}
+                if "url" in change and merged.get("replicas") and "replicas" not in change:
+                    merged["replicas"] = [change["url"]] * len(merged["replicas"])
+                pools[key] = merged
+            return pools
+
+        m._source = read
+        m._cm_test_overrides = overrides
+    change = dict(fields)
+    if url is not None:
+        change["url"] = url
+    overrides[name.lower()] = change
+
+
+def resolve(manager: ConnectionManager) -> None:
+    """Build the pools of a manager that reads them at `open()` now (no I/O), so they can be
+    isolated before the app's lifespan opens them. Nothing to do for any other manager."""
+    m: Any = manager
+    if getattr(m, "deferred", False):
+        m._read_pools()
 
 
 def _primary_of(manager: ConnectionManager, pool: Any) -> Any:

@@ -25,9 +25,11 @@ from typing import Any
 
 import pytest
 
+from ..config import PoolConfig, validate_pools
+from ..errors import ConnmanError
 from ..manager import ConnectionManager
 from .databases import KIND_OF_DRIVER, TestServers, create_schema
-from .isolation import Isolation, app_client, open_pools, point
+from .isolation import Isolation, app_client, open_pools, point, resolve
 from .servers import Server, ServerError
 
 __all__ = [
@@ -144,19 +146,35 @@ def connman_manager(request: pytest.FixtureRequest, pytestconfig: pytest.Config)
     return manager
 
 
+def _configured(manager: ConnectionManager) -> dict[str, PoolConfig]:
+    """The primary pools' configs; for a manager that reads its pools at open(), what that read
+    returns now (the environment, `.env`, the app's settings object)."""
+    m: Any = manager
+    if getattr(m, "deferred", False):
+        names = {name for name, _ in m._providers} | {n.lower() for n, _ in m._pending_hooks}
+        try:
+            found = validate_pools(m._source() or {})
+        except ConnmanError:
+            found = {}
+        missing = sorted(names - set(found))
+        if missing:
+            pytest.fail(f"connman: the app reads its pools at open() and no settings name "
+                        f"{', '.join(map(repr, missing))} now, so their driver is unknown: "
+                        "override connman_urls, e.g. {\"main\": connman_servers.url_for(\"main\", "
+                        "\"asyncpg\")}", pytrace=False)
+        return found
+    replicas = {p.name for r in manager._routers.values() for p in r.replicas}
+    return {n: manager.pool(n).config for n in manager.names if n not in replicas}
+
+
 @pytest.fixture(scope="session")
 def connman_urls(connman_manager: ConnectionManager, connman_servers: TestServers) -> dict[str, str]:
     """Where each pool points during the tests: by default, a fresh database per pool on the test
-    server of its driver. Override to choose (`{"main": "sqlite+aiosqlite:///..."}`)."""
-    replicas = {n for r in connman_manager._routers.values() for n in (p.name for p in r.replicas)}
-    out: dict[str, str] = {}
-    for name in connman_manager.names:
-        if name in replicas:
-            continue
-        config = connman_manager.pool(name).config
-        if config.driver_name in KIND_OF_DRIVER:
-            out[name] = connman_servers.url_for(name, config)
-    return out
+    server of its driver. Override to choose (`{"main": "sqlite+aiosqlite:///..."}`, or
+    `connman_servers.url_for("main", "asyncpg")`)."""
+    return {name: connman_servers.url_for(name, config)
+            for name, config in _configured(connman_manager).items()
+            if config.driver_name in KIND_OF_DRIVER}
 
 
 @pytest.fixture(scope="session")
@@ -172,21 +190,18 @@ def connman_pointed(connman_manager: ConnectionManager, connman_urls: dict[str, 
     """The app's manager with its pools pointed at `connman_urls` and the schema created."""
     manager = connman_manager
     for name, url in connman_urls.items():
-        pool = manager.pool(name)
-        fields: dict[str, Any] = {}
-        if pool.backend == "mongo" and pool.config.database is not None:
-            fields["database"] = None  # the test URL's path names the database
-        if pool.config.url.get_secret_value() != url or fields:
-            point(manager, name, url, **fields)
+        # A Mongo test URL names its database in its path: a `database` field would override it.
+        fields: dict[str, Any] = {"database": None} if url.startswith("mongodb") else {}
+        point(manager, name, url, **fields)
+    resolve(manager)  # pools read at open(): build them now, so they can be isolated
     if connman_schema is not None:
-        for name in connman_urls:
-            pool = manager.pool(name)
-            if pool.backend != "sqlalchemy":
+        for name, url in connman_urls.items():
+            if url.startswith("mongodb"):
                 continue
             schema = (connman_schema.get(name) if isinstance(connman_schema, dict)
                       else connman_schema)
             if schema is not None:
-                create_schema(pool.config.url.get_secret_value(), schema)
+                create_schema(url, schema)
     return manager
 
 
