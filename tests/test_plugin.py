@@ -638,3 +638,22 @@ async def test_bound_units_keep_the_gate_guards(make_manager: Any, ops: Any) -> 
         await conn.execute("SELECT 1")
     await iso.aclose()
     assert manager.pool("main").off_books() == 0
+
+
+@only(kinds=("sql",))
+async def test_isolated_opens_closed_pools_and_rolls_back(make_manager: Any, ops: Any) -> None:
+    from connman.testing import isolated
+
+    manager = make_manager()
+    await manager.open()
+    await _make_table(manager, ops)
+    await manager.close()
+    async with isolated(manager) as iso:
+        assert not manager.pool("main").closed
+        async with manager.session("main") as db:
+            await ops.insert(db, "k")
+        assert iso.bindings["main"].active
+    assert manager.pool("main").closed  # it opened them, so it closed them
+    await manager.open()
+    async with manager.session("main") as db:
+        assert await ops.keys(db) == set()

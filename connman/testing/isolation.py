@@ -203,6 +203,7 @@ class Isolation:
             raise RuntimeError("this isolation has already started")
         self._started = True
         manager = self.manager
+        resolve(manager)  # pools read at open(): build them, or there would be nothing to bind
         try:
             pools: list[Any] = [manager.pool(n) for n in manager.names]
             for pool in pools:
