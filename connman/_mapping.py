@@ -92,6 +92,14 @@ MAPPING: dict[str, dict[str, Entry]] = {
         "sqlalchemy": Entry("emulated", "-", "one warning with the checkout stack per leaked lease"),
         "mongo": Entry("emulated", "-", "one warning with the checkout stack per leaked lease"),
     },
+    "reset_on_return": {
+        "sqlalchemy": Entry("native + emulated", "pool_reset_on_return='rollback'",
+                            "`rollback`: SQLAlchemy's reset; `full`: also asyncpg's "
+                            "`Connection.reset()` + `DISCARD TEMP`, MySQL's COM_RESET_CONNECTION, "
+                            "SQLite's temporary tables dropped, then the `on_connect` hooks again; "
+                            "on sessions and the fast path"),
+        "mongo": Entry("n/a", "-", "a Mongo connection carries no session state an app sets"),
+    },
     "options": {
         "sqlalchemy": Entry("native", "create_async_engine(**options)",
                             "passed through; a key that a schema field sets is an error"),

@@ -366,7 +366,7 @@ async def test_health_with_the_server_unreachable_is_503_with_a_reason(
                 if r.status_code == 200:
                     break
                 await asyncio.sleep(0.1)
-            assert r.status_code == 200
+            assert r.status_code == 200, r.text
 
 
 # ---------------------------------------------------------------- ending never lies

@@ -31,13 +31,14 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.pool import AsyncAdaptedQueuePool
-from sqlalchemy.util import greenlet_spawn
+from sqlalchemy.util import await_only, greenlet_spawn
 
 from .._pool import Pool, finish, jittered_lifetime, shielded
 from ..config import PoolConfig
 from ..errors import ConcurrentUse, ConfigurationError, PoolTimeout, SessionEnded
 from ..stats import EventHub
 from ._guard import EndedBind, FastConnection, ended_message
+from ._reset import FULL_RESET
 
 logger = logging.getLogger("connman")
 
@@ -95,6 +96,22 @@ _PROBES: dict[str, _Probe] = {
     "aiosqlite": _Probe(lambda c: c._connection is None, lambda c: c.in_transaction,
                         lambda c: c.rollback(), _sqlite_select1),
 }
+
+
+_DISCONNECT_NAMES = frozenset({"OperationalError", "InterfaceError", "ConnectionDoesNotExistError",
+                               "PostgresConnectionError", "InternalClientError"})
+
+
+def _may_be_disconnected(exc: BaseException) -> bool:
+    """Whether a driver's own exception (fast path, probe) may mean its connection is broken.
+
+    A driver connection can look open after its socket died (asyncmy < 0.2.10 keeps `connected`
+    True), so such an error discards the connection rather than trust it: the MySQL drivers'
+    OperationalError and InterfaceError, asyncpg's connection errors, and OS-level errors.
+    """
+    if isinstance(exc, (OSError, ConnectionError, TimeoutError)):
+        return True
+    return any(cls.__name__ in _DISCONNECT_NAMES for cls in type(exc).__mro__)
 
 
 def _is_concurrency_error(exc: BaseException) -> bool:
@@ -515,6 +532,8 @@ class SQLAlchemyPool(Pool):
         # the MySQL drivers' cursors); aiosqlite's go through result objects it does not track.
         self._tracked = config.driver_name != "aiosqlite"
         self._binding: TestBinding | None = None
+        self._full_reset = (FULL_RESET.get(config.driver_name)
+                            if config.reset_on_return == "full" else None)
 
     # ------------------------------------------------------------------ lifecycle
     async def _open(self) -> None:
@@ -613,6 +632,21 @@ class SQLAlchemyPool(Pool):
         def on_checkin(dbapi_con: Any, rec: Any) -> None:
             if rec is not None:
                 rec.info["cm_in"] = time.monotonic()
+
+        full_reset = self._full_reset
+        if full_reset is not None:
+            hooks = self.connect_hooks
+
+            @event.listens_for(pool, "reset")
+            def on_reset(dbapi_con: Any, rec: Any, reset_state: Any) -> None:
+                if reset_state.terminate_only or not reset_state.asyncio_safe:
+                    return  # being closed, or collected by the GC: nothing to reset
+                # Through the adapter first, so SQLAlchemy's view of the transaction stays true;
+                # an error here makes SQLAlchemy invalidate the connection instead.
+                dbapi_con.rollback()
+                await_only(full_reset(dbapi_con.driver_connection))
+                for hook in hooks:
+                    hook(dbapi_con, rec)
 
         @event.listens_for(pool, "invalidate")
         def on_invalidate(dbapi_con: Any, rec: Any, error: BaseException | None) -> None:
@@ -838,6 +872,17 @@ class SQLAlchemyPool(Pool):
             return
         await self._checkin_raw(fairy, error)
 
+    async def _reset_raw(self, fairy: Any, conn: Any) -> None:
+        """`reset_on_return="full"` on the fast path: the driver's reset, then the pool's
+        `on_connect` hooks again (they run in SQLAlchemy's greenlet, as at connect)."""
+        assert self._full_reset is not None
+        await self._full_reset(conn)
+        if self.connect_hooks:
+            def rerun() -> None:
+                for hook in self.connect_hooks:
+                    hook(fairy.dbapi_connection, fairy._connection_record)
+            await greenlet_spawn(rerun)
+
     def _terminate(self, fairy: Any, reason: str) -> None:
         """Invalidate a connection outside SQLAlchemy's greenlet: the driver connection is closed
         at once, without a round trip, and the record goes back to the pool empty."""
@@ -857,7 +902,7 @@ class SQLAlchemyPool(Pool):
                 # Invalidating it also interrupts a SQLite query (the invalidate event).
                 await self._discard(fairy, "close")
                 return
-            if probe.closed(conn):
+            if probe.closed(conn) or (error is not None and _may_be_disconnected(error)):
                 await self._discard(fairy, "lost")
                 return
             if probe.in_transaction(conn):
@@ -868,6 +913,13 @@ class SQLAlchemyPool(Pool):
                     await self._discard(fairy, "lost")
                     return
                 if probe.closed(conn) or probe.in_transaction(conn):
+                    await self._discard(fairy, "lost")
+                    return
+            if self._full_reset is not None:
+                try:
+                    await finish(partial(self._reset_raw, fairy, conn), self._finish_timeout,
+                                 self.name)
+                except Exception:
                     await self._discard(fairy, "lost")
                     return
             self._hot.append((fairy, conn, time.monotonic()))
