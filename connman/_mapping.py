@@ -106,6 +106,14 @@ MAPPING: dict[str, dict[str, Entry]] = {
         "sqlalchemy": Entry("emulated", "-", "one warning with the checkout stack per leaked lease"),
         "mongo": Entry("emulated", "-", "one warning with the checkout stack per leaked lease"),
     },
+    "reset_on_return": {
+        "sqlalchemy": Entry("native + emulated", "pool_reset_on_return='rollback'",
+                            "`rollback`: SQLAlchemy's reset; `full`: also asyncpg's "
+                            "`Connection.reset()` + `DISCARD TEMP`, MySQL's COM_RESET_CONNECTION, "
+                            "SQLite's temporary tables dropped, then the `on_connect` hooks again; "
+                            "on sessions and the fast path"),
+        "mongo": Entry("n/a", "-", "a Mongo connection carries no session state an app sets"),
+    },
     "options": {
         "sqlalchemy": Entry("native", "create_async_engine(**options)",
                             "passed through; a key that a schema field sets is an error"),
@@ -170,15 +178,17 @@ def render_configuration() -> str:
         "the code equal.",
         "",
         "Every pool is one `PoolConfig`. In the environment: `CONNMAN_POOLS__<NAME>__<FIELD>`, "
-        "e.g. `CONNMAN_POOLS__MAIN__SIZE=10`; `options` takes JSON.",
+        "e.g. `CONNMAN_POOLS__MAIN__SIZE=10`; `options` and `session_options` take JSON.",
         "",
         "| field | default | what it is for |",
         "| --- | --- | --- |",
     ]
     for name, info in PoolConfig.model_fields.items():
         default = "required" if info.is_required() else (
-            "[]" if name == "replicas" else "{}" if name == "options" else repr(info.default))
-        lines.append(f"| `{name}` | `{default}` | {info.description or ''} |")
+            "[]" if name == "replicas" else "{}" if name in ("options", "session_options")
+            else repr(info.default))
+        # A table row is one line: a docstring that wraps must not break it.
+        lines.append(f"| `{name}` | `{default}` | {' '.join((info.description or '').split())} |")
     lines += ["", "## Overflow: bursts without reconnect storms", "",
               "`size` connections are opened at startup and kept. Under load the pool opens more, "
               "up to `size + overflow`, the hard maximum. Those stay open while they keep being "

@@ -13,7 +13,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
     raise MissingDependency("connman.fastapi needs FastAPI: pip install 'connman[fastapi]'") from exc
 
-from .errors import PoolClosed, PoolTimeout
+from .errors import PoolClosed, PoolNotOpen, PoolTimeout
 
 if TYPE_CHECKING:
     from .manager import ConnectionManager
@@ -22,10 +22,17 @@ __all__ = ["add_exception_handlers", "health_router", "unavailable_from"]
 
 
 def unavailable_from(exc: BaseException) -> HTTPException | None:
-    """The 503 a client should get for a pool error (timeout, too many waiters, closed), or None."""
+    """The 503 a client should get for a pool error, or None for any other error.
+
+    Busy (`PoolTimeout`, `TooManyWaiters`): `Retry-After`; closing (`PoolClosed`): "is shutting
+    down"; never opened (`PoolNotOpen`): the reason, typically a lifespan that did not run.
+    """
     if isinstance(exc, PoolTimeout):
         return HTTPException(503, detail=f"database pool {exc.pool!r} is busy",
                              headers={"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, PoolNotOpen):
+        # Never opened: retrying will not help, so no Retry-After; the detail says what to fix.
+        return HTTPException(503, detail=f"database {exc}")
     if isinstance(exc, PoolClosed):
         return HTTPException(503, detail=f"database pool {exc.pool!r} is shutting down",
                              headers={"Retry-After": "1"})
@@ -53,7 +60,11 @@ def health_router(manager: ConnectionManager, *, prefix: str = "/health",
                   include_stats: bool = True, ping_timeout: float = 2.0) -> APIRouter:
     """A router with GET `prefix`: each pool's status, ping latency and stats.
 
-    Answers 503 when any pool marked `required` is down; URLs are shown masked.
+    Each pool is checked with `Pool.probe()`: one round trip on a free connection, at most
+    `ping_timeout` seconds, and never a wait behind sessions: a pool whose connections are all in
+    use reports `"status": "up", "saturated": true` with its stats (`requests_waiting`,
+    `pool_available`). Answers 503 when any pool marked `required` is down, with the reason in
+    its `error`; URLs are shown masked.
     """
     router = APIRouter(prefix=prefix, tags=["health"])
 
@@ -61,17 +72,17 @@ def health_router(manager: ConnectionManager, *, prefix: str = "/health",
         pool = manager.pool(name)
         entry: dict[str, Any] = {"backend": pool.backend, "driver": pool.config.driver_name,
                                  "url": pool.config.url.masked, "required": pool.config.required}
-        try:
-            ms = await asyncio.wait_for(pool.ping(), ping_timeout)
-            entry.update(status="up", ping_ms=round(ms, 3))
-        except Exception as exc:
-            entry.update(status="down", error=pool.redact(f"{type(exc).__name__}: {exc}")[:300])
+        entry.update(await pool.probe(ping_timeout))
         if include_stats:
             entry["stats"] = pool.stats()
         return entry
 
     @router.get("", summary="Pool health")
     async def health() -> JSONResponse:
+        if manager.deferred:  # pools read at open(), which has not run: nothing is up
+            return JSONResponse({"status": "down", "pools": {},
+                                 "detail": "the pools are not read yet: the app's lifespan, "
+                                           "which opens them, did not run"}, status_code=503)
         names = manager.names
         results = await asyncio.gather(*(check(n) for n in names))
         pools = dict(zip(names, results, strict=True))

@@ -281,7 +281,27 @@ class MongoPool(Pool):
     async def _end_raw(self, handle: Any, error: BaseException | None) -> None:
         return None
 
-    async def ping(self) -> float:
+    def _drop_driver(self) -> None:
+        """Drop a client whose event loop is gone (Motor: closed; PyMongo: sockets closed)."""
+        client, self._client = self._client, None
+        if client is None:
+            return
+        if self._motor:
+            client.close()  # Motor's client is thread-based: closing needs no event loop
+            return
+        from ._abandon import close_transport
+
+        for server in list(getattr(client._topology, "_servers", {}).values()):
+            monitor = getattr(server, "_monitor", None)
+            pools = [server.pool, getattr(monitor, "_pool", None),
+                     getattr(getattr(monitor, "_rtt_monitor", None), "_pool", None)]
+            for pool in pools:
+                for conn in list(getattr(pool, "conns", ())):
+                    iface = getattr(conn, "conn", None)
+                    close_transport(getattr(iface, "conn", (None,))[0])
+        client._closed = True
+
+    async def _ping(self) -> float:
         """One `ping` command; latency in milliseconds."""
         t0 = time.perf_counter()
         await self._require_client().admin.command("ping")
@@ -305,11 +325,25 @@ class MongoPool(Pool):
         """The database handle sessions yield."""
         return self._db
 
+    @property
+    def database_name(self) -> str:
+        """The name of the database sessions yield."""
+        return self._database
+
+    def use_database(self, name: str | None) -> None:
+        """Make sessions yield database `name` from now on (None: the configured one).
+
+        No I/O; works open or closed. `connman.testing` gives each test a fresh database this way.
+        """
+        self._database = name or database_of(self.config)
+        if self._client is not None:
+            self._db = self._client[self._database]
+
     def driver_options(self) -> dict[str, Any]:
         """The client keywords the mapping produced."""
         return dict(self._options)
 
-    async def server_info(self) -> dict[str, Any]:
+    async def _server_info(self) -> dict[str, Any]:
         """Version, connection limit and current connections from `buildInfo`/`serverStatus`."""
         client = self._require_client()
         info: dict[str, Any] = {"version": None, "max_connections": None, "reserved": 0,
