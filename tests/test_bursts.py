@@ -298,3 +298,37 @@ async def test_shutdown_during_shrinking_leaves_nothing_open(
     if baseline is not None:
         assert await wait_for_count(target, baseline) == baseline
 
+
+
+@only(kinds=("sql",), exclude=("sqlite",))
+async def test_shrinking_while_bursts_arrive_never_exceeds_the_maximum(
+        make: Make, target: Target, ops: Ops) -> None:
+    # overflow_idle shorter than the gaps: the maintenance closes the surplus between bursts and
+    # is still closing when the next one arrives; each close holds a gate slot, so the server
+    # never sees more than size + overflow of this pool's connections.
+    baseline = await server_connections(target)
+    assert baseline is not None
+    m = make(size=SIZE, overflow=OVERFLOW, overflow_idle=0.05)
+    peak = 0
+    stop = asyncio.Event()
+
+    async def watch() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            n = await server_connections(target)
+            peak = max(peak, (n or 0) - baseline)
+            await asyncio.sleep(0.01)
+
+    async with m:
+        watcher = asyncio.create_task(watch())
+        try:
+            for _ in range(8):
+                await burst(m, target, ops)
+                await asyncio.sleep(0.08)
+        finally:
+            stop.set()
+            await watcher
+        stats = m.stats("main")
+        assert stats["connections_idle_closed"] > 0  # it did shrink between bursts
+        assert stats["requests_errors"] == 0
+    assert 0 < peak <= MAX
