@@ -299,6 +299,8 @@ def soak_section(path: Path = SOAK) -> list[str]:
             f"{r['rss_after_warmup_kib'] / 1024:.1f} | {r['rss_end_kib'] / 1024:.1f} | "
             f"{r['rss_growth_kib']:+d} | {r['connections_idle_closed']} | "
             f"{r['pool_size_after_close']} |")
+    if data.get("note"):
+        lines += ["", str(data["note"])]
     return lines
 
 
