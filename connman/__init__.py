@@ -17,6 +17,7 @@ from .errors import (
     SessionEnded,
     StatementTimeout,
     TooManyWaiters,
+    TransactionConflict,
     UnknownPool,
     WrongEventLoop,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "SessionProvider",
     "StatementTimeout",
     "TooManyWaiters",
+    "TransactionConflict",
     "UnknownPool",
     "WrongEventLoop",
     "load_settings",

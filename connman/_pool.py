@@ -11,6 +11,7 @@ import abc
 import asyncio
 import collections
 import logging
+import os
 import random
 import time
 import traceback
@@ -19,7 +20,14 @@ from typing import Any, TypeVar
 
 from ._url import redact
 from .config import PoolConfig
-from .errors import ConnmanError, PoolClosed, PoolStartupError, PoolTimeout, TooManyWaiters
+from .errors import (
+    ConnmanError,
+    PoolClosed,
+    PoolNotOpen,
+    PoolStartupError,
+    PoolTimeout,
+    TooManyWaiters,
+)
 from .stats import EventHub, PoolEvent, PoolStats
 
 logger = logging.getLogger("connman")
@@ -120,6 +128,7 @@ class Pool(abc.ABC):
         self._maint_task: asyncio.Task[None] | None = None
         self.connection_limit: int | None = None
         """Connections the server accepts for this app (read while warming up; None: unknown)."""
+        self._pid: int | None = None  # the process that opened the driver pool (fork detection)
 
     # ------------------------------------------------------------------ backend verbs
     @abc.abstractmethod
@@ -173,6 +182,15 @@ class Pool(abc.ABC):
     async def touch(self, unit: Any) -> None:  # noqa: B027 - optional hook, not abstract
         """Make a unit of work take its connection now (so a dead server shows before use)."""
 
+    def _forget_after_fork(self) -> None:
+        """In a forked child: drop the parent's driver pool without closing its connections.
+
+        They belong to the parent process (same sockets); closing them here would cut the
+        parent's sessions. Keep a reference so no finalizer closes them either. A backend that
+        cannot do this raises, and the child's `open()` fails naming the pool.
+        """
+        raise NotImplementedError
+
     async def _maintain(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Periodic housekeeping a backend needs (emulated lifetimes); default: nothing."""
 
@@ -186,9 +204,15 @@ class Pool(abc.ABC):
         return not self._opened or self._closing
 
     async def open(self) -> None:
-        """Open the pool within `connect_timeout`; raises `PoolStartupError` naming it."""
+        """Open the pool within `connect_timeout`; raises `PoolStartupError` naming it.
+
+        In a process forked after the pool was opened (gunicorn `--preload`, worker processes),
+        this opens a driver pool of the child's own and leaves the parent's connections alone.
+        """
         if self._opened:
-            return
+            if self._pid == os.getpid():
+                return
+            self._reset_after_fork()
         self._closing = False
         try:
             async with asyncio.timeout(self.config.connect_timeout + 1.0):
@@ -205,10 +229,27 @@ class Pool(abc.ABC):
                 pool=self.name,
             ) from None
         self._opened = True
+        self._pid = os.getpid()
         interval = self._maintenance_interval()
         if interval is not None:
             self._maint_task = asyncio.create_task(self._maintenance_loop(interval),
                                                    name=f"connman-maintain-{self.name}")
+
+    def _reset_after_fork(self) -> None:
+        """Forget the parent's driver pool and gate state (futures and tasks of its loop)."""
+        try:
+            self._forget_after_fork()
+        except Exception as exc:
+            raise PoolStartupError(
+                f"pool {self.name!r} was opened in process {self._pid} before a fork and cannot "
+                f"be reopened in process {os.getpid()}: {type(exc).__name__}; open the pools in "
+                "each worker (the app's lifespan), not before forking", pool=self.name) from None
+        self._opened = self._closing = False
+        self._free = self.config.max_size
+        self._waiters.clear()
+        self._nwaiting = self._active = 0
+        self._idle_event = None
+        self._maint_task = None
 
     async def _close_quietly(self) -> None:
         try:
@@ -219,6 +260,9 @@ class Pool(abc.ABC):
     async def close(self, drain_timeout: float | None = None) -> None:
         """Refuse new sessions, wait up to `drain_timeout` for held ones, then dispose the pool."""
         if not self._opened:
+            return
+        if self._pid != os.getpid():  # the parent's pool: not ours to close
+            self._reset_after_fork()
             return
         self._closing = True
         while self._waiters:
@@ -252,6 +296,9 @@ class Pool(abc.ABC):
     # ------------------------------------------------------------------ the gate
     async def acquire(self) -> Lease:
         """Wait for a slot in arrival order; raises `PoolTimeout`, `TooManyWaiters`, `PoolClosed`."""
+        if self._pid != os.getpid():
+            raise PoolNotOpen(f"pool {self.name!r} was opened in process {self._pid}, before this "
+                              "process forked: open it here (the app's lifespan)", pool=self.name)
         if self._closing or not self._opened:
             self.counters.bump("requests_errors")
             raise PoolClosed(f"pool {self.name!r} is {'closing' if self._opened else 'not open'}",

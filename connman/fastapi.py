@@ -13,7 +13,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
     raise MissingDependency("connman.fastapi needs FastAPI: pip install 'connman[fastapi]'") from exc
 
-from .errors import PoolClosed, PoolTimeout
+from .errors import PoolClosed, PoolTimeout, TransactionConflict
 
 if TYPE_CHECKING:
     from .manager import ConnectionManager
@@ -25,6 +25,9 @@ def unavailable_from(exc: BaseException) -> HTTPException | None:
     """The 503 a client should get for a pool error (timeout, too many waiters, closed), or None."""
     if isinstance(exc, PoolTimeout):
         return HTTPException(503, detail=f"database pool {exc.pool!r} is busy",
+                             headers={"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, TransactionConflict):
+        return HTTPException(503, detail=f"database pool {exc.pool!r}: transaction conflict, retry",
                              headers={"Retry-After": str(exc.retry_after)})
     if isinstance(exc, PoolClosed):
         return HTTPException(503, detail=f"database pool {exc.pool!r} is shutting down",
@@ -47,6 +50,7 @@ def add_exception_handlers(app: FastAPI) -> None:
     """
     app.add_exception_handler(PoolTimeout, _handle)
     app.add_exception_handler(PoolClosed, _handle)
+    app.add_exception_handler(TransactionConflict, _handle)
 
 
 def health_router(manager: ConnectionManager, *, prefix: str = "/health",

@@ -268,6 +268,17 @@ class SQLAlchemyPool(Pool):
                 self._disposed_pool = engine.sync_engine.pool
             await engine.dispose()
 
+    def _forget_after_fork(self) -> None:
+        """In a forked child: start afresh, keeping the parent's engine referenced and unclosed.
+
+        Its connections share sockets with the parent: disposing the engine here (or letting the
+        garbage collector finalize it) would send the driver's terminate message on them.
+        """
+        self._inherited = (self._engine, self._hot)
+        self._engine = self._sessionmaker = None
+        self._hot = []
+        self._disposed_pool = None
+
     # ------------------------------------------------------------------ events -> stats
     def _install_events(self, engine: AsyncEngine) -> None:
         sync_engine = engine.sync_engine
