@@ -22,6 +22,7 @@ Objects are real PyMongo/Motor objects underneath; `unit.delegate` is the databa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -37,6 +38,9 @@ logger = logging.getLogger("connman.mongo")
 
 # Cursor methods that do I/O (Motor's `to_list` returns a Future that starts at once).
 _CURSOR_OPS = frozenset({"next", "try_next", "to_list", "explain", "distinct", "__anext__"})
+# Calls that create a cursor on the server: its id is only in the reply (see `_reply_then_cancel`).
+_OPENERS = frozenset({"aggregate", "watch", "list_collections", "list_indexes",
+                      "aggregate_raw_batches", "list_search_indexes"})
 _session_cache: dict[tuple[type, str], bool] = {}
 
 
@@ -137,10 +141,13 @@ class MongoUnit:
                 f"pool {self._pool.name!r}: this unit of work ended (its transaction was "
                 "committed or aborted); open a new session", pool=self._pool.name)
 
-    async def _run(self, call: Callable[[], Any], cursor: _Cursor | None = None) -> Any:
+    async def _run(self, call: Callable[[], Any], cursor: _Cursor | None = None,
+                   opens: bool = False) -> Any:
         """Run one driver operation under a gate slot; wrap what it returns."""
         self._check()
         pool = self._pool
+        if cursor is not None and self._ended:
+            pool._adopt(cursor)  # closed when the task reading it ends, if not before
         own = not self._ended and not self._busy
         lease: Lease | None = None
         if own:
@@ -151,15 +158,19 @@ class MongoUnit:
                 "one after the other", pool=pool.name)
         else:
             lease = await pool.acquire()
+        on_server = cursor.on_server() if cursor is not None else None
         try:
-            result = await call()
+            if opens or (cursor is not None and not cursor.started()):
+                result = await _reply_then_cancel(call, pool.config.timeout, self)
+            else:
+                result = await call()
         except StopAsyncIteration:
             if cursor is not None:
                 self._forget(cursor)
             raise
         except BaseException:
             if cursor is not None:
-                await shielded(self._close_cursor(cursor), pool.config.timeout)
+                await shielded(self._close_cursor(cursor, on_server), pool.config.timeout)
             raise
         finally:
             if lease is not None:
@@ -185,13 +196,22 @@ class MongoUnit:
         self._cursors.discard(cursor)
         self._pool._disown(cursor)
 
-    async def _close_cursor(self, cursor: _Cursor) -> None:
-        """Close one cursor on the server; the caller holds a gate slot for it, or none is needed."""
+    async def _close_cursor(self, cursor: _Cursor,
+                            on_server: tuple[str, str, int] | None = None) -> None:
+        """Close one cursor on the server; the caller holds a gate slot for it, or none is needed.
+
+        `on_server` is the cursor as it was before a fetch that failed or was cancelled: the
+        driver then marks the cursor dead without telling the server, so connman does.
+        """
         self._forget(cursor)
+        on_server = cursor.on_server() or on_server
         try:
             result = cursor.delegate.close()
             if inspect.isawaitable(result):
                 await result
+            if on_server is not None:
+                db, coll, cid = on_server
+                await self._pool.native()[db].command("killCursors", coll, cursors=[cid])
         except Exception:
             logger.debug("connman: pool %r: closing a cursor failed", self._pool.name,
                          exc_info=True)
@@ -247,6 +267,34 @@ class _Cursor:
         self.delegate = delegate
         self.stream = stream
         unit._track(self)
+
+    def started(self) -> bool:
+        """Whether the server was asked for this cursor yet (it may hold one from then on)."""
+        d = self.delegate
+        if self.stream:
+            return getattr(d, "delegate", True) is not None  # Motor creates it on first fetch
+        try:
+            return d.cursor_id is not None
+        except Exception:  # a Motor latent cursor not started yet
+            return False
+
+    def on_server(self) -> tuple[str, str, int] | None:
+        """(database, collection, cursor id) of the server cursor, while there is one."""
+        d = self.delegate
+        d = getattr(d, "delegate", d)  # Motor wraps PyMongo's cursor (None: not started)
+        if self.stream:
+            d = getattr(d, "_cursor", None)  # PyMongo's change stream reads a command cursor
+            d = getattr(d, "delegate", d)
+        try:
+            cid = d.cursor_id
+            coll = getattr(d, "_collection", None)
+            if coll is None:
+                coll = d.collection
+            if cid and d.alive:
+                return coll.database.name, coll.name, int(cid)
+        except Exception:
+            pass
+        return None
 
     def finished(self) -> bool:
         """Whether this cursor can fetch nothing more (exhausted, closed or killed)."""
@@ -311,6 +359,35 @@ class _Cursor:
         return f"<connman {self.delegate!r}>"
 
 
+async def _reply_then_cancel(call: Callable[[], Any], limit: float, unit: MongoUnit) -> Any:
+    """Run a call that creates a server cursor; if cancelled meanwhile, wait for its reply first.
+
+    The cursor's id is only in the reply: a request cancelled before it arrives would leave the
+    cursor open on the server (mongod keeps it 10 minutes). So the cancel waits for the reply (at
+    most `limit` seconds), the cursor is closed, and then the cancel goes on.
+    """
+    task: asyncio.Future[Any] = asyncio.ensure_future(call())
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            await shielded(asyncio.wait((task,), timeout=limit))
+        if not task.done():
+            task.cancel()
+        elif not task.cancelled() and task.exception() is None:
+            result = task.result()
+            if isinstance(result, (*_Kinds.cursors, *_Kinds.streams)):
+                with contextlib.suppress(Exception):
+                    await shielded(_close_quietly(result), limit)
+        raise
+
+
+async def _close_quietly(delegate: Any) -> None:
+    result = delegate.close()
+    if inspect.isawaitable(result):
+        await result
+
+
 def _wrap_result(unit: MongoUnit, value: Any) -> Any:
     if isinstance(value, _Kinds.handles):
         return _Handle(unit, value)
@@ -327,10 +404,11 @@ def _wrap(unit: MongoUnit, attr: Any, owner: Any, name: str) -> Any:
         return _wrap_result(unit, attr)
     inject = unit._session is not None and _takes_session(owner, name)
     if _is_op(attr):
+        opens = name in _OPENERS
         def op(*args: Any, **kwargs: Any) -> Awaitable[Any]:
             if inject and "session" not in kwargs:
                 kwargs["session"] = unit._session
-            return unit._run(lambda: attr(*args, **kwargs))
+            return unit._run(lambda: attr(*args, **kwargs), opens=opens)
         return op
 
     def call(*args: Any, **kwargs: Any) -> Any:

@@ -377,15 +377,16 @@ class MongoPool(Pool):
         return MongoUnit(self, self._db, session, self.config.transaction)
 
     async def _end(self, unit: Any, error: BaseException | None) -> None:
-        await shielded(self._finish(unit, error))
+        await shielded(self._finish(unit, error, asyncio.current_task()))
 
-    async def _finish(self, unit: MongoUnit, error: BaseException | None) -> None:
+    async def _finish(self, unit: MongoUnit, error: BaseException | None,
+                      owner: asyncio.Task[Any] | None) -> None:
         cursors = await unit._finish(error)
         session = unit.client_session
         if session is None:
             if error is None:
                 for cursor in cursors:  # still to be read (a streamed response): hand over
-                    self._adopt(cursor)
+                    self._adopt(cursor, owner)
             else:
                 await close_cursors(self, cursors, own_slot=True)
             return
@@ -430,12 +431,12 @@ class MongoPool(Pool):
         return unit, unit
 
     async def _end_raw(self, handle: Any, error: BaseException | None) -> None:
-        await shielded(self._finish(handle, error))
+        await shielded(self._finish(handle, error, asyncio.current_task()))
 
     # ------------------------------------------------------------------ cursors past their unit
-    def _adopt(self, cursor: _Cursor) -> None:
-        """Track a cursor that outlives its unit: closed when the current task ends."""
-        task = asyncio.current_task()
+    def _adopt(self, cursor: _Cursor, task: asyncio.Task[Any] | None = None) -> None:
+        """Track a cursor that outlives its unit: closed when `task` (default: this one) ends."""
+        task = task or asyncio.current_task()
         if task is None or cursor in self._orphan_of:
             return
         held = self._orphans.get(task)
