@@ -49,7 +49,9 @@ def _takes_session(target: Any, name: str) -> bool:
     key = (type(target), name)
     known = _session_cache.get(key)
     if known is None:
-        cls = type(getattr(target, "delegate", None) or target)
+        # Motor's objects wrap PyMongo's (whose collections make any attribute a sub-collection).
+        motor = type(target).__module__.startswith("motor")
+        cls = type(target.delegate) if motor else type(target)
         try:
             known = "session" in inspect.signature(getattr(cls, name)).parameters
         except (AttributeError, TypeError, ValueError):
