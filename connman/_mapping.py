@@ -39,7 +39,9 @@ MAPPING: dict[str, dict[str, Entry]] = {
                             "the native timeout stays as a backstop; SQLite: also sqlite3's "
                             "lock `timeout`"),
         "mongo": Entry("native + emulated", "waitQueueTimeoutMS",
-                       "connman's FIFO gate bounds the wait and raises `PoolTimeout`; "
+                       "connman's FIFO gate bounds the wait and raises `PoolTimeout`; every "
+                       "operation of a unit runs under a slot (a `gather` or a cursor read after "
+                       "the unit takes its own), so the driver's queue never makes one wait; "
                        "the native timeout stays as a backstop"),
     },
     "recycle": {
@@ -47,8 +49,9 @@ MAPPING: dict[str, dict[str, Entry]] = {
                             "native max age; connman adds up to `recycle_jitter` early expiry "
                             "so a pool opened at once does not expire at once"),
         "mongo": Entry("emulated", "-",
-                       "PyMongo has no max lifetime: connman marks idle connections older than "
-                       "the (jittered) limit stale, PyMongo closes them and refills to `size`"),
+                       "PyMongo has no max lifetime: connman marks a connection older than the "
+                       "(jittered) limit stale when it comes back (and idle ones every "
+                       "`recycle/20` s); PyMongo closes it and refills to `size`"),
     },
     "idle": {
         "sqlalchemy": Entry("emulated", "-",
@@ -91,6 +94,15 @@ MAPPING: dict[str, dict[str, Entry]] = {
     "leak_threshold": {
         "sqlalchemy": Entry("emulated", "-", "one warning with the checkout stack per leaked lease"),
         "mongo": Entry("emulated", "-", "one warning with the checkout stack per leaked lease"),
+    },
+    "transaction": {
+        "sqlalchemy": Entry("n/a", "-",
+                            "a SQL unit of work is always one transaction (see `commit`)"),
+        "mongo": Entry("native + emulated", "start_session() + start_transaction()",
+                       "each unit runs in one transaction on its own `ClientSession`, committed "
+                       "before the response (an unknown commit result is retried within "
+                       "`timeout`), aborted on any error; a transient error is "
+                       "`TransactionConflict` (503 + `Retry-After`); needs a replica set"),
     },
     "options": {
         "sqlalchemy": Entry("native", "create_async_engine(**options)",

@@ -420,3 +420,17 @@ async def test_transaction_conflict_is_a_503_with_retry_after(coll: str,
             assert r.headers["retry-after"]
             assert (await http.post("/orders")).status_code == 200
         assert await client.connman[coll].count_documents({}) == 1
+
+
+@mongo_only
+async def test_manual_commit_aborts_what_the_app_left_uncommitted(
+        coll: str, make_manager: Make, target: Target) -> None:
+    m = make_manager(transaction=True, commit="manual")
+    async with m, admin(target) as client:
+        await client.connman.create_collection(coll)
+        async with m.session("main") as db:
+            await db[coll].insert_one({"_id": "kept"})
+            await db.client_session.commit_transaction()
+        async with m.session("main") as db:
+            await db[coll].insert_one({"_id": "dropped"})
+        assert {d["_id"] async for d in client.connman[coll].find({})} == {"kept"}

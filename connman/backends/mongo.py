@@ -392,8 +392,11 @@ class MongoPool(Pool):
             return
         try:
             await close_cursors(self, cursors, own_slot=True)
-            if error is None:
+            if error is None and self.config.commit == "auto":
                 await self._commit(session)
+            elif error is None:  # `commit: manual`: what the app left uncommitted is aborted
+                if session.in_transaction:
+                    await session.abort_transaction()
             else:
                 try:
                     await session.abort_transaction()
