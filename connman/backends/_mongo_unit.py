@@ -60,9 +60,18 @@ def _takes_session(target: Any, name: str) -> bool:
     return known
 
 
-def _is_op(func: Any) -> bool:
+_op_cache: dict[tuple[type, str], bool] = {}
+
+
+def _is_op(func: Any, owner: Any = None, name: str = "") -> bool:
     """Whether calling `func` starts I/O: a coroutine function, or a Motor asynchronized method."""
-    return inspect.iscoroutinefunction(func) or bool(getattr(func, "is_async_method", False))
+    key = (type(owner), name)
+    known = _op_cache.get(key) if owner is not None else None
+    if known is None:
+        known = inspect.iscoroutinefunction(func) or bool(getattr(func, "is_async_method", False))
+        if owner is not None:
+            _op_cache[key] = known
+    return known
 
 
 class _Kinds:
@@ -405,7 +414,7 @@ def _wrap(unit: MongoUnit, attr: Any, owner: Any, name: str) -> Any:
     if not callable(attr) or isinstance(attr, _Kinds.handles):
         return _wrap_result(unit, attr)
     inject = unit._session is not None and _takes_session(owner, name)
-    if _is_op(attr):
+    if _is_op(attr, owner, name):
         opens = name in _OPENERS
         def op(*args: Any, **kwargs: Any) -> Awaitable[Any]:
             if inject and "session" not in kwargs:
