@@ -272,9 +272,10 @@ class MongoPool(Pool):
                         missing = self.config.size - len(listener.ready)
                     if missing <= 0:
                         return
+                    # More pings at once than connections exist, so some must open new ones.
                     event.clear()
                     await asyncio.gather(*(self._client.admin.command("ping")
-                                           for _ in range(missing + 1)))
+                                           for _ in range(self.config.size + missing)))
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(0.05):
                             await event.wait()
