@@ -434,3 +434,21 @@ async def test_manual_commit_aborts_what_the_app_left_uncommitted(
         async with m.session("main") as db:
             await db[coll].insert_one({"_id": "dropped"})
         assert {d["_id"] async for d in client.connman[coll].find({})} == {"kept"}
+
+
+@mongo_only
+async def test_the_drivers_wait_queue_timeout_is_a_pool_timeout(
+        coll: str, make_manager: Make, target: Target) -> None:
+    m = make_manager(size=1, overflow=0, timeout=0.3)
+    async with m, admin(target) as client, failpoint(
+            client, {"times": 1}, failCommands=["find"], blockConnection=True, blockTimeMS=3000,
+            appName="connman:main"):
+        # Work outside any session holds the driver's only connection.
+        hog = asyncio.ensure_future(m.native("main").connman[coll].find_one({}))
+        deadline = time.monotonic() + 5
+        while not m.pool("main").saturated() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        with pytest.raises(PoolTimeout, match="'main'"):
+            async with m.session("main") as db:
+                await db[coll].insert_one({"x": 1})
+        await hog

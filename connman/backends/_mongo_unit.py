@@ -28,6 +28,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from pymongo.errors import WaitQueueTimeoutError
+
 from .._pool import Lease, shielded
 from ..errors import ConcurrentUse, PoolClosed, PoolTimeout, SessionEnded
 
@@ -179,9 +181,16 @@ class MongoUnit:
             if cursor is not None:
                 self._forget(cursor)
             raise
-        except BaseException:
+        except BaseException as exc:
             if cursor is not None:
                 await shielded(self._close_cursor(cursor, on_server), pool.config.timeout)
+            if isinstance(exc, WaitQueueTimeoutError):
+                # Only work outside the gate (the native client, PyMongo's own upkeep) can fill
+                # the driver's pool; the request still gets connman's typed, retryable error.
+                raise PoolTimeout(
+                    f"pool {pool.name!r}: every driver connection is in use, some outside "
+                    f"connman's sessions ({type(exc).__name__})", pool=pool.name,
+                    retry_after=pool.config.retry_after_s) from exc
             raise
         finally:
             if lease is not None:
