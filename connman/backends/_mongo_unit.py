@@ -224,7 +224,8 @@ class MongoUnit:
         driver then marks the cursor dead without telling the server, so connman does.
         """
         self._forget(cursor)
-        on_server = cursor.on_server() or on_server
+        if cursor.on_server() is not None:
+            on_server = None  # the driver still knows it: its close() kills it
         try:
             result = cursor.delegate.close()
             if inspect.isawaitable(result):
