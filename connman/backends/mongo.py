@@ -192,11 +192,13 @@ def _retiring_checkin(pool: Any, listener: _CMAPListener) -> Any:
         async def checkin(conn: Any) -> None:
             listener.retire_if_expired(pool.address, conn)
             await original(conn)
+        checkin.connman_retiring = True  # type: ignore[attr-defined]
         return checkin
 
     def checkin_sync(conn: Any) -> None:  # Motor: PyMongo's synchronous pool, in worker threads
         listener.retire_if_expired(pool.address, conn)
         original(conn)
+    checkin_sync.connman_retiring = True  # type: ignore[attr-defined]
     return checkin_sync
 
 
@@ -233,7 +235,6 @@ class MongoPool(Pool):
         self._orphans: dict[asyncio.Task[Any], set[_Cursor]] = {}
         self._orphan_of: dict[_Cursor, asyncio.Task[Any]] = {}
         self._cleanups: set[asyncio.Task[None]] = set()
-        self._hooked: set[int] = set()
         self._inherited: list[Any] = []
 
     async def _open(self) -> None:
@@ -302,7 +303,6 @@ class MongoPool(Pool):
         client, self._client = self._client, None
         self._orphans.clear()
         self._orphan_of.clear()
-        self._hooked.clear()
         if client is None:
             return
         if self._motor:
@@ -322,7 +322,6 @@ class MongoPool(Pool):
         self._orphans.clear()
         self._orphan_of.clear()
         self._cleanups.clear()
-        self._hooked.clear()
 
     def _maintenance_interval(self) -> float | None:
         if self.config.recycle is None:
@@ -342,10 +341,8 @@ class MongoPool(Pool):
         if self.config.recycle is None:
             return
         for pool in self._server_pools():
-            if id(pool) in self._hooked:
-                continue
-            self._hooked.add(id(pool))
-            pool.checkin = _retiring_checkin(pool, self._listener)
+            if not getattr(pool.checkin, "connman_retiring", False):
+                pool.checkin = _retiring_checkin(pool, self._listener)
 
     async def _maintain(self) -> None:
         # Idle connections past their deadline get an outdated generation too: PyMongo then closes
