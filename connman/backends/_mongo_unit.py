@@ -155,9 +155,10 @@ class MongoUnit:
                 "committed or aborted); open a new session", pool=self._pool.name)
 
     async def _run(self, call: Callable[[], Any], cursor: _Cursor | None = None,
-                   opens: bool = False) -> Any:
+                   opens: bool = False, closing: bool = False) -> Any:
         """Run one driver operation under a gate slot; wrap what it returns."""
-        self._check()
+        if not closing:
+            self._check()
         pool = self._pool
         if cursor is not None and self._ended:
             pool._adopt(cursor)  # closed when the task reading it ends, if not before
@@ -165,7 +166,7 @@ class MongoUnit:
         lease: Lease | None = None
         if own:
             self._busy = True
-        elif self._txn:
+        elif self._txn and not closing:
             raise ConcurrentUse(
                 f"pool {pool.name!r}: two operations at once in one transaction; await them "
                 "one after the other", pool=pool.name)
@@ -351,8 +352,7 @@ class _Cursor:
             if inspect.isawaitable(result):
                 await result
             return
-        self.unit._check()
-        await self.unit._run(lambda: self.unit._close_cursor(self))
+        await self.unit._run(lambda: self.unit._close_cursor(self), closing=True)
 
     async def __aenter__(self) -> _Cursor:
         return self
