@@ -57,7 +57,11 @@ def health_router(manager: ConnectionManager, *, prefix: str = "/health",
                   include_stats: bool = True, ping_timeout: float = 2.0) -> APIRouter:
     """A router with GET `prefix`: each pool's status, ping latency and stats.
 
-    Answers 503 when any pool marked `required` is down; URLs are shown masked.
+    Each pool is checked with `Pool.probe()`: one round trip on a free connection, at most
+    `ping_timeout` seconds, and never a wait behind sessions: a pool whose connections are all in
+    use reports `"status": "up", "saturated": true` with its stats (`requests_waiting`,
+    `pool_available`). Answers 503 when any pool marked `required` is down, with the reason in
+    its `error`; URLs are shown masked.
     """
     router = APIRouter(prefix=prefix, tags=["health"])
 
@@ -65,11 +69,7 @@ def health_router(manager: ConnectionManager, *, prefix: str = "/health",
         pool = manager.pool(name)
         entry: dict[str, Any] = {"backend": pool.backend, "driver": pool.config.driver_name,
                                  "url": pool.config.url.masked, "required": pool.config.required}
-        try:
-            ms = await asyncio.wait_for(pool.ping(), ping_timeout)
-            entry.update(status="up", ping_ms=round(ms, 3))
-        except Exception as exc:
-            entry.update(status="down", error=pool.redact(f"{type(exc).__name__}: {exc}")[:300])
+        entry.update(await pool.probe(ping_timeout))
         if include_stats:
             entry["stats"] = pool.stats()
         return entry

@@ -22,7 +22,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 from .._pool import Pool, jittered_lifetime, shielded
 from .._url import url_path_database
 from ..config import PoolConfig
-from ..errors import PoolNotOpen, PoolTimeout, TransactionConflict
+from ..errors import PoolNotOpen, TransactionConflict
 from ..stats import EventHub
 from ._mongo_unit import MongoUnit, _Cursor, close_cursors
 
@@ -472,29 +472,42 @@ class MongoPool(Pool):
             return self._listener.in_use
 
     def saturated(self) -> bool:
-        """Whether a new operation would wait: every gate slot taken, or every driver connection
-        checked out (CMAP). No I/O."""
-        cap = self.config.max_size
-        return self._active >= cap or self._in_use() >= cap
+        """Whether a new checkout would wait: no free gate slot, or every driver connection
+        checked out (CMAP: work outside the gate counts too). No I/O."""
+        return super().saturated() or self._in_use() >= self.config.max_size
 
-    async def ping(self) -> float:
-        """One `ping` command; latency in milliseconds.
+    def off_books(self) -> int:
+        """Driver connections checked out (CMAP) beyond the gate's leases (0: none)."""
+        return max(0, self._in_use() - self._active)
 
-        Raises `PoolTimeout` at once, without queueing in the driver, when every driver connection
-        is checked out, and when none came free within `timeout`.
-        """
+    def _drop_driver(self) -> None:
+        """Drop a client whose event loop is gone (Motor: closed; PyMongo: sockets closed)."""
+        client, self._client = self._client, None
+        self._orphans.clear()
+        self._orphan_of.clear()
+        self._cleanups.clear()
+        if client is None:
+            return
+        if self._motor:
+            client.close()  # Motor's client is thread-based: closing needs no event loop
+            return
+        from ._abandon import close_transport
+
+        for server in list(getattr(client._topology, "_servers", {}).values()):
+            monitor = getattr(server, "_monitor", None)
+            pools = [server.pool, getattr(monitor, "_pool", None),
+                     getattr(getattr(monitor, "_rtt_monitor", None), "_pool", None)]
+            for pool in pools:
+                for conn in list(getattr(pool, "conns", ())):
+                    iface = getattr(conn, "conn", None)
+                    close_transport(getattr(iface, "conn", (None,))[0])
+        client._closed = True
+
+    async def _ping(self) -> float:
+        """One `ping` command; latency in milliseconds."""
         client = self._require_client()
-        if self._in_use() >= self.config.max_size:
-            raise PoolTimeout(f"pool {self.name!r}: every driver connection is in use",
-                              pool=self.name, retry_after=self.config.retry_after_s)
         t0 = time.perf_counter()
-        try:
-            async with asyncio.timeout(self.config.timeout):
-                await client.admin.command("ping")
-        except TimeoutError:
-            raise PoolTimeout(f"pool {self.name!r}: no answer to a ping within "
-                              f"{self.config.timeout:g}s", pool=self.name,
-                              retry_after=self.config.retry_after_s) from None
+        await client.admin.command("ping")
         return (time.perf_counter() - t0) * 1000
 
     def stats(self) -> dict[str, int]:
@@ -526,7 +539,7 @@ class MongoPool(Pool):
         """The client keywords the mapping produced."""
         return dict(self._options)
 
-    async def server_info(self) -> dict[str, Any]:
+    async def _server_info(self) -> dict[str, Any]:
         """Version, connection limit and current connections from `buildInfo`/`serverStatus`."""
         client = self._require_client()
         info: dict[str, Any] = {"version": None, "max_connections": None, "reserved": 0,

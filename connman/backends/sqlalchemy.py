@@ -35,8 +35,9 @@ from sqlalchemy.util import greenlet_spawn
 
 from .._pool import Pool, finish, jittered_lifetime, shielded
 from ..config import PoolConfig
-from ..errors import ConfigurationError
+from ..errors import ConcurrentUse, ConfigurationError
 from ..stats import EventHub
+from ._guard import EndedBind, FastConnection
 
 logger = logging.getLogger("connman")
 
@@ -47,13 +48,31 @@ ALIVE_BYPASS_S = 0.5
 class _Probe:
     """How to ask one driver's raw connection, without I/O, whether it is closed or in a transaction."""
 
-    __slots__ = ("closed", "in_transaction", "rollback")
+    __slots__ = ("closed", "in_transaction", "ping", "rollback")
 
     def __init__(self, closed: Callable[[Any], bool], in_transaction: Callable[[Any], bool],
-                 rollback: Callable[[Any], Any]) -> None:
+                 rollback: Callable[[Any], Any], ping: Callable[[Any], Any]) -> None:
         self.closed = closed
         self.in_transaction = in_transaction
         self.rollback = rollback
+        self.ping = ping
+
+
+async def _mysql_select1(conn: Any) -> None:
+    cur = await conn.cursor()
+    try:
+        await cur.execute("SELECT 1")
+        await cur.fetchall()
+    finally:
+        await cur.close()
+
+
+async def _sqlite_select1(conn: Any) -> None:
+    cur = await conn.execute("SELECT 1")
+    try:
+        await cur.fetchall()
+    finally:
+        await cur.close()
 
 
 def _interrupt_sqlite(conn: Any) -> None:
@@ -66,14 +85,44 @@ def _interrupt_sqlite(conn: Any) -> None:
 
 _PROBES: dict[str, _Probe] = {
     "asyncpg": _Probe(lambda c: c.is_closed(), lambda c: c.is_in_transaction(),
-                      lambda c: c.execute("ROLLBACK")),
+                      lambda c: c.execute("ROLLBACK"), lambda c: c.fetchval("SELECT 1")),
     "aiomysql": _Probe(lambda c: c.closed, lambda c: c.get_transaction_status(),
-                       lambda c: c.rollback()),
+                       lambda c: c.rollback(), _mysql_select1),
     "asyncmy": _Probe(lambda c: not c.connected, lambda c: c.get_transaction_status(),
-                      lambda c: c.rollback()),
+                      lambda c: c.rollback(), _mysql_select1),
     "aiosqlite": _Probe(lambda c: c._connection is None, lambda c: c.in_transaction,
-                        lambda c: c.rollback()),
+                        lambda c: c.rollback(), _sqlite_select1),
 }
+
+
+def _is_concurrency_error(exc: BaseException) -> bool:
+    """SQLAlchemy's own word that two tasks used one session at once."""
+    return isinstance(exc, sa_exc.IllegalStateChangeError) or (
+        isinstance(exc, sa_exc.InvalidRequestError) and getattr(exc, "code", None) == "isce")
+
+
+def _changing(session: Any) -> bool:
+    """Whether a task is inside a state change of this (sync) session now, such as checking a
+    connection out for it: SQLAlchemy's `_StateChange` marks that on each transaction."""
+    trans = session._transaction
+    while trans is not None:
+        if getattr(trans._next_state, "name", "") == "CHANGE_IN_PROGRESS":
+            return True
+        trans = trans._parent
+    return False
+
+
+def _session_connections(session: Any) -> list[Any]:
+    """The SQLAlchemy `Connection`s a (sync) session holds, whatever state it is in."""
+    trans = session._transaction
+    while trans is not None and trans._parent is not None:
+        trans = trans._parent
+    if trans is None:
+        return []
+    seen: dict[int, Any] = {}
+    for entry in list(trans._connections.values()):
+        seen.setdefault(id(entry[0]), entry[0])
+    return list(seen.values())
 
 _orphans: set[asyncio.Future[Any]] = set()
 
@@ -225,6 +274,7 @@ class SQLAlchemyPool(Pool):
         self._hot: list[tuple[Any, Any, float]] = []
         self._probe = _PROBES.get(config.driver_name)
         self._sqlite = config.driver_name == "aiosqlite"
+        self._autocommit = config.commit == "auto"
 
     # ------------------------------------------------------------------ lifecycle
     async def _open(self) -> None:
@@ -366,19 +416,92 @@ class SQLAlchemyPool(Pool):
             await self._discard(self._hot.pop(0)[0], reason=None)
         return self._sessionmaker()
 
+    def off_books(self) -> int:
+        """SQLAlchemy's checked-out connections beyond the leases and the fast path's idle stack."""
+        if self._engine is None:
+            return 0
+        pool: Any = self._engine.sync_engine.pool
+        out = int(pool.checkedout())
+        return max(0, out - len(self._hot) - self._active)
+
+    def _drop_driver(self) -> None:
+        """Drop the engine of a loop that is gone: close the driver connections' sockets directly
+        (no round trip is possible without their loop) and forget the pool."""
+        from ._abandon import close_driver_connection
+
+        engine, self._engine = self._engine, None
+        hot, self._hot = self._hot, []
+        conns = [conn for _, conn, _ in hot]
+        if engine is not None:
+            pool: Any = engine.sync_engine.pool
+            queue = getattr(getattr(getattr(pool, "_pool", None), "_queue", None), "_queue", None)
+            for rec in list(queue or ()):
+                dbapi = rec.dbapi_connection
+                if dbapi is not None:
+                    conns.append(getattr(dbapi, "driver_connection", dbapi))
+                    rec.dbapi_connection = None
+        for conn in conns:
+            close_driver_connection(conn)
+        self._sessionmaker = None
+
     async def _end(self, session: AsyncSession, error: BaseException | None) -> None:
         if error is not None and not isinstance(error, Exception) and self._sqlite:
             # Cancelled: SQLAlchemy invalidated the connection if a query was in flight (the
             # invalidate event interrupts it); the cursor it leaves must not keep the file open.
             _release_frames(error)
+        sync = session.sync_session
         try:
-            if error is None and session.in_transaction():
+            if error is None and self._autocommit and session.in_transaction():
                 await session.commit()
         finally:
             # close() rolls back what was not committed and returns the connection, also when
             # the request was cancelled.
-            await finish(session.close, self._finish_timeout, self.name)
-            await self._close_if_disposed()
+            try:
+                await finish(session.close, self._finish_timeout, self.name)
+            except Exception as exc:
+                # Another task is still inside this session (gather over one session), or the
+                # connection broke while being reset: close() could not return it, so discard it
+                # before the gate gives the slot back.
+                await self._force_close(sync)
+                if _is_concurrency_error(exc) or (error is not None
+                                                  and _is_concurrency_error(error)):
+                    raise self._concurrent(error or exc) from exc
+                raise
+            finally:
+                # From now on the session refuses to check a connection out: no work after the
+                # unit of work ended can go past the gate.
+                sync.bind = EndedBind(self.name)  # type: ignore[assignment]
+                await self._close_if_disposed()
+        if error is not None and _is_concurrency_error(error):
+            raise self._concurrent(error) from error
+
+    def _concurrent(self, cause: BaseException) -> ConcurrentUse:
+        return ConcurrentUse(
+            f"pool {self.name!r}: two tasks used one session at the same time "
+            f"({type(cause).__name__}); a session is one unit of work on one connection: await "
+            "its operations in turn, or give each task its own `async with "
+            f"manager.session({self.name!r})`", pool=self.name)
+
+    async def _force_close(self, sync: Any) -> None:
+        """Discard the connections of a session that close() could not end.
+
+        A task may be checking a connection out for the session right now: wait (at most the
+        time a checkout may take) until it holds it, then invalidate every connection the session
+        holds. Invalidating outside SQLAlchemy's greenlet terminates the driver connection at once
+        (no round trip) and checks it back in, so the slot goes back with no connection out.
+        """
+        sync.bind = EndedBind(self.name)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._finish_timeout
+        while _changing(sync) and loop.time() < deadline:
+            await asyncio.sleep(0.005)
+        for conn in _session_connections(sync):
+            try:
+                if not conn.closed and not conn.invalidated:
+                    conn.invalidate()
+            except Exception:
+                logger.debug("connman: pool %r: invalidating a session's connection failed",
+                             self.name, exc_info=True)
 
     async def _close_if_disposed(self) -> None:
         if self._disposed_pool is not None:
@@ -388,6 +511,11 @@ class SQLAlchemyPool(Pool):
                          self._finish_timeout, self.name)
 
     async def _begin_raw(self) -> tuple[Any, Any]:
+        fairy, conn = await self._checkout_raw()
+        proxy = FastConnection(self.name, conn)
+        return (fairy, proxy), proxy
+
+    async def _checkout_raw(self) -> tuple[Any, Any]:
         hot = self._hot
         while hot:
             fairy, conn, since = hot.pop()
@@ -445,7 +573,25 @@ class SQLAlchemyPool(Pool):
             step = fairy.invalidate
         await finish(partial(greenlet_spawn, step), self._finish_timeout, self.name)
 
-    async def _end_raw(self, fairy: Any, error: BaseException | None) -> None:
+    async def _end_raw(self, handle: Any, error: BaseException | None) -> None:
+        fairy, proxy = handle
+        if proxy._cm_detach():
+            # An operation is still running on it (a task the `async with` did not wait for):
+            # its protocol state is unknown, so it is terminated, never handed out again busy.
+            self._terminate(fairy, "close")
+            return
+        await self._checkin_raw(fairy, error)
+
+    def _terminate(self, fairy: Any, reason: str) -> None:
+        """Invalidate a connection outside SQLAlchemy's greenlet: the driver connection is closed
+        at once, without a round trip, and the record goes back to the pool empty."""
+        if fairy.is_valid:
+            fairy._connection_record.info["cm_reason"] = reason
+            fairy.invalidate()
+        else:
+            fairy.close()
+
+    async def _checkin_raw(self, fairy: Any, error: BaseException | None) -> None:
         probe = self._probe
         if (probe is not None and self._engine is not None and not self._closing
                 and fairy.is_valid):
@@ -492,13 +638,20 @@ class SQLAlchemyPool(Pool):
             raise RuntimeError(f"pool {self.name!r} is not open")
         return self._engine
 
-    async def ping(self) -> float:
-        """One `SELECT 1` on a pooled connection; latency in milliseconds."""
-        engine = self._require_engine()
+    async def _ping(self) -> float:
+        """One `SELECT 1` on a pooled driver connection; latency in milliseconds."""
+        probe = self._probe
+        assert probe is not None
         t0 = time.perf_counter()
-        await self._make_room()
-        async with engine.connect() as conn:
-            await conn.exec_driver_sql("SELECT 1")
+        fairy, conn = await self._checkout_raw()
+        error: BaseException | None = None
+        try:
+            await probe.ping(conn)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            await self._checkin_raw(fairy, error)
         return (time.perf_counter() - t0) * 1000
 
     def _gauges(self) -> tuple[int, int]:
@@ -517,7 +670,7 @@ class SQLAlchemyPool(Pool):
         out = {k: (v.__name__ if isinstance(v, type) else v) for k, v in self._options.items()}
         return out
 
-    async def server_info(self) -> dict[str, Any]:
+    async def _server_info(self) -> dict[str, Any]:
         """Version, max connections and the server-side count of this pool's connections."""
         engine = self._require_engine()
         driver = self.config.driver_name
