@@ -104,6 +104,14 @@ MAPPING: dict[str, dict[str, Entry]] = {
                        "`timeout`), aborted on any error; a transient error is "
                        "`TransactionConflict` (503 + `Retry-After`); needs a replica set"),
     },
+    "reset_on_return": {
+        "sqlalchemy": Entry("native + emulated", "pool_reset_on_return='rollback'",
+                            "`rollback`: SQLAlchemy's reset; `full`: also asyncpg's "
+                            "`Connection.reset()` + `DISCARD TEMP`, MySQL's COM_RESET_CONNECTION, "
+                            "SQLite's temporary tables dropped, then the `on_connect` hooks again; "
+                            "on sessions and the fast path"),
+        "mongo": Entry("n/a", "-", "a Mongo connection carries no session state an app sets"),
+    },
     "options": {
         "sqlalchemy": Entry("native", "create_async_engine(**options)",
                             "passed through; a key that a schema field sets is an error"),
@@ -167,15 +175,17 @@ def render_configuration() -> str:
         "the code equal.",
         "",
         "Every pool is one `PoolConfig`. In the environment: `CONNMAN_POOLS__<NAME>__<FIELD>`, "
-        "e.g. `CONNMAN_POOLS__MAIN__SIZE=10`; `options` takes JSON.",
+        "e.g. `CONNMAN_POOLS__MAIN__SIZE=10`; `options` and `session_options` take JSON.",
         "",
         "| field | default | what it is for |",
         "| --- | --- | --- |",
     ]
     for name, info in PoolConfig.model_fields.items():
         default = "required" if info.is_required() else (
-            "[]" if name == "replicas" else "{}" if name == "options" else repr(info.default))
-        lines.append(f"| `{name}` | `{default}` | {info.description or ''} |")
+            "[]" if name == "replicas" else "{}" if name in ("options", "session_options")
+            else repr(info.default))
+        # A table row is one line: a docstring that wraps must not break it.
+        lines.append(f"| `{name}` | `{default}` | {' '.join((info.description or '').split())} |")
     lines += ["", "## Presets", "",
               "`preset=` fills the fields a pool does not set; fields set explicitly win.", "",
               "| preset | " + " | ".join(sorted({k for p in PRESETS.values() for k in p})) + " |",

@@ -37,6 +37,8 @@ T = TypeVar("T")
 
 # Every pool of this process, so that tests can check the gate invariant on all of them.
 _POOLS: weakref.WeakSet[Pool] = weakref.WeakSet()
+# What pools found off the books when they closed (see `Pool.close`); read by connman.testing.
+GATE_REPORTS: list[str] = []
 
 
 async def _bounded(aw: Awaitable[T], timeout: float | None) -> T:
@@ -93,6 +95,14 @@ async def finish(step: Callable[[], Awaitable[None]], timeout: float, pool: str)
                        pool, timeout)
 
 
+def not_open_message(name: str) -> str:
+    """What `PoolNotOpen` says: the pool was never opened, and the usual reason why."""
+    return (f"pool {name!r} is not open: the app's lifespan did not run, and it opens the pools "
+            "(httpx.AsyncClient(transport=ASGITransport(app)) does not run it: use "
+            "`with TestClient(app)`, asgi-lifespan's `LifespanManager(app)`, or "
+            "`async with manager:` around the client)")
+
+
 def jittered_lifetime(recycle: float, jitter: float) -> float:
     """A connection's lifetime: `recycle` shortened by up to `jitter` of it, at random.
 
@@ -123,11 +133,13 @@ class Pool(abc.ABC):
         self.counters = PoolStats()
         self._secrets = sorted({s for u in (config.url, *config.replicas) for s in u.secrets()},
                                key=len, reverse=True)
+        self._urls = [u.get_secret_value() for u in (config.url, *config.replicas)]
         self._free = config.max_size
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._nwaiting = 0
         self._active = 0
         self._opened = False
+        self._was_opened = False
         self._closing = False
         self._idle_event: asyncio.Event | None = None
         self._maint_task: asyncio.Task[None] | None = None
@@ -275,13 +287,16 @@ class Pool(abc.ABC):
                 raise
             reason = "timed out" if isinstance(exc, TimeoutError) else (
                 f"{type(exc).__name__}: {exc}")
+            # Only the driver's words are redacted: connman's own (pool name, masked URL) stay
+            # readable whatever the password equals.
             raise PoolStartupError(
-                self.redact(f"pool {self.name!r} ({self.config.url.masked}) could not be opened: "
-                            f"{reason}"),
+                f"pool {self.name!r} ({self.config.url.masked}) could not be opened: "
+                f"{self.redact(reason)}",
                 pool=self.name,
             ) from None
         self._opened = True
         self._pid = os.getpid()
+        self._was_opened = True
         interval = self._maintenance_interval()
         if interval is not None:
             self._maint_task = asyncio.create_task(self._maintenance_loop(interval),
@@ -334,8 +349,10 @@ class Pool(abc.ABC):
     async def close(self, drain_timeout: float | None = None) -> None:
         """Refuse new sessions, wait up to `drain_timeout` for held ones, then dispose the pool.
 
-        From another event loop than the pool's, or after that loop closed, the driver objects
-        are dropped without waiting on them (their sockets closed where the driver allows it).
+        After the pool's event loop closed, the driver objects are dropped without waiting on
+        them (their sockets closed directly). From another thread while the pool's loop runs,
+        the close runs in that loop. From another loop while the pool's loop exists but is not
+        running, raises `WrongEventLoop`: close it in its own loop.
         """
         if not self._opened:
             return
@@ -343,6 +360,14 @@ class Pool(abc.ABC):
             self._reset_after_fork()
             return
         if self._loop is not asyncio.get_running_loop():
+            loop = self._loop
+            if loop is not None and loop.is_running() and not loop.is_closed():
+                # Still served by another thread: close it there.
+                future = asyncio.run_coroutine_threadsafe(self.close(drain_timeout), loop)
+                await asyncio.wrap_future(future)
+                return
+            if loop is not None and not loop.is_closed():
+                raise self._wrong_loop()  # its loop may run again: close it there
             self._drop()
             return
         self._closing = True
@@ -362,6 +387,12 @@ class Pool(abc.ABC):
             self._maint_task.cancel()
             await asyncio.gather(self._maint_task, return_exceptions=True)
             self._maint_task = None
+        escaped = self.off_books()
+        if escaped:
+            report = (f"pool {self.name!r}: {escaped} connection(s) checked out past the gate "
+                      "at close")
+            GATE_REPORTS.append(report)
+            logger.warning("connman: %s", report)
         await shielded(self._close_quietly())
         self._opened = False
         self._closing = False
@@ -386,8 +417,7 @@ class Pool(abc.ABC):
                               "process forked: open it here (the app's lifespan)", pool=self.name)
         if self._closing or not self._opened:
             self.counters.bump("requests_errors")
-            raise PoolClosed(f"pool {self.name!r} is {'closing' if self._opened else 'not open'}",
-                             pool=self.name)
+            raise self._refusal()
         if self._loop is not asyncio.get_running_loop():
             raise self._wrong_loop()
         if self._free > 0 and not self._nwaiting:
@@ -425,6 +455,13 @@ class Pool(abc.ABC):
         finally:
             self._nwaiting -= 1
         return self._grant((time.monotonic() - t0) * 1000, queued=True)
+
+    def _refusal(self) -> PoolClosed:
+        """Why a closed pool refuses: never opened (`PoolNotOpen`, saying why), closing or closed."""
+        if not self._was_opened:
+            return PoolNotOpen(not_open_message(self.name), pool=self.name)
+        state = "closing" if self._closing else "closed"
+        return PoolClosed(f"pool {self.name!r} is {state}: the app is shutting down", pool=self.name)
 
     def _abandon(self, fut: asyncio.Future[None]) -> None:
         # A permit handed over just as the wait ended (timeout or cancel) is passed on, not lost.
@@ -484,8 +521,7 @@ class Pool(abc.ABC):
         of the gate like any checkout, without counting as a request.
         """
         if not self._opened or self._closing:
-            return {"status": "down", "error": f"pool {self.name!r} is "
-                    f"{'closing' if self._opened else 'not open'}"}
+            return {"status": "down", "error": str(self._refusal())}
         if self._loop is not asyncio.get_running_loop():
             return {"status": "down", "error": str(self._wrong_loop())}
         if self.saturated():
@@ -560,8 +596,8 @@ class Pool(abc.ABC):
         return out
 
     def redact(self, text: str) -> str:
-        """`text` with this pool's secrets replaced by ***."""
-        return redact(text, self._secrets)
+        """`text` with URLs masked structurally and this pool's secrets replaced by *** elsewhere."""
+        return redact(text, self._secrets, self._urls)
 
     def state(self) -> str:
         """One line of state, httpcore style."""

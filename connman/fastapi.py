@@ -13,7 +13,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
     raise MissingDependency("connman.fastapi needs FastAPI: pip install 'connman[fastapi]'") from exc
 
-from .errors import PoolClosed, PoolTimeout, TransactionConflict
+from .errors import PoolClosed, PoolNotOpen, PoolTimeout, TransactionConflict
 
 if TYPE_CHECKING:
     from .manager import ConnectionManager
@@ -22,13 +22,20 @@ __all__ = ["add_exception_handlers", "health_router", "unavailable_from"]
 
 
 def unavailable_from(exc: BaseException) -> HTTPException | None:
-    """The 503 a client should get for a pool error (timeout, too many waiters, closed), or None."""
+    """The 503 a client should get for a pool error, or None for any other error.
+
+    Busy (`PoolTimeout`, `TooManyWaiters`): `Retry-After`; closing (`PoolClosed`): "is shutting
+    down"; never opened (`PoolNotOpen`): the reason, typically a lifespan that did not run.
+    """
     if isinstance(exc, PoolTimeout):
         return HTTPException(503, detail=f"database pool {exc.pool!r} is busy",
                              headers={"Retry-After": str(exc.retry_after)})
     if isinstance(exc, TransactionConflict):
         return HTTPException(503, detail=f"database pool {exc.pool!r}: transaction conflict, retry",
                              headers={"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, PoolNotOpen):
+        # Never opened: retrying will not help, so no Retry-After; the detail says what to fix.
+        return HTTPException(503, detail=f"database {exc}")
     if isinstance(exc, PoolClosed):
         return HTTPException(503, detail=f"database pool {exc.pool!r} is shutting down",
                              headers={"Retry-After": "1"})
@@ -76,6 +83,10 @@ def health_router(manager: ConnectionManager, *, prefix: str = "/health",
 
     @router.get("", summary="Pool health")
     async def health() -> JSONResponse:
+        if manager.deferred:  # pools read at open(), which has not run: nothing is up
+            return JSONResponse({"status": "down", "pools": {},
+                                 "detail": "the pools are not read yet: the app's lifespan, "
+                                           "which opens them, did not run"}, status_code=503)
         names = manager.names
         results = await asyncio.gather(*(check(n) for n in names))
         pools = dict(zip(names, results, strict=True))

@@ -45,10 +45,33 @@ def close_driver_connection(conn: Any) -> None:
         with contextlib.suppress(Exception):
             close_transport(conn._transport)
     elif module == "aiosqlite":
-        # Its worker thread closes the sqlite3 connection; no event loop is needed for that.
-        stop = getattr(conn, "stop", None)
-        if stop is not None:
-            with contextlib.suppress(Exception):
-                stop()
-        else:
-            conn._running = False
+        with contextlib.suppress(Exception):
+            _stop_aiosqlite(conn)
+
+
+class _NoLoop:
+    """Stands in for the future aiosqlite's worker thread reports to: nobody waits for it."""
+
+    def get_loop(self) -> _NoLoop:
+        return self
+
+    def call_soon_threadsafe(self, *args: Any) -> None:
+        """Nothing to report to."""
+
+
+def _stop_aiosqlite(conn: Any) -> None:
+    """Have aiosqlite's worker thread close its sqlite3 connection and end, with no event loop
+    (its own `stop()` reports to a future of the current loop, which may be gone by then)."""
+    from aiosqlite.core import _STOP_RUNNING_SENTINEL
+
+    def close() -> Any:
+        raw = conn._connection
+        if raw is not None:
+            raw.close()
+            conn._connection = None
+        return _STOP_RUNNING_SENTINEL  # aiosqlite >= 0.22: the worker ends on this result
+
+    conn._running = False
+    conn._tx.put_nowait((_NoLoop(), close))
+    if not hasattr(conn, "_thread"):  # aiosqlite < 0.22: the connection is the thread
+        conn._tx.put_nowait(_STOP_RUNNING_SENTINEL)

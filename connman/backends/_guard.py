@@ -63,6 +63,8 @@ class FastConnection:
         attr = getattr(conn, name)
         if _is_async_method(type(conn), name):
             return _Tracked(self, attr)
+        if name == "cursor":
+            return _CursorMaker(self, attr)
         return attr
 
     def _cm_detach(self) -> int:
@@ -97,6 +99,76 @@ class _Tracked:
             return await self.fn(*args, **kwargs)
         finally:
             owner._cm_busy -= 1
+
+
+class _CursorMaker:
+    """`conn.cursor` of a MySQL driver: the cursors it makes count their queries on the owner.
+
+    aiomysql's `cursor()` returns an awaitable context manager, asyncmy's the cursor itself (also
+    an async context manager); both shapes are kept.
+    """
+
+    __slots__ = ("fn", "owner")
+
+    def __init__(self, owner: FastConnection, fn: Callable[..., Any]) -> None:
+        self.owner = owner
+        self.fn = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        made = self.fn(*args, **kwargs)
+        if inspect.isawaitable(made):
+            return _PendingCursor(self.owner, made)
+        return TrackedCursor(self.owner, made)
+
+
+class _PendingCursor:
+    """aiomysql's `conn.cursor()`: `await` it or `async with` it for a `TrackedCursor`."""
+
+    __slots__ = ("made", "owner")
+
+    def __init__(self, owner: FastConnection, made: Any) -> None:
+        self.owner = owner
+        self.made = made
+
+    def __await__(self) -> Any:
+        cursor = yield from self.made.__await__()
+        return TrackedCursor(self.owner, cursor)
+
+    async def __aenter__(self) -> TrackedCursor:
+        return TrackedCursor(self.owner, await self.made.__aenter__())
+
+    async def __aexit__(self, *exc_info: Any) -> Any:
+        return await self.made.__aexit__(*exc_info)
+
+
+class TrackedCursor:
+    """A MySQL driver's cursor whose coroutine methods count on its `FastConnection`."""
+
+    __slots__ = ("_cm_cursor", "_cm_owner")
+
+    def __init__(self, owner: FastConnection, cursor: Any) -> None:
+        self._cm_owner = owner
+        self._cm_cursor = cursor
+
+    def __getattr__(self, name: str) -> Any:
+        owner = self._cm_owner
+        if owner._cm_conn is None and not name.startswith("__"):
+            raise SessionEnded(ended_message(owner._cm_pool, "fast-path connection"),
+                               pool=owner._cm_pool)
+        attr = getattr(self._cm_cursor, name)
+        if _is_async_method(type(self._cm_cursor), name):
+            return _Tracked(owner, attr)
+        return attr
+
+    def __aiter__(self) -> Any:
+        return self._cm_cursor.__aiter__()
+
+    async def __aenter__(self) -> TrackedCursor:
+        await self._cm_cursor.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> Any:
+        return await self._cm_cursor.__aexit__(*exc_info)
 
 
 class EndedBind:

@@ -535,6 +535,20 @@ class MongoPool(Pool):
         """The PyMongo/Motor database that units of work wrap (outside the gate: prefer sessions)."""
         return self._db
 
+    @property
+    def database_name(self) -> str:
+        """The name of the database sessions yield."""
+        return self._database
+
+    def use_database(self, name: str | None) -> None:
+        """Make sessions yield database `name` from now on (None: the configured one).
+
+        No I/O; works open or closed. `connman.testing` gives each test a fresh database this way.
+        """
+        self._database = name or database_of(self.config)
+        if self._client is not None:
+            self._db = self._client[self._database]
+
     def driver_options(self) -> dict[str, Any]:
         """The client keywords the mapping produced."""
         return dict(self._options)
