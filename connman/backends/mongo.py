@@ -523,8 +523,11 @@ class MongoPool(Pool):
         return self._client
 
     def _gauges(self) -> tuple[int, int]:
+        # Available to a new request: idle in the driver (CMAP) and a gate slot free to use it,
+        # since a unit holds its slot between its operations while its connection is back idle.
         with self._listener.lock:
-            return self._listener.open, max(0, self._listener.open - self._listener.in_use)
+            idle = self._listener.open - self._listener.in_use
+            return self._listener.open, max(0, min(idle, self.config.max_size - self._active))
 
     def native(self) -> Any:
         """The `AsyncMongoClient` (or Motor client)."""
