@@ -412,7 +412,7 @@ class Pool(abc.ABC):
         Raises `WrongEventLoop` when called from another event loop than the pool was opened in,
         `PoolNotOpen` in a process forked after the pool was opened, until it opens it.
         """
-        if self._pid != os.getpid():
+        if self._pid is not None and self._pid != os.getpid():
             raise PoolNotOpen(f"pool {self.name!r} was opened in process {self._pid}, before this "
                               "process forked: open it here (the app's lifespan)", pool=self.name)
         if self._closing or not self._opened:
