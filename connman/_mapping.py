@@ -117,6 +117,7 @@ CONFLICTS: dict[str, dict[str, str]] = {
         "maxidletimems": "idle",
         "connecttimeoutms": "connect_timeout",
         "serverselectiontimeoutms": "connect_timeout",
+        "timeoutms": "statement_timeout",
     },
 }
 

@@ -35,6 +35,10 @@ def client_options(name: str, config: PoolConfig) -> dict[str, Any]:
     }
     if config.idle is not None:
         kw["maxIdleTimeMS"] = int(config.idle * 1000)
+    if config.statement_timeout is not None:
+        # PyMongo's client-side operation timeout (CSOT): bounds each operation whole, server
+        # selection, checkout and retries included, and closes a connection it timed out on.
+        kw["timeoutMS"] = int(config.statement_timeout * 1000)
     kw.update(config.options)
     return kw
 
