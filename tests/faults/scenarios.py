@@ -322,11 +322,14 @@ TRANSPORT = {"ReadError", "RemoteProtocolError", "WriteError"}
 
 
 def category(o: Outcome) -> str:
-    """ok | busy | closing | server | timeout | refused | transport | other."""
+    """ok | busy | closing | unanswered | statement_timeout | server | timeout | refused |
+    transport | other."""
     if o.ok:
         return "ok"
-    if o.status == 503 and o.label in ("busy", "closing"):
+    if o.status == 503 and o.label in ("busy", "closing", "unanswered"):
         return o.label if o.retry_after else "other"
+    if o.status == 504 and o.label == "statement_timeout":
+        return "statement_timeout"
     if o.status >= 500:
         return "server" if o.label and o.label != "non-json" else "other"
     if o.status == 0:
