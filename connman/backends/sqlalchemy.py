@@ -130,8 +130,17 @@ def _abort_transport(conn: Any) -> None:
     conn.close()
 
 
+def _kill_asyncpg(conn: Any) -> None:
+    conn.terminate()
+    # terminate() does nothing once close() has begun, and close() then waits for the server to
+    # hang up: abort the transport as well, so that wait ends too.
+    transport = getattr(conn, "_transport", None)
+    if transport is not None:
+        transport.abort()
+
+
 _KILL: dict[str, Callable[[Any], None]] = {
-    "asyncpg": lambda c: c.terminate(),
+    "asyncpg": _kill_asyncpg,
     "aiomysql": _abort_transport,
     "asyncmy": _abort_transport,
     "aiosqlite": _interrupt_sqlite,
@@ -335,10 +344,6 @@ def _release_frames(error: BaseException) -> None:
             tb = tb.tb_next
 
 
-class _Abandoned(Exception):
-    """A close that got no answer in time (the connection was dropped instead)."""
-
-
 def _bound_statements(sync_engine: Any, dialect: Any, seconds: float, kill: Callable[[Any], None],
                       expired: Callable[[], Exception]) -> None:
     """Bound every execute, COMMIT and ROLLBACK of an engine by `seconds` (the emulated
@@ -398,6 +403,8 @@ class SQLAlchemyPool(Pool):
         self._hot: list[tuple[Any, Any, float]] = []
         self._probe = _PROBES.get(config.driver_name)
         self._sqlite = config.driver_name == "aiosqlite"
+        self._silent_until = 0.0
+        """Until then, closes do not wait for the server: one goodbye just went unanswered."""
 
     # ------------------------------------------------------------------ lifecycle
     async def _open(self) -> None:
@@ -482,11 +489,23 @@ class SQLAlchemyPool(Pool):
             partial(ping, dbapi_conn))
 
         def do_close(dbapi_conn: Any) -> None:
-            # Shutdown and overflow closes say goodbye to the server; a frozen one never answers.
+            # Shutdown and overflow closes say goodbye to the server (asyncpg waits for it to
+            # hang up); a frozen one never answers. Once one goodbye went unanswered, the next
+            # ones are not waited for: dispose() closes connections one after the other.
+            driver_conn = _driver_conn(dbapi_conn)
+            if time.monotonic() < self._silent_until:
+                with contextlib.suppress(Exception):
+                    kill(driver_conn)
+            deadline = _Deadline(cfg.connect_timeout, kill, driver_conn)
             try:
-                _call_within(cfg.connect_timeout, kill, _driver_conn(dbapi_conn), _Abandoned,
-                             partial(close, dbapi_conn))
-            except _Abandoned:
+                close(dbapi_conn)
+            except Exception:
+                if not deadline.fired:
+                    raise
+            finally:
+                deadline.cancel()
+            if deadline.fired:  # killed, whether the close then failed or returned
+                self._silent_until = time.monotonic() + cfg.connect_timeout
                 logger.info("connman: pool %r: the server did not answer a close within %gs; "
                             "the connection was dropped", self.name, cfg.connect_timeout)
 
