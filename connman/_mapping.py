@@ -84,7 +84,8 @@ MAPPING: dict[str, dict[str, Entry]] = {
                             "connection invalidated, the unit of work rolled back"),
         "mongo": Entry("native", "timeoutMS",
                        "PyMongo's client-side operation timeout: each operation whole (server "
-                       "selection, checkout, retries), its connection closed on expiry"),
+                       "selection, checkout, retries), its connection closed on expiry. "
+                       "AsyncMongoClient before PyMongo 4.13.1: `socketTimeoutMS` (PYTHON-5406)"),
     },
     "database": {
         "sqlalchemy": Entry("n/a", "-", "the database is the URL's path"),
@@ -134,6 +135,7 @@ CONFLICTS: dict[str, dict[str, str]] = {
         "connecttimeoutms": "connect_timeout",
         "serverselectiontimeoutms": "connect_timeout",
         "timeoutms": "statement_timeout",
+        "sockettimeoutms": "statement_timeout",
     },
 }
 
