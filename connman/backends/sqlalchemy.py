@@ -289,7 +289,7 @@ def engine_options(name: str, config: PoolConfig) -> dict[str, Any]:
         "pool_recycle": int(config.recycle) if config.recycle is not None else -1,
         "pool_pre_ping": config.pre_ping,
         "echo": config.echo,
-        "poolclass": AsyncAdaptedQueuePool,
+        "poolclass": BoundedQueuePool,
         "pool_reset_on_return": "rollback",
     }
     if connect_args:
@@ -373,6 +373,34 @@ def _bound_statements(sync_engine: Any, dialect: Any, seconds: float, kill: Call
     commit, rollback = dialect.do_commit, dialect.do_rollback
     dialect.do_commit = lambda conn: within(conn, partial(commit, conn))
     dialect.do_rollback = lambda conn: within(conn, partial(rollback, conn))
+
+
+class BoundedQueuePool(AsyncAdaptedQueuePool):
+    """SQLAlchemy's async queue pool, whose checkout fails with `CheckoutTimeout` when a new
+    connection's setup got no answer in time.
+
+    After the connect, the dialect sets the connection up (asyncpg: type codecs, one query each)
+    in the pool's `connect` event, out of reach of connman's `do_connect` bound; a driver
+    timeout there (asyncpg's `command_timeout`), or the setup deadline connman arms around it,
+    would otherwise surface as a bare `TimeoutError` or driver error.
+    """
+
+    cm_setup_expired: Callable[[BaseException, int], Exception | None] | None = None
+    """Set by connman: (the error, setup kills before the checkout) -> the error to raise."""
+    cm_setup_kills = 0
+    """Setups connman's deadline killed so far."""
+
+    def connect(self) -> Any:
+        """Check a connection out (see `sqlalchemy.pool.Pool.connect`)."""
+        kills = self.cm_setup_kills
+        try:
+            return super().connect()
+        except Exception as exc:
+            translate = self.cm_setup_expired
+            replacement = translate(exc, kills) if translate is not None else None
+            if replacement is None:
+                raise
+            raise replacement from exc
 
 
 def _creator(driver: str, connect_timeout: float) -> Callable[..., Any] | None:
@@ -559,8 +587,36 @@ class SQLAlchemyPool(Pool):
                 conn_rec.info["cm_connect_ms"] = elapsed_ms
             return conn
 
+        kill = _KILL.get(cfg.driver_name)
+        if kill is not None and isinstance(pool, BoundedQueuePool):
+            bounded_pool = pool
+
+            def setup_expired(exc: BaseException, kills: int) -> Exception | None:
+                if isinstance(exc, ConnmanError):
+                    return None
+                if _driver_timeout(exc) or bounded_pool.cm_setup_kills != kills:
+                    return self._connect_expired()
+                return None
+
+            pool.cm_setup_expired = setup_expired
+
+            def killed_in_setup(conn: Any) -> None:
+                bounded_pool.cm_setup_kills += 1
+                kill(conn)
+
+            @event.listens_for(pool, "connect", insert=True)
+            def arm_setup(dbapi_con: Any, rec: Any) -> None:
+                # Runs before the dialect's own setup queries; our on_connect, after them,
+                # disarms it. If the setup fails, SQLAlchemy drops the connection unclosed:
+                # the deadline then closes it.
+                rec.info["cm_setup"] = _Deadline(cfg.connect_timeout, killed_in_setup,
+                                                 _driver_conn(dbapi_con))
+
         @event.listens_for(pool, "connect")
         def on_connect(dbapi_con: Any, rec: Any) -> None:
+            setup = rec.info.pop("cm_setup", None)
+            if setup is not None:
+                setup.cancel()
             now = time.monotonic()
             rec.info["cm_born"] = now
             if cfg.recycle is not None:
