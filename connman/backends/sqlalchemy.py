@@ -157,7 +157,12 @@ class _Deadline:
 
     def __init__(self, seconds: float, kill: Callable[[Any], None], conn: Any) -> None:
         self.fired = False
-        self._handle = asyncio.get_running_loop().call_later(seconds, self._fire, kill, conn)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a close outside the loop (interpreter exit): nothing to wait for
+            self._handle: asyncio.TimerHandle | None = None
+            return
+        self._handle = loop.call_later(seconds, self._fire, kill, conn)
 
     def _fire(self, kill: Callable[[Any], None], conn: Any) -> None:
         self.fired = True
@@ -167,7 +172,8 @@ class _Deadline:
             logger.debug("connman: killing a connection past its deadline failed", exc_info=True)
 
     def cancel(self) -> None:
-        self._handle.cancel()
+        if self._handle is not None:
+            self._handle.cancel()
 
 
 def _call_within(seconds: float, kill: Callable[[Any], None], conn: Any,
@@ -192,7 +198,7 @@ def _call_within(seconds: float, kill: Callable[[Any], None], conn: Any,
         deadline.cancel()
 
 
-def _driver_timeout(exc: BaseException) -> bool:
+def _driver_timeout(exc: BaseException | None) -> bool:
     """A driver's own deadline expired (asyncpg raises asyncio's TimeoutError, unwrapped)."""
     return isinstance(exc, TimeoutError) and not isinstance(exc, ConnmanError)
 
@@ -384,6 +390,9 @@ class BoundedQueuePool(AsyncAdaptedQueuePool):
     timeout there (asyncpg's `command_timeout`), or the setup deadline connman arms around it,
     would otherwise surface as a bare `TimeoutError` or driver error.
     """
+
+    # Log where SQLAlchemy's own pool logs, so logging configured for it still applies.
+    _sqla_logger_namespace = "sqlalchemy.pool.impl.AsyncAdaptedQueuePool"
 
     cm_setup_expired: Callable[[BaseException, int], Exception | None] | None = None
     """Set by connman: (the error, setup kills before the checkout) -> the error to raise."""
@@ -766,7 +775,7 @@ class SQLAlchemyPool(Pool):
                 # Invalidating it also interrupts a SQLite query (the invalidate event).
                 await self._discard(fairy, "close")
                 return
-            if probe.closed(conn):
+            if probe.closed(conn) or _driver_timeout(error):  # asyncpg's command_timeout
                 await self._discard(fairy, "lost")
                 return
             if probe.in_transaction(conn):

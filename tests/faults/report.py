@@ -61,10 +61,12 @@ EXTRAS = ("longest_ms", "bound_ms", "killed", "handlers_cancelled", "tasks_cance
           "job", "commit_errors", "commit_errors_applied", "unknown_writes", "transport")
 
 LIMITS = [
-    ("SQLite", "has no server: nothing to restart, kill, cut or slow down, and no PgBouncer; it "
-     "runs the scenarios that need no server (cancellation storm, sustained load, startup with "
-     "its file unreachable, shutdown). Its 'server-side' connection count is the number of file "
-     "descriptors this process holds on the database file."),
+    ("SQLite", "has no server: nothing to restart, kill, cut, slow down, freeze or black-hole, "
+     "and no PgBouncer; it runs the scenarios that need no server (cancellation storm, sustained "
+     "load, startup with its file unreachable, shutdown). Its `statement_timeout` (the running "
+     "query interrupted) is tested with a runaway query in tests/faults/test_frozen.py. Its "
+     "'server-side' connection count is the number of file descriptors this process holds on "
+     "the database file."),
     ("MariaDB (aiomysql, asyncmy)", "has no failpoints: the stalled-server case is covered by "
      "the proxy's latency; PgBouncer is PostgreSQL-only."),
     ("PostgreSQL", "has no failpoints either; PgBouncer (transaction mode, `external_pooler: "
@@ -81,6 +83,12 @@ LIMITS = [
      "keeps up to `size + overflow` connections until `idle`, so its baseline is that plus one."),
     ("PgBouncer", "applies to PostgreSQL only; the app's connections are counted with "
      "`SHOW CLIENTS` on its admin console."),
+    ("Frozen server, black hole", "a frozen server is SIGSTOP of its whole process tree "
+     "(PostgreSQL's backends leave the postmaster's process group); its kernel still completes "
+     "new TCP handshakes, so a connect gets as far as the server's greeting. The proxy's black "
+     "hole accepts new connections the same way and holds every byte; on restore it delivers "
+     "what it held, as TCP's retransmissions would. Neither drops SYNs, which only a firewall "
+     "rule could do here."),
 ]
 
 

@@ -1268,6 +1268,20 @@ OBSERVATIONS: list[str] = [
     "A Mongo write is its own commit: one that fails with a network error, or whose retryable-"
     "write retry finds the document its first attempt inserted (DuplicateKeyError: SecantusDB "
     "does not de-duplicate retries as mongod does), is labelled the same way.",
+    "Frozen server / black hole: SQL requests end with 503 + Retry-After (`CheckoutTimeout`: "
+    "the pre-ping or the connect got no answer within `connect_timeout`; `PoolTimeout` behind "
+    "them) or 504 (`StatementTimeout`); a 504 on a write whose insert had finished came from its "
+    "COMMIT and is counted as a commit error (its outcome is unknown). SQLAlchemy logs "
+    "'Exception during reset or similar' at ERROR when the reset-on-return ROLLBACK of such a "
+    "connection times out; the connection is invalidated either way. Mongo requests end with "
+    "PyMongo's own timeout errors as typed 500s (`NetworkTimeout`, `ServerSelectionTimeoutError`, "
+    "`_OperationCancelled`): mongo.py does not map them to `StatementTimeout`.",
+    "Found while writing the silent-server scenarios, in the drivers: PyMongo 4.13.0's "
+    "AsyncMongoClient never recovered after one `timeoutMS` expiry (its monitor task inherits "
+    "the expired deadline, PYTHON-5406, fixed in 4.13.1: connman uses `socketTimeoutMS` there); "
+    "SQLAlchemy 2.0.30 leaves a connection open when the dialect's per-connection setup fails "
+    "(connman's setup deadline closes it); asyncpg's `terminate()` does nothing once `close()` "
+    "began, and `close()` waits for the server to hang up (connman aborts the transport).",
     "Under heavy CPU contention a response is sometimes lost between uvicorn and httpx "
     "(`ReadError`/`RemoteProtocolError` while the app's own counter shows it answered): counted "
     "as `client ...` errors but excused when the app answered every request.",

@@ -237,6 +237,28 @@ async def test_statement_timeout_discards_the_connection_and_rolls_back(
             assert await rig.ops.keys(unit) == set()  # the unit of work was rolled back
 
 
+@only(kinds=("sql",), exclude=("sqlite", "mysql-aiomysql", "mysql-asyncmy"))
+async def test_fast_path_asyncpg_calls_are_bounded_and_the_connection_discarded(
+        target: Target, rig_for: Any) -> None:
+    rig = await rig_for(target)
+    assert target.server is not None
+    manager = ConnectionManager({"main": rig.config(**LIMITS)})
+    async with manager:
+        async with manager.connection("main") as conn:
+            assert await conn.fetchval("SELECT 1") == 1
+        lost = manager.stats("main")["connections_lost"]
+        with frozen(target.server):
+            t0 = time.monotonic()
+            with pytest.raises(TimeoutError):  # asyncpg's own command_timeout
+                async with manager.connection("main") as conn:
+                    await conn.fetchval("SELECT 1")
+            assert time.monotonic() - t0 < T + SLACK
+        assert manager.stats("main")["connections_lost"] == lost + 1  # not kept for reuse
+        assert checked_out(manager) == (0, 0)
+        async with manager.connection("main") as conn:
+            assert await conn.fetchval("SELECT 1") == 1
+
+
 @only(kinds=("sql",), exclude=("sqlite",))
 async def test_shutdown_with_a_frozen_server_is_bounded(target: Target, rig_for: Any) -> None:
     rig = await rig_for(target)
