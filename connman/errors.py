@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "CheckoutTimeout",
     "ConcurrentUse",
     "ConfigurationError",
     "ConnmanError",
@@ -53,6 +54,14 @@ class PoolTimeout(ConnmanError, TimeoutError):
     def __init__(self, message: str, *, pool: str, retry_after: int = 1) -> None:
         super().__init__(message, pool=pool)
         self.retry_after = retry_after
+
+
+class CheckoutTimeout(PoolTimeout):
+    """A slot was free, but the server did not answer the connect or the pre-ping within the pool's
+    `connect_timeout` (seconds); that connection was discarded.
+
+    A `PoolTimeout`, so FastAPI answers 503 + `Retry-After`: no statement ran, a retry is safe.
+    """
 
 
 class TooManyWaiters(PoolTimeout):

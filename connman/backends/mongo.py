@@ -42,8 +42,26 @@ def client_options(name: str, config: PoolConfig) -> dict[str, Any]:
     }
     if config.idle is not None:
         kw["maxIdleTimeMS"] = int(config.idle * 1000)
+    if config.statement_timeout is not None:
+        kw[_statement_timeout_option(config.driver_name)] = int(config.statement_timeout * 1000)
     kw.update(config.options)
     return kw
+
+
+def _statement_timeout_option(driver: str) -> str:
+    """`timeoutMS`: PyMongo's client-side operation timeout (CSOT) bounds each operation whole,
+    server selection, checkout and retries included, and closes a connection it timed out on.
+
+    Not with AsyncMongoClient before PyMongo 4.13.1 (PYTHON-5406): its server monitor inherits
+    the deadline of the operation that restarted it, so after one timeout the monitor's checks
+    all time out and the client never sees the server again. There `socketTimeoutMS` (each read
+    on a connection) is the bound instead. Motor's monitors are threads, unaffected.
+    """
+    import pymongo
+
+    if driver == "pymongo" and tuple(pymongo.version_tuple[:3]) < (4, 13, 1):
+        return "socketTimeoutMS"
+    return "timeoutMS"
 
 
 def database_of(config: PoolConfig) -> str:
