@@ -18,6 +18,7 @@ from .errors import (
     SessionEnded,
     StatementTimeout,
     TooManyWaiters,
+    TransactionConflict,
     UnknownPool,
     WrongEventLoop,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "SessionProvider",
     "StatementTimeout",
     "TooManyWaiters",
+    "TransactionConflict",
     "UnknownPool",
     "WrongEventLoop",
     "load_settings",

@@ -39,7 +39,9 @@ MAPPING: dict[str, dict[str, Entry]] = {
                             "the native timeout stays as a backstop; SQLite: also sqlite3's "
                             "lock `timeout`"),
         "mongo": Entry("native + emulated", "waitQueueTimeoutMS",
-                       "connman's FIFO gate bounds the wait and raises `PoolTimeout`; "
+                       "connman's FIFO gate bounds the wait and raises `PoolTimeout`; every "
+                       "operation of a unit runs under a slot (a `gather` or a cursor read after "
+                       "the unit takes its own), so the driver's queue never makes one wait; "
                        "the native timeout stays as a backstop"),
     },
     "recycle": {
@@ -47,8 +49,9 @@ MAPPING: dict[str, dict[str, Entry]] = {
                             "native max age; connman adds up to `recycle_jitter` early expiry "
                             "so a pool opened at once does not expire at once"),
         "mongo": Entry("emulated", "-",
-                       "PyMongo has no max lifetime: connman marks idle connections older than "
-                       "the (jittered) limit stale, PyMongo closes them and refills to `size`"),
+                       "PyMongo has no max lifetime: connman marks a connection older than the "
+                       "(jittered) limit stale when it comes back (and idle ones every "
+                       "`recycle/20` s); PyMongo closes it and refills to `size`"),
     },
     "idle": {
         "sqlalchemy": Entry("emulated", "-",
@@ -108,6 +111,23 @@ MAPPING: dict[str, dict[str, Entry]] = {
     "leak_threshold": {
         "sqlalchemy": Entry("emulated", "-", "one warning with the checkout stack per leaked lease"),
         "mongo": Entry("emulated", "-", "one warning with the checkout stack per leaked lease"),
+    },
+    "transaction": {
+        "sqlalchemy": Entry("n/a", "-",
+                            "a SQL unit of work is always one transaction (see `commit`)"),
+        "mongo": Entry("native + emulated", "start_session() + start_transaction()",
+                       "each unit runs in one transaction on its own `ClientSession`, committed "
+                       "before the response (an unknown commit result is retried within "
+                       "`timeout`), aborted on any error; a transient error is "
+                       "`TransactionConflict` (503 + `Retry-After`); needs a replica set"),
+    },
+    "reset_on_return": {
+        "sqlalchemy": Entry("native + emulated", "pool_reset_on_return='rollback'",
+                            "`rollback`: SQLAlchemy's reset; `full`: also asyncpg's "
+                            "`Connection.reset()` + `DISCARD TEMP`, MySQL's COM_RESET_CONNECTION, "
+                            "SQLite's temporary tables dropped, then the `on_connect` hooks again; "
+                            "on sessions and the fast path"),
+        "mongo": Entry("n/a", "-", "a Mongo connection carries no session state an app sets"),
     },
     "options": {
         "sqlalchemy": Entry("native", "create_async_engine(**options)",
@@ -174,15 +194,17 @@ def render_configuration() -> str:
         "the code equal.",
         "",
         "Every pool is one `PoolConfig`. In the environment: `CONNMAN_POOLS__<NAME>__<FIELD>`, "
-        "e.g. `CONNMAN_POOLS__MAIN__SIZE=10`; `options` takes JSON.",
+        "e.g. `CONNMAN_POOLS__MAIN__SIZE=10`; `options` and `session_options` take JSON.",
         "",
         "| field | default | what it is for |",
         "| --- | --- | --- |",
     ]
     for name, info in PoolConfig.model_fields.items():
         default = "required" if info.is_required() else (
-            "[]" if name == "replicas" else "{}" if name == "options" else repr(info.default))
-        lines.append(f"| `{name}` | `{default}` | {info.description or ''} |")
+            "[]" if name == "replicas" else "{}" if name in ("options", "session_options")
+            else repr(info.default))
+        # A table row is one line: a docstring that wraps must not break it.
+        lines.append(f"| `{name}` | `{default}` | {' '.join((info.description or '').split())} |")
     lines += ["", "## Presets", "",
               "`preset=` fills the fields a pool does not set; fields set explicitly win.", "",
               "| preset | " + " | ".join(sorted({k for p in PRESETS.values() for k in p})) + " |",

@@ -11,19 +11,34 @@ import abc
 import asyncio
 import collections
 import logging
+import os
 import random
 import time
 import traceback
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from ._url import redact
 from .config import PoolConfig
-from .errors import ConnmanError, PoolClosed, PoolStartupError, PoolTimeout, TooManyWaiters
+from .errors import (
+    ConnmanError,
+    PoolClosed,
+    PoolNotOpen,
+    PoolStartupError,
+    PoolTimeout,
+    TooManyWaiters,
+    WrongEventLoop,
+)
 from .stats import EventHub, PoolEvent, PoolStats
 
 logger = logging.getLogger("connman")
 T = TypeVar("T")
+
+# Every pool of this process, so that tests can check the gate invariant on all of them.
+_POOLS: weakref.WeakSet[Pool] = weakref.WeakSet()
+# What pools found off the books when they closed (see `Pool.close`); read by connman.testing.
+GATE_REPORTS: list[str] = []
 
 
 async def _bounded(aw: Awaitable[T], timeout: float | None) -> T:
@@ -80,6 +95,14 @@ async def finish(step: Callable[[], Awaitable[None]], timeout: float, pool: str)
                        pool, timeout)
 
 
+def not_open_message(name: str) -> str:
+    """What `PoolNotOpen` says: the pool was never opened, and the usual reason why."""
+    return (f"pool {name!r} is not open: the app's lifespan did not run, and it opens the pools "
+            "(httpx.AsyncClient(transport=ASGITransport(app)) does not run it: use "
+            "`with TestClient(app)`, asgi-lifespan's `LifespanManager(app)`, or "
+            "`async with manager:` around the client)")
+
+
 def jittered_lifetime(recycle: float, jitter: float) -> float:
     """A connection's lifetime: `recycle` shortened by up to `jitter` of it, at random.
 
@@ -110,16 +133,21 @@ class Pool(abc.ABC):
         self.counters = PoolStats()
         self._secrets = sorted({s for u in (config.url, *config.replicas) for s in u.secrets()},
                                key=len, reverse=True)
+        self._urls = [u.get_secret_value() for u in (config.url, *config.replicas)]
         self._free = config.max_size
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._nwaiting = 0
         self._active = 0
         self._opened = False
+        self._was_opened = False
         self._closing = False
         self._idle_event: asyncio.Event | None = None
         self._maint_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.connection_limit: int | None = None
         """Connections the server accepts for this app (read while warming up; None: unknown)."""
+        self._pid: int | None = None  # the process that opened the driver pool (fork detection)
+        _POOLS.add(self)
 
     # ------------------------------------------------------------------ backend verbs
     @abc.abstractmethod
@@ -147,8 +175,8 @@ class Pool(abc.ABC):
         """Give the fast path's connection back."""
 
     @abc.abstractmethod
-    async def ping(self) -> float:
-        """One round trip to the server; returns its latency in milliseconds."""
+    async def _ping(self) -> float:
+        """One round trip to the server (the caller holds a slot); latency in milliseconds."""
 
     @abc.abstractmethod
     def _gauges(self) -> tuple[int, int]:
@@ -163,15 +191,60 @@ class Pool(abc.ABC):
         """The keyword arguments the mapping produced for the driver (secrets masked)."""
 
     @abc.abstractmethod
+    async def _server_info(self) -> dict[str, Any]:
+        """Server version, connection limit and server-side connection count (slot held)."""
+
+    async def ping(self) -> float:
+        """One round trip to the server through the gate; returns its latency in milliseconds.
+
+        Waits for a slot like a session (`PoolTimeout` after `timeout`); for a health check that
+        never waits, see `probe()`.
+        """
+        lease = await self.acquire()
+        try:
+            return await self._ping()
+        finally:
+            self.release(lease)
+
     async def server_info(self) -> dict[str, Any]:
-        """Server version, connection limit and the connections this pool holds, server-side."""
+        """Server version, connection limit and the connections this pool holds, server-side.
+
+        Keys: `version`, `max_connections`, `reserved`, `server_connections` (None where the
+        server does not say). Checks a connection out through the gate, like `ping()`.
+        """
+        lease = await self.acquire()
+        try:
+            return await self._server_info()
+        finally:
+            self.release(lease)
 
     def is_connection_error(self, exc: BaseException) -> bool:
         """Whether `exc` means the server could not be reached (so another replica may serve)."""
         return isinstance(exc, (OSError, ConnectionError)) and not isinstance(exc, ConnmanError)
 
+    def _drop_driver(self) -> None:  # noqa: B027 - optional hook, not abstract
+        """Drop the driver objects without I/O: their event loop is gone (best effort)."""
+
+    def off_books(self) -> int:
+        """Connections the driver has checked out beyond what the gate accounts for (0: none).
+
+        The gate invariant: every connection in use is held through a lease. A backend compares
+        the driver's own count of checked-out connections with the leases (`requests_active`)
+        and what it keeps aside itself; a positive number is a connection that escaped the gate.
+        """
+        return 0
+
     async def touch(self, unit: Any) -> None:  # noqa: B027 - optional hook, not abstract
         """Make a unit of work take its connection now (so a dead server shows before use)."""
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child: drop the parent's driver pool without closing its connections.
+
+        They belong to the parent process (same sockets); closing them here would cut the
+        parent's sessions. Keep a reference so no finalizer closes them either. A backend that
+        cannot do this raises, and the child's `open()` fails naming the pool.
+        """
+        raise NotImplementedError
 
     async def _maintain(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Periodic housekeeping a backend needs (emulated lifetimes); default: nothing."""
@@ -186,10 +259,25 @@ class Pool(abc.ABC):
         return not self._opened or self._closing
 
     async def open(self) -> None:
-        """Open the pool within `connect_timeout`; raises `PoolStartupError` naming it."""
+        """Open the pool within `connect_timeout`; raises `PoolStartupError` naming it.
+
+        The pool belongs to the event loop it is opened in. Opened already in a loop that has
+        since closed (a test's loop, `asyncio.run`), its driver objects are dropped and it opens
+        afresh here; opened in another loop that still runs, it raises `WrongEventLoop`. In a
+        process forked after the pool was opened (gunicorn `--preload`, worker processes), it
+        opens a driver pool of the child's own and leaves the parent's connections alone.
+        """
+        loop = asyncio.get_running_loop()
+        if self._opened and self._pid != os.getpid():
+            self._reset_after_fork()
         if self._opened:
-            return
+            if self._loop is loop:
+                return
+            if self._loop is not None and not self._loop.is_closed():
+                raise self._wrong_loop()
+            self._drop()
         self._closing = False
+        self._loop = loop
         try:
             async with asyncio.timeout(self.config.connect_timeout + 1.0):
                 await self._open()
@@ -199,16 +287,37 @@ class Pool(abc.ABC):
                 raise
             reason = "timed out" if isinstance(exc, TimeoutError) else (
                 f"{type(exc).__name__}: {exc}")
+            # Only the driver's words are redacted: connman's own (pool name, masked URL) stay
+            # readable whatever the password equals.
             raise PoolStartupError(
-                self.redact(f"pool {self.name!r} ({self.config.url.masked}) could not be opened: "
-                            f"{reason}"),
+                f"pool {self.name!r} ({self.config.url.masked}) could not be opened: "
+                f"{self.redact(reason)}",
                 pool=self.name,
             ) from None
         self._opened = True
+        self._pid = os.getpid()
+        self._was_opened = True
         interval = self._maintenance_interval()
         if interval is not None:
             self._maint_task = asyncio.create_task(self._maintenance_loop(interval),
                                                    name=f"connman-maintain-{self.name}")
+
+    def _reset_after_fork(self) -> None:
+        """Forget the parent's driver pool and gate state (futures and tasks of its loop)."""
+        try:
+            self._forget_after_fork()
+        except Exception as exc:
+            raise PoolStartupError(
+                f"pool {self.name!r} was opened in process {self._pid} before a fork and cannot "
+                f"be reopened in process {os.getpid()}: {type(exc).__name__}; open the pools in "
+                "each worker (the app's lifespan), not before forking", pool=self.name) from None
+        self._opened = self._closing = False
+        self._free = self.config.max_size
+        self._waiters.clear()
+        self._nwaiting = self._active = 0
+        self._idle_event = None
+        self._maint_task = None
+        self._loop = None
 
     async def _close_quietly(self) -> None:
         try:
@@ -216,9 +325,50 @@ class Pool(abc.ABC):
         except Exception:
             logger.warning("connman: pool %r: error while closing", self.name, exc_info=False)
 
+    def _wrong_loop(self) -> WrongEventLoop:
+        return WrongEventLoop(
+            f"pool {self.name!r} was opened in another event loop and can only be used there; "
+            "open the pools in the loop that uses them (run the app's lifespan per test client, "
+            "or give session-scoped fixtures and tests the same loop)", pool=self.name)
+
+    def _drop(self) -> None:
+        """Forget the driver objects of a loop that is gone, closing what can be closed at once."""
+        try:
+            self._drop_driver()
+        except Exception:
+            logger.debug("connman: pool %r: dropping the driver objects failed", self.name,
+                         exc_info=True)
+        self._maint_task = None
+        self._waiters.clear()
+        self._nwaiting = 0
+        self._active = 0
+        self._free = self.config.max_size
+        self._opened = False
+        self._closing = False
+
     async def close(self, drain_timeout: float | None = None) -> None:
-        """Refuse new sessions, wait up to `drain_timeout` for held ones, then dispose the pool."""
+        """Refuse new sessions, wait up to `drain_timeout` for held ones, then dispose the pool.
+
+        After the pool's event loop closed, the driver objects are dropped without waiting on
+        them (their sockets closed directly). From another thread while the pool's loop runs,
+        the close runs in that loop. From another loop while the pool's loop exists but is not
+        running, raises `WrongEventLoop`: close it in its own loop.
+        """
         if not self._opened:
+            return
+        if self._pid != os.getpid():  # the parent's pool: not ours to close
+            self._reset_after_fork()
+            return
+        if self._loop is not asyncio.get_running_loop():
+            loop = self._loop
+            if loop is not None and loop.is_running() and not loop.is_closed():
+                # Still served by another thread: close it there.
+                future = asyncio.run_coroutine_threadsafe(self.close(drain_timeout), loop)
+                await asyncio.wrap_future(future)
+                return
+            if loop is not None and not loop.is_closed():
+                raise self._wrong_loop()  # its loop may run again: close it there
+            self._drop()
             return
         self._closing = True
         while self._waiters:
@@ -237,6 +387,12 @@ class Pool(abc.ABC):
             self._maint_task.cancel()
             await asyncio.gather(self._maint_task, return_exceptions=True)
             self._maint_task = None
+        escaped = self.off_books()
+        if escaped:
+            report = (f"pool {self.name!r}: {escaped} connection(s) checked out past the gate "
+                      "at close")
+            GATE_REPORTS.append(report)
+            logger.warning("connman: %s", report)
         await shielded(self._close_quietly())
         self._opened = False
         self._closing = False
@@ -251,11 +407,19 @@ class Pool(abc.ABC):
 
     # ------------------------------------------------------------------ the gate
     async def acquire(self) -> Lease:
-        """Wait for a slot in arrival order; raises `PoolTimeout`, `TooManyWaiters`, `PoolClosed`."""
+        """Wait for a slot in arrival order; raises `PoolTimeout`, `TooManyWaiters`, `PoolClosed`.
+
+        Raises `WrongEventLoop` when called from another event loop than the pool was opened in,
+        `PoolNotOpen` in a process forked after the pool was opened, until it opens it.
+        """
+        if self._pid is not None and self._pid != os.getpid():
+            raise PoolNotOpen(f"pool {self.name!r} was opened in process {self._pid}, before this "
+                              "process forked: open it here (the app's lifespan)", pool=self.name)
         if self._closing or not self._opened:
             self.counters.bump("requests_errors")
-            raise PoolClosed(f"pool {self.name!r} is {'closing' if self._opened else 'not open'}",
-                             pool=self.name)
+            raise self._refusal()
+        if self._loop is not asyncio.get_running_loop():
+            raise self._wrong_loop()
         if self._free > 0 and not self._nwaiting:
             self._free -= 1
             return self._grant(0.0, queued=False)
@@ -291,6 +455,13 @@ class Pool(abc.ABC):
         finally:
             self._nwaiting -= 1
         return self._grant((time.monotonic() - t0) * 1000, queued=True)
+
+    def _refusal(self) -> PoolClosed:
+        """Why a closed pool refuses: never opened (`PoolNotOpen`, saying why), closing or closed."""
+        if not self._was_opened:
+            return PoolNotOpen(not_open_message(self.name), pool=self.name)
+        state = "closing" if self._closing else "closed"
+        return PoolClosed(f"pool {self.name!r} is {state}: the app is shutting down", pool=self.name)
 
     def _abandon(self, fut: asyncio.Future[None]) -> None:
         # A permit handed over just as the wait ended (timeout or cancel) is passed on, not lost.
@@ -335,6 +506,43 @@ class Pool(abc.ABC):
                 fut.set_result(None)
                 return
         self._free += 1
+
+    def saturated(self) -> bool:
+        """Whether a new checkout would have to wait: no free slot (no I/O)."""
+        return self._free <= 0 or self._nwaiting > 0
+
+    async def probe(self, timeout: float) -> dict[str, Any]:
+        """A health check that never queues behind sessions.
+
+        Returns `{"status": "up", "ping_ms": ...}` after one round trip on a free connection
+        (bounded by `timeout` seconds), `{"status": "up", "saturated": True}` without I/O when
+        every connection is in use (the sessions holding them are the evidence), or
+        `{"status": "down", "error": ...}` with a non-empty reason. The probe takes a free slot
+        of the gate like any checkout, without counting as a request.
+        """
+        if not self._opened or self._closing:
+            return {"status": "down", "error": str(self._refusal())}
+        if self._loop is not asyncio.get_running_loop():
+            return {"status": "down", "error": str(self._wrong_loop())}
+        if self.saturated():
+            return {"status": "up", "saturated": True}
+        self._free -= 1
+        self._active += 1
+        try:
+            async with asyncio.timeout(timeout):
+                ms = await self._ping()
+        except TimeoutError:
+            return {"status": "down",
+                    "error": f"no answer from the server within {timeout:g}s"}
+        except Exception as exc:
+            return {"status": "down",
+                    "error": self.redact(f"{type(exc).__name__}: {exc}")[:300]}
+        finally:
+            self._active -= 1
+            self._pass_on()
+            if self._idle_event is not None and self._active == 0:
+                self._idle_event.set()
+        return {"status": "up", "ping_ms": round(ms, 3)}
 
     def _leaked(self, lease: Lease, stack: str) -> None:
         self.counters.bump("leaks_detected")
@@ -388,8 +596,8 @@ class Pool(abc.ABC):
         return out
 
     def redact(self, text: str) -> str:
-        """`text` with this pool's secrets replaced by ***."""
-        return redact(text, self._secrets)
+        """`text` with URLs masked structurally and this pool's secrets replaced by *** elsewhere."""
+        return redact(text, self._secrets, self._urls)
 
     def state(self) -> str:
         """One line of state, httpcore style."""

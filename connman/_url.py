@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode
 
@@ -56,7 +57,11 @@ def secrets_of(url: str) -> list[str]:
 
 
 def mask_url(url: str) -> str:
-    """The URL with its password and secret query parameters replaced by ***."""
+    """The URL with its password and secret query parameters replaced by ***.
+
+    Structural: only the password's place and the values of secret-looking query keys change, so
+    `postgres:postgres@host/postgres` prints as `postgres:***@host/postgres`.
+    """
     try:
         scheme, rest = split_scheme(url)
     except ValueError:
@@ -69,17 +74,117 @@ def mask_url(url: str) -> str:
     out += authority + path
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
-        masked = [(k, MASK if _SECRET_KEYS.search(k) and v else v) for k, v in pairs]
-        out += "?" + urlencode(masked, safe="/:,*")
+        if any(_SECRET_KEYS.search(k) and v for k, v in pairs):
+            masked = [(k, MASK if _SECRET_KEYS.search(k) and v else v) for k, v in pairs]
+            out += "?" + urlencode(masked, safe="/:,*")
+        else:
+            out += "?" + query
     return out
 
 
-def redact(text: str, secrets: list[str]) -> str:
-    """Replace every occurrence of the given secrets in a text by ***."""
-    for secret in secrets:
-        if len(secret) >= 1:
-            text = text.replace(secret, MASK)
-    return text
+def masked_password(url: str) -> bool:
+    """Whether the URL's password (or a secret query value) is the mask `***` itself.
+
+    That is what `str()` of a SQLAlchemy `URL` (and connman's own masked URLs) print: such a
+    string is not a usable URL, and the driver would send `***` as the password.
+    """
+    try:
+        _, rest = split_scheme(url)
+    except ValueError:
+        return False
+    userinfo, _, _, query = _split_rest(rest)
+    if ":" in userinfo and unquote(userinfo.split(":", 1)[1]) == MASK:
+        return True
+    return any(_SECRET_KEYS.search(k) and v == MASK
+               for k, v in parse_qsl(query, keep_blank_values=True))
+
+
+# A URL inside free text (a driver's message): scheme:// up to whitespace, a quote or a bracket.
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>`]+")
+_TRAILING = ".,;:)]}"
+
+
+def _mask_in_text(url: str) -> str:
+    """A URL found in free text, masked; one with nothing secret in it is left as written."""
+    try:
+        _, rest = split_scheme(url)
+    except ValueError:
+        return url
+    userinfo = _split_rest(rest)[0]
+    if ":" not in userinfo and not secrets_of(url):
+        return url
+    return mask_url(url)
+
+
+def _cut(parts: list[tuple[bool, str]], find: Callable[[str], list[tuple[int, int, str]]]
+         ) -> list[tuple[bool, str]]:
+    """Split the unmasked parts at the spans `find` returns, each replaced by its masked text."""
+    out: list[tuple[bool, str]] = []
+    for done, part in parts:
+        if done:
+            out.append((done, part))
+            continue
+        pos = 0
+        for start, end, masked in find(part):
+            if start > pos:
+                out.append((False, part[pos:start]))
+            out.append((True, masked))
+            pos = end
+        if pos < len(part):
+            out.append((False, part[pos:]))
+    return out
+
+
+def _known(url: str) -> Callable[[str], list[tuple[int, int, str]]]:
+    masked = mask_url(url)
+
+    def find(part: str) -> list[tuple[int, int, str]]:
+        spans, i = [], part.find(url)
+        while i >= 0:
+            spans.append((i, i + len(url), masked))
+            i = part.find(url, i + len(url))
+        return spans
+
+    return find
+
+
+def _any_url(part: str) -> list[tuple[int, int, str]]:
+    spans = []
+    for m in _URL_IN_TEXT.finditer(part):
+        url = m.group().rstrip(_TRAILING)
+        spans.append((m.start(), m.start() + len(url), _mask_in_text(url)))
+    return spans
+
+
+def _token(secret: str) -> re.Pattern[str]:
+    # A secret is hidden wherever it stands as a token of its own, not inside a longer word: a
+    # password such as `postgres` or `test` must not turn `postgresql` or `testdb` into `***ql`.
+    before = r"(?<!\w)" if secret[0].isalnum() or secret[0] == "_" else ""
+    after = r"(?!\w)" if secret[-1].isalnum() or secret[-1] == "_" else ""
+    return re.compile(before + re.escape(secret) + after)
+
+
+def redact(text: str, secrets: Sequence[str], urls: Sequence[str] = ()) -> str:
+    """`text` (a driver's message, say) with its URLs masked and the given secrets hidden.
+
+    First every URL is masked structurally (the given `urls` wherever they occur, whatever their
+    passwords contain, then anything else shaped like a URL), so its scheme, user, host and
+    database stay readable. Then each secret is replaced by *** outside those URLs, wherever it
+    stands as a token of its own.
+    """
+    parts: list[tuple[bool, str]] = [(False, text)]
+    for url in sorted(urls, key=len, reverse=True):
+        if url:
+            parts = _cut(parts, _known(url))
+    parts = _cut(parts, _any_url)
+    patterns = [_token(s) for s in sorted(secrets, key=len, reverse=True) if s]
+    out = []
+    for done, part in parts:
+        if not done:
+            for pattern in patterns:
+                part = pattern.sub(MASK, part)
+        out.append(part)
+    return "".join(out)
 
 
 def url_path_database(url: str) -> str | None:
@@ -91,6 +196,25 @@ def url_path_database(url: str) -> str | None:
     _, _, path, _ = _split_rest(rest)
     name = unquote(path.lstrip("/"))
     return name or None
+
+
+def url_string(value: Any) -> str:
+    """The URL in clear from a string, a `sqlalchemy.engine.URL`, a pydantic URL/DSN type
+    (`PostgresDsn`, `MongoDsn`, `AnyUrl`, ...) or a pydantic `SecretStr`; ValueError otherwise."""
+    if isinstance(value, str):
+        return value
+    render = getattr(value, "render_as_string", None)
+    if callable(render):  # sqlalchemy.engine.URL; its str() hides the password
+        return str(render(hide_password=False))
+    module = type(value).__module__.split(".")[0]
+    if module in ("pydantic", "pydantic_core"):
+        if callable(getattr(value, "unicode_string", None)):  # Url, MultiHostUrl, *Dsn
+            return str(value)
+        secret = getattr(value, "get_secret_value", None)
+        if callable(secret) and isinstance(secret(), str):  # SecretStr
+            return str(secret())
+    raise ValueError("must be a URL: a string, a sqlalchemy.engine.URL or a pydantic URL type, "
+                     f"not {type(value).__name__}")
 
 
 class SecretURL:
@@ -138,11 +262,14 @@ class SecretURL:
         def validate(value: Any) -> SecretURL:
             if isinstance(value, SecretURL):
                 return value
-            if not isinstance(value, str):
-                raise ValueError("must be a URL string")
-            value = value.strip()
-            split_scheme(value)
-            return SecretURL(value)
+            text = url_string(value).strip()
+            split_scheme(text)
+            if masked_password(text):
+                raise ValueError(
+                    f"the password is {MASK!r}, a mask, not a password: str() of a SQLAlchemy URL "
+                    "prints it that way; pass the URL object itself or "
+                    "url.render_as_string(hide_password=False)")
+            return SecretURL(text)
 
         return core_schema.no_info_plain_validator_function(
             validate,

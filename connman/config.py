@@ -8,7 +8,7 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -28,7 +28,7 @@ from pydantic_settings import (
 )
 
 from ._mapping import CONFLICTS
-from ._url import SecretURL, mask_url, url_path_database
+from ._url import SecretURL, mask_url, url_path_database, url_string
 from .errors import ConfigurationError
 
 __all__ = [
@@ -84,11 +84,15 @@ class FieldError(ValueError):
 class PoolConfig(BaseModel):
     """One pool's settings, with the same meaning on every backend (see docs/mapping.md)."""
 
+    # hide_input_in_errors: a ValidationError raised directly (PoolConfig(url=...)) must not
+    # quote the URL it refused.
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True,
-                              use_attribute_docstrings=True)
+                              use_attribute_docstrings=True, hide_input_in_errors=True)
 
     url: SecretURL
-    """Database URL; its scheme picks the backend. Masked in every repr, log and error."""
+    """Database URL; its scheme picks the backend. A string, a `sqlalchemy.engine.URL`, a pydantic
+    URL/DSN (`PostgresDsn`, `MongoDsn`) or a `SecretStr`; a password that is the mask `***` is
+    refused. Masked in every repr, log and error."""
     preset: Literal["development", "production", "high_traffic"] | None = None
     """Fill unset fields from a preset; fields set explicitly win."""
     size: int = Field(5, ge=0, le=10_000)
@@ -141,16 +145,27 @@ class PoolConfig(BaseModel):
     work rolled back. None: no limit (every driver's). See docs/semantics.md."""
     session_class: Any = None
     """SQL: the session class sessions are made of (a class or a dotted path such as
-    `sqlmodel.ext.asyncio.session.AsyncSession`); default SQLAlchemy's `AsyncSession`."""
+    `sqlmodel.ext.asyncio.session.AsyncSession`); default SQLAlchemy's `AsyncSession`. It must
+    subclass SQLAlchemy's `AsyncSession`."""
     session_options: dict[str, Any] = Field(default_factory=dict)
     """SQL: keyword arguments for `async_sessionmaker` (`autoflush`, `expire_on_commit`, `info`,
-    ...); connman's default is `expire_on_commit=False`."""
+    `join_transaction_mode`, ...); connman's default is `expire_on_commit=False`. `bind` and
+    `binds` are refused (sessions use this pool's engine, so its limits hold), as is `class_`
+    (use `session_class`)."""
     commit: Literal["auto", "manual"] = "auto"
-    """`auto`: a unit of work commits when the handler succeeds; `manual`: the app commits, and
-    what it left uncommitted is rolled back. Either way the connection always goes back."""
+    """`auto`: a unit of work commits when the handler succeeds; `manual`: the app commits
+    (`await session.commit()` in the view), and what it left uncommitted when the unit ends is
+    rolled back. Either way the connection always goes back. Mongo: `manual` needs `transaction`."""
     transaction: bool = False
     """Mongo: run each unit of work in one multi-document transaction, committed before the
     response and aborted on any error (needs a replica set or sharded cluster)."""
+
+    if TYPE_CHECKING:
+        # What a type checker shows users: keyword fields, each validated at run time. Without
+        # this, mypy derives a signature that refuses a plain string `url` (the field is a
+        # SecretURL) and, as pydantic's `Field(5, ...)` default is positional, calls every
+        # field required.
+        def __init__(self, **fields: Any) -> None: ...
 
     @model_validator(mode="before")
     @classmethod
@@ -167,6 +182,28 @@ class PoolConfig(BaseModel):
         backend_of(url.scheme)
         return url
 
+    @field_validator("session_class", mode="before")
+    @classmethod
+    def _session_class(cls, value: Any) -> Any:
+        if value is None or isinstance(value, type):
+            return value
+        if isinstance(value, str):
+            return _import_class(value.strip())
+        raise ValueError(f"expected a class or a dotted path, not {type(value).__name__}")
+
+    @field_serializer("session_class")
+    def _session_class_path(self, value: Any) -> str | None:
+        return None if value is None else f"{value.__module__}.{value.__qualname__}"
+
+    @field_validator("session_options")
+    @classmethod
+    def _session_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        for key in options:
+            reason = _OWNED_SESSION_OPTIONS.get(key)
+            if reason is not None:
+                raise ValueError(f"{key!r} cannot be set: {reason}")
+        return options
+
     @model_validator(mode="after")
     def _check_backend(self) -> PoolConfig:
         backend, _, _ = backend_of(self.url.scheme)
@@ -179,6 +216,12 @@ class PoolConfig(BaseModel):
                 raise FieldError("database", "'database' applies to mongodb:// pools only; "
                                  "for SQL put the database in the URL path")
         else:
+            for sql_only in ("session_class", "session_options"):
+                if getattr(self, sql_only):
+                    raise FieldError(sql_only, f"{sql_only!r} applies to SQL pools only")
+            if self.commit == "manual" and not self.transaction:
+                raise FieldError("commit", "commit='manual' needs transaction=True on a Mongo "
+                                 "pool: without a transaction there is nothing to commit")
             if self.external_pooler is not None:
                 raise FieldError("external_pooler",
                                  "'external_pooler' applies to PostgreSQL pools only")
@@ -247,10 +290,10 @@ def _masked_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
     """A raw pool dict with its URLs masked and secret-looking options hidden."""
     out: dict[str, Any] = {}
     for key, value in fields.items():
-        if key == "url" and isinstance(value, str):
-            out[key] = mask_url(value)
+        if key == "url":
+            out[key] = _masked_url(value)
         elif key == "replicas" and isinstance(value, list):
-            out[key] = [mask_url(v) if isinstance(v, str) else v for v in value]
+            out[key] = [_masked_url(v) for v in value]
         elif key == "options" and isinstance(value, Mapping):
             out[key] = _masked_options(value)
         elif _looks_secret(key):
@@ -258,6 +301,43 @@ def _masked_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+# sessionmaker options connman sets itself, and why a pool's config cannot.
+_OWNED_SESSION_OPTIONS = {
+    "bind": "sessions are bound to this pool's engine, whose connections all pass its gate; a "
+            "session bound to another engine would take connections past the pool's limits, "
+            "stats and drain",
+    "binds": "sessions are bound to this pool's engine, whose connections all pass its gate; "
+             "per-table binds to other engines would take connections past it",
+    "class_": "set 'session_class' instead",
+}
+
+
+def _import_class(path: str) -> type[Any]:
+    """The class a dotted path (`pkg.module.Class` or `pkg.module:Class`) names."""
+    import importlib
+
+    module_name, sep, attr = path.replace(":", ".").rpartition(".")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"{path!r} is not a dotted path such as 'package.module.Class'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import {path!r}: {exc}") from None
+    found = getattr(module, attr, None)
+    if not isinstance(found, type):
+        raise ValueError(f"{path!r} is not a class" if found is not None
+                         else f"module {module_name!r} has no {attr!r}")
+    return found
+
+
+def _masked_url(value: Any) -> str:
+    """Any URL value (string, SQLAlchemy URL, pydantic DSN), masked; *** when it is no URL."""
+    try:
+        return mask_url(url_string(value))
+    except ValueError:
+        return "***"
 
 
 def _masked_options(options: Mapping[Any, Any]) -> dict[Any, Any]:
@@ -395,10 +475,11 @@ def load_settings(*, env_file: str | Path | None = ".env",
     finally:
         _config_file.reset(token)
     for cfg in settings.pools.values():
-        opts = cfg.get("options")
-        if isinstance(opts, str):  # CONNMAN_POOLS__MAIN__OPTIONS='{"k": 1}'
-            import json
+        for key in ("options", "session_options"):
+            opts = cfg.get(key)
+            if isinstance(opts, str):  # CONNMAN_POOLS__MAIN__OPTIONS='{"k": 1}'
+                import json
 
-            with contextlib.suppress(ValueError):
-                cfg["options"] = json.loads(opts)
+                with contextlib.suppress(ValueError):
+                    cfg[key] = json.loads(opts)
     return settings

@@ -15,6 +15,7 @@ __all__ = [
     "SessionEnded",
     "StatementTimeout",
     "TooManyWaiters",
+    "TransactionConflict",
     "UnknownPool",
     "WrongEventLoop",
 ]
@@ -105,3 +106,13 @@ class StatementTimeout(ConnmanError, TimeoutError):
     The connection it ran on was discarded (its protocol state is unknown) and the unit of work
     rolled back.
     """
+
+
+class TransactionConflict(ConnmanError):
+    """A Mongo unit of work's transaction was aborted by a transient error (a write conflict, a
+    failover, a commit the server refused as transient): nothing of it was applied, and running the
+    whole unit again may succeed. FastAPI answers 503 with `Retry-After` (seconds)."""
+
+    def __init__(self, message: str, *, pool: str, retry_after: int = 1) -> None:
+        super().__init__(message, pool=pool)
+        self.retry_after = retry_after

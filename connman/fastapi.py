@@ -13,7 +13,14 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
     raise MissingDependency("connman.fastapi needs FastAPI: pip install 'connman[fastapi]'") from exc
 
-from .errors import CheckoutTimeout, PoolClosed, PoolTimeout, StatementTimeout
+from .errors import (
+    CheckoutTimeout,
+    PoolClosed,
+    PoolNotOpen,
+    PoolTimeout,
+    StatementTimeout,
+    TransactionConflict,
+)
 
 if TYPE_CHECKING:
     from .manager import ConnectionManager
@@ -26,7 +33,8 @@ def unavailable_from(exc: BaseException) -> HTTPException | None:
 
     503 + `Retry-After` when no statement ran, so a retry is safe: the pool is exhausted
     (`PoolTimeout`, `TooManyWaiters`), its server did not answer the connect or pre-ping
-    (`CheckoutTimeout`), or it is closing. 504 for `StatementTimeout`: the database did not answer
+    (`CheckoutTimeout`), or it is closing (never opened, `PoolNotOpen`: the reason, typically a lifespan
+    that did not run, and no `Retry-After`). 504 for `StatementTimeout`: the database did not answer
     a statement in time; the unit of work was rolled back, but a COMMIT that timed out may have
     been applied, and a slow query retried at once only loads the database again, so no
     `Retry-After` invites a retry.
@@ -39,6 +47,12 @@ def unavailable_from(exc: BaseException) -> HTTPException | None:
     if isinstance(exc, PoolTimeout):
         return HTTPException(503, detail=f"database pool {exc.pool!r} is busy",
                              headers={"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, TransactionConflict):
+        return HTTPException(503, detail=f"database pool {exc.pool!r}: transaction conflict, retry",
+                             headers={"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, PoolNotOpen):
+        # Never opened: retrying will not help, so no Retry-After; the detail says what to fix.
+        return HTTPException(503, detail=f"database {exc}")
     if isinstance(exc, PoolClosed):
         return HTTPException(503, detail=f"database pool {exc.pool!r} is shutting down",
                              headers={"Retry-After": "1"})
@@ -61,6 +75,7 @@ def add_exception_handlers(app: FastAPI) -> None:
     """
     app.add_exception_handler(PoolTimeout, _handle)
     app.add_exception_handler(PoolClosed, _handle)
+    app.add_exception_handler(TransactionConflict, _handle)
     app.add_exception_handler(StatementTimeout, _handle)
 
 
@@ -68,7 +83,11 @@ def health_router(manager: ConnectionManager, *, prefix: str = "/health",
                   include_stats: bool = True, ping_timeout: float = 2.0) -> APIRouter:
     """A router with GET `prefix`: each pool's status, ping latency and stats.
 
-    Answers 503 when any pool marked `required` is down; URLs are shown masked.
+    Each pool is checked with `Pool.probe()`: one round trip on a free connection, at most
+    `ping_timeout` seconds, and never a wait behind sessions: a pool whose connections are all in
+    use reports `"status": "up", "saturated": true` with its stats (`requests_waiting`,
+    `pool_available`). Answers 503 when any pool marked `required` is down, with the reason in
+    its `error`; URLs are shown masked.
     """
     router = APIRouter(prefix=prefix, tags=["health"])
 
@@ -76,17 +95,17 @@ def health_router(manager: ConnectionManager, *, prefix: str = "/health",
         pool = manager.pool(name)
         entry: dict[str, Any] = {"backend": pool.backend, "driver": pool.config.driver_name,
                                  "url": pool.config.url.masked, "required": pool.config.required}
-        try:
-            ms = await asyncio.wait_for(pool.ping(), ping_timeout)
-            entry.update(status="up", ping_ms=round(ms, 3))
-        except Exception as exc:
-            entry.update(status="down", error=pool.redact(f"{type(exc).__name__}: {exc}")[:300])
+        entry.update(await pool.probe(ping_timeout))
         if include_stats:
             entry["stats"] = pool.stats()
         return entry
 
     @router.get("", summary="Pool health")
     async def health() -> JSONResponse:
+        if manager.deferred:  # pools read at open(), which has not run: nothing is up
+            return JSONResponse({"status": "down", "pools": {},
+                                 "detail": "the pools are not read yet: the app's lifespan, "
+                                           "which opens them, did not run"}, status_code=503)
         names = manager.names
         results = await asyncio.gather(*(check(n) for n in names))
         pools = dict(zip(names, results, strict=True))

@@ -9,12 +9,15 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from ._pool import Pool
+from pydantic import ValidationError
+
+from ._pool import Pool, not_open_message
 from .config import ConnmanSettings, PoolConfig, load_settings, validate_pools
-from .errors import ConfigurationError, PoolStartupError, UnknownPool
+from .errors import ConfigurationError, PoolNotOpen, PoolStartupError, UnknownPool, WrongEventLoop
 from .stats import EventHub, PoolEvent
 
 __all__ = ["ConnectionManager", "ReplicaRouter", "SessionProvider"]
@@ -22,6 +25,7 @@ __all__ = ["ConnectionManager", "ReplicaRouter", "SessionProvider"]
 logger = logging.getLogger("connman")
 
 Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
+PoolsMapping = Mapping[str, PoolConfig | Mapping[str, Any] | str]
 
 
 def _make_pool(name: str, config: PoolConfig, hub: EventHub) -> Pool:
@@ -103,9 +107,10 @@ class SessionProvider:
     is sent, so a failed commit is a 5xx; an exhausted pool answers 503 with `Retry-After`.
     """
 
-    def __init__(self, name: str, open_unit: Callable[[], AbstractAsyncContextManager[Any]]
-                 ) -> None:
+    def __init__(self, name: str, open_unit: Callable[[], AbstractAsyncContextManager[Any]],
+                 scope: Literal["function", "request"] = "function") -> None:
         self.name = name
+        self.scope = scope
         self._open_unit = open_unit
         self._stack: contextvars.ContextVar[tuple[AbstractAsyncContextManager[Any], ...]] = (
             contextvars.ContextVar(f"connman_session_{name}", default=()))
@@ -141,7 +146,7 @@ class SessionProvider:
         from fastapi import Depends
 
         param = inspect.Parameter("unit", inspect.Parameter.KEYWORD_ONLY, annotation=Any,
-                                  default=Depends(self._dependency, scope="function"))
+                                  default=Depends(self._dependency, scope=self.scope))
         return inspect.Signature([param])
 
     async def __call__(self, *, unit: Any = None) -> Any:
@@ -149,38 +154,112 @@ class SessionProvider:
         return unit
 
     def __repr__(self) -> str:
-        return f"<SessionProvider {self.name!r}>"
+        scope = "" if self.scope == "function" else f" scope={self.scope!r}"
+        return f"<SessionProvider {self.name!r}{scope}>"
 
 
 class ConnectionManager:
     """Several named pools (SQL and Mongo) opened and closed together, used by name."""
 
-    def __init__(self, pools: Mapping[str, PoolConfig | Mapping[str, Any] | str], *,
+    def __init__(self, pools: PoolsMapping | Callable[[], PoolsMapping], *,
                  workers: int = 1, replicas: int = 1) -> None:
-        configs = validate_pools(pools)
+        """Pools by name: each a `PoolConfig`, a mapping of its fields or a URL.
+
+        `pools` may also be a function returning that mapping, called once by `open()` (the
+        lifespan): the app builds its pools from its own settings object, and importing the app
+        needs no database settings. Until then the pools do not exist: `session(name)` still
+        returns its provider; `pool(name)` raises `PoolNotOpen`.
+        Raises `ConfigurationError` (naming pool and field) for an invalid mapping.
+        """
         self.hub = EventHub()
         self.workers = workers
         self.replicas = replicas
         self._pools: dict[str, Pool] = {}
         self._routers: dict[str, ReplicaRouter] = {}
+        self._providers: dict[tuple[str, bool, str], SessionProvider] = {}
+        # on_connect hooks registered before the pools exist (pools read at open()).
+        self._pending_hooks: list[tuple[str, Callable[[Any, Any], None]]] = []
+        self._source: Callable[[], PoolsMapping] | None = None
+        self._missing_hint = "the function given to ConnectionManager returned no pools"
+        if callable(pools) and not isinstance(pools, Mapping):
+            self._source = pools
+        else:
+            self._build(pools)
+
+    def _build(self, pools: PoolsMapping) -> None:
+        configs = validate_pools(pools)
+        built: dict[str, Pool] = {}
+        routers: dict[str, ReplicaRouter] = {}
         for name, cfg in configs.items():
-            self._pools[name] = _make_pool(name, cfg, self.hub)
+            built[name] = _make_pool(name, cfg, self.hub)
             if cfg.replicas:
                 readers = [_make_pool(f"{name}.replica{i + 1}", rc, self.hub)
                            for i, rc in enumerate(cfg.replica_configs())]
-                self._pools.update((p.name, p) for p in readers)
-                self._routers[name] = ReplicaRouter(self._pools[name], readers)
-        self._providers: dict[tuple[str, bool], SessionProvider] = {}
+                built.update((p.name, p) for p in readers)
+                routers[name] = ReplicaRouter(built[name], readers)
+        self._pools, self._routers = built, routers
 
+    @property
+    def deferred(self) -> bool:
+        """Whether the pools are still to be read (at `open()`) from the settings or a function."""
+        return self._source is not None and not self._pools
+
+    def _read_pools(self) -> None:
+        """Build the pools from the deferred source; check the names sessions were asked for."""
+        assert self._source is not None
+        try:
+            pools = self._source()
+        except ValidationError as exc:  # the app's own settings object: never quote the input
+            errors = exc.errors(include_url=False, include_input=False)
+            details = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(settings)'}: "
+                                f"{e['msg']}" for e in errors)
+            raise ConfigurationError(f"the pools could not be read: {exc.title}: {details}",
+                                     field="pools") from None
+        wanted = sorted({name for name, _, _ in self._providers}
+                        | {name.lower() for name, _ in self._pending_hooks})
+        if not pools:
+            variables = ", ".join(f"CONNMAN_POOLS__{n.upper()}__URL" for n in wanted)
+            hint = (f"set {variables}" if wanted and self._missing_hint.startswith("set")
+                    else self._missing_hint)
+            raise ConfigurationError(f"no pools configured: {hint}", field="pools")
+        self._build(pools)
+        unknown = [name for name in wanted if name not in self._pools]
+        if unknown:
+            known = ", ".join(repr(n) for n in self._pools)
+            self._pools, self._routers = {}, {}
+            raise UnknownPool(f"no pool named {unknown[0]!r}, which the app uses; known pools: "
+                              f"{known}", pool=unknown[0])
+        hooks, self._pending_hooks = self._pending_hooks, []
+        for name, fn in hooks:
+            self.on_connect(name, fn)
+        for (name, readonly, _), provider in self._providers.items():
+            provider.name = self._pools[name].name
+            provider._open_unit = self._unit_opener(name, readonly)
 
     @classmethod
     def from_settings(cls, settings: ConnmanSettings | None = None, *,
                       env_file: str | Path | None = ".env",
                       config_file: str | Path | None = None) -> ConnectionManager:
-        """Build from `CONNMAN_POOLS__<NAME>__<FIELD>` variables, a `.env` and/or a config file."""
-        if settings is None:
-            settings = load_settings(env_file=env_file, config_file=config_file)
-        return cls(settings.pools, workers=settings.workers, replicas=settings.replicas)
+        """Build from `CONNMAN_POOLS__<NAME>__<FIELD>` variables, a `.env` and/or a config file.
+
+        With no pool settings present yet (an app imported by a test, an Alembic `env.py`, a CLI)
+        this does not raise: the settings are read again at `open()`, which raises
+        `ConfigurationError` naming the variable still missing (`CONNMAN_POOLS__MAIN__URL`).
+        """
+        if settings is not None:
+            return cls(settings.pools, workers=settings.workers, replicas=settings.replicas)
+        settings = load_settings(env_file=env_file, config_file=config_file)
+        if settings.pools:
+            return cls(settings.pools, workers=settings.workers, replicas=settings.replicas)
+
+        def read() -> PoolsMapping:
+            late = load_settings(env_file=env_file, config_file=config_file)
+            manager.workers, manager.replicas = late.workers, late.replicas
+            return late.pools
+
+        manager = cls(read, workers=settings.workers, replicas=settings.replicas)
+        manager._missing_hint = "set CONNMAN_POOLS__<NAME>__URL"
+        return manager
 
     # ------------------------------------------------------------------ lookup
     @property
@@ -189,33 +268,65 @@ class ConnectionManager:
         return tuple(self._pools)
 
     def pool(self, name: str) -> Pool:
-        """The pool called `name`; `UnknownPool` lists the known names."""
+        """The pool called `name` (any case); `UnknownPool` lists the known names.
+
+        On a manager whose pools are read at `open()`, raises `PoolNotOpen` until then.
+        """
         try:
             return self._pools[name]
         except KeyError:
             pool = self._pools.get(name.lower()) if isinstance(name, str) else None
             if pool is not None:
                 return pool
+            if self.deferred:
+                raise PoolNotOpen(not_open_message(str(name)), pool=str(name)) from None
             known = ", ".join(repr(n) for n in self._pools)
             raise UnknownPool(f"no pool named {name!r}; known pools: {known}", pool=str(name)) from None
 
-    def session(self, name: str, *, readonly: bool = False) -> SessionProvider:
+    def session(self, name: str, *, readonly: bool = False,
+                scope: Literal["function", "request"] = "function") -> SessionProvider:
         """A unit of work on pool `name`: `Depends(...)` in FastAPI, or `async with` anywhere.
 
         SQL: an `AsyncSession` (expire_on_commit=False), committed on success, rolled back on
         error, its connection always returned. Mongo: the database handle.
         `readonly=True` reads from the pool's replicas (round-robin, skipping unreachable ones;
         the primary when none answers or none is configured).
-        Raises `PoolTimeout` / `TooManyWaiters` when no connection frees in time.
+        `scope` (FastAPI's `Depends(scope=...)`): `"function"` ends the unit of work when the
+        handler returns, before the response is sent, so a failed commit is a 5xx;
+        `"request"` keeps it open until the response has been sent, for a `StreamingResponse`
+        body that reads through it; its commit then happens after the response.
+        A session used after its unit of work ended raises `SessionEnded`.
+        Raises `PoolTimeout` / `TooManyWaiters` when no connection frees in time, `PoolNotOpen`
+        when the pools were never opened (the app's lifespan did not run).
+
+        The provider is one object per name (in any case), `readonly` and `scope`:
+        `app.dependency_overrides[manager.session("main")]` replaces it in every route that
+        depends on it (docs/testing.md). On a manager whose pools are read at `open()`, an unknown
+        `name` is reported by `open()`; otherwise by this call (`UnknownPool`).
         """
-        key = (name, readonly)
+        if scope not in ("function", "request"):
+            raise ValueError(f"scope must be 'function' or 'request', not {scope!r}")
+        key = (name.lower() if isinstance(name, str) else name, readonly, scope)
         provider = self._providers.get(key)
         if provider is None:
-            pool = self.pool(name)
-            router = self._routers.get(pool.name) if readonly else None
-            open_unit = router.session if router is not None else pool.session
-            provider = self._providers[key] = SessionProvider(pool.name, open_unit)
+            if self.deferred:
+                opener = partial(self._not_open_yet, key[0])
+                provider = self._providers[key] = SessionProvider(key[0], opener, scope)
+            else:
+                pool = self.pool(name)
+                provider = SessionProvider(pool.name, self._unit_opener(pool.name, readonly),
+                                           scope)
+                self._providers[key] = provider
         return provider
+
+    def _unit_opener(self, name: str, readonly: bool
+                     ) -> Callable[[], AbstractAsyncContextManager[Any]]:
+        pool = self.pool(name)
+        router = self._routers.get(pool.name) if readonly else None
+        return router.session if router is not None else pool.session
+
+    def _not_open_yet(self, name: str) -> AbstractAsyncContextManager[Any]:
+        raise PoolNotOpen(not_open_message(name), pool=name)
 
     def connection(self, name: str) -> AbstractAsyncContextManager[Any]:
         """The fast path: the driver's own connection (asyncpg, aiomysql, ...) from pool `name`.
@@ -230,6 +341,9 @@ class ConnectionManager:
         SQLAlchemy's pool `connect` event (session settings, SQLite pragmas, ...), registered before
         the pool opens so the warmed connections get it too. Call before `open()`/the lifespan.
         """
+        if self.deferred:
+            self._pending_hooks.append((name, fn))  # checked when open() reads the pools
+            return
         pool = self.pool(name)
         hooks = getattr(pool, "connect_hooks", None)
         if hooks is None:
@@ -262,7 +376,12 @@ class ConnectionManager:
         """Open every pool at once; if a required one fails, close the others and raise naming it.
 
         A pool with `required=False` (replicas are) that cannot open is logged and left closed.
+        Pools read at `open()` (`from_settings()` without pool settings at import, or a function
+        given to the constructor) are read here first: `ConfigurationError` names what is
+        missing, `UnknownPool` a name the app asked a session for that the settings lack.
         """
+        if self.deferred:
+            self._read_pools()
         pools = list(self._pools.values())
         results = await asyncio.gather(*(p.open() for p in pools), return_exceptions=True)
         failures = []
@@ -280,7 +399,7 @@ class ConnectionManager:
         for _, r in failures:
             if isinstance(r, asyncio.CancelledError):
                 raise r
-        if len(failures) == 1 and isinstance(failures[0][1], PoolStartupError):
+        if len(failures) == 1 and isinstance(failures[0][1], (PoolStartupError, WrongEventLoop)):
             raise failures[0][1]
         message = "; ".join(str(r) for _, r in failures)
         raise PoolStartupError(message, pool=failures[0][0].name)
@@ -338,12 +457,20 @@ class ConnectionManager:
 
         return lifespan
 
-    def health_router(self, *, prefix: str = "/health", include_stats: bool = True) -> Any:
-        """A FastAPI router: per-pool status, ping latency and stats; 503 if a required pool is down."""
+    def health_router(self, *, prefix: str = "/health", include_stats: bool = True,
+                      ping_timeout: float = 2.0) -> Any:
+        """A FastAPI router: per-pool status, ping latency and stats; 503 if a required pool is down.
+
+        Each check takes at most `ping_timeout` seconds and never waits behind sessions: see
+        `connman.fastapi.health_router`.
+        """
         from .fastapi import health_router
 
-        return health_router(self, prefix=prefix, include_stats=include_stats)
+        return health_router(self, prefix=prefix, include_stats=include_stats,
+                             ping_timeout=ping_timeout)
 
     def __repr__(self) -> str:
+        if self.deferred:
+            return "<ConnectionManager [pools read at open()]>"
         inner = "; ".join(p.state() for p in self._pools.values())
         return f"<ConnectionManager [{inner}]>"

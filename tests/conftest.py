@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from connman import ConnectionManager
+from connman.testing.invariant import gate_violations, settle
 from connman.testing.servers import (
     MariaDBServer,
     MongoWireServer,
@@ -42,6 +43,17 @@ def _server(kind: str, factory: Callable[[], Server]) -> Server:
                 pytest.fail(f"{kind} server could not start: {exc}", pytrace=False)
         _started[kind] = server
     return _started[kind]
+
+
+@pytest.fixture(autouse=True)
+async def _gate_invariant() -> AsyncIterator[None]:
+    """After every test, on every backend: no lease left held and no connection checked out past
+    the gate, in the pools still open and in what pools reported when they closed."""
+    gate_violations()  # what an earlier test left is that test's report, not this one's
+    yield
+    problems = await settle()
+    if problems:
+        pytest.fail("gate invariant broken: " + "; ".join(problems), pytrace=False)
 
 
 @pytest.fixture(scope="session", autouse=True)

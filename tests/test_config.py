@@ -109,10 +109,17 @@ def test_duplicate_names_are_an_error() -> None:
         ConnectionManager({"main": PG, "MAIN": PG})
 
 
-def test_no_pools_is_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+async def test_no_pools_is_an_error_when_the_pools_open(monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
+    manager = ConnectionManager.from_settings()  # at import: no error (tests/test_startup.py)
+    with pytest.raises(ConfigurationError, match="no pools configured: set "
+                                                 "CONNMAN_POOLS__<NAME>__URL"):
+        await manager.open()
     with pytest.raises(ConfigurationError, match="no pools configured"):
-        ConnectionManager.from_settings()
+        ConnectionManager({})
+    with pytest.raises(ConfigurationError, match="no pools configured"):
+        ConnectionManager.from_settings(load_settings(env_file=None))
 
 
 URLS = [

@@ -25,7 +25,7 @@ import pytest
 from fastapi import FastAPI
 from typer.testing import CliRunner
 
-from connman import ConnectionManager, PoolConfig, PoolStartupError, PoolTimeout, SecretURL
+from connman import ConnectionManager, PoolConfig, PoolStartupError, PoolTimeout, SecretURL, mask_url
 from connman.cli import app as cli_app
 from connman.testing.proxy import TcpProxy
 from connman.testing.servers import PostgresServer, Server, free_port
@@ -353,3 +353,223 @@ async def test_connman_check_never_shows_the_password(
         if result.exception is not None and not isinstance(result.exception, SystemExit):
             seen.error("check exception", result.exception)
     seen.assert_clean()
+
+
+# -- structural masking: a password equal to another part of the URL ------------------------------
+
+
+def test_a_password_equal_to_user_and_database_is_masked_in_its_place_only() -> None:
+    url = "postgresql+asyncpg://postgres:postgres@db.internal:5432/postgres"
+    masked = "postgresql+asyncpg://postgres:***@db.internal:5432/postgres"
+    assert mask_url(url) == masked
+    config = PoolConfig(url=url)
+    assert str(config.url) == masked
+    assert masked in repr(config)
+    manager = ConnectionManager({"main": url})
+    assert masked in repr(manager)
+    assert "***ql" not in repr(manager)
+
+
+@pytest.mark.parametrize(("password", "text", "expected"), [
+    # the password is also the user and the database: the URL keeps its shape, the scheme its name
+    ("postgres", 'password authentication failed for user "postgres" at '
+                 "postgresql+asyncpg://postgres:postgres@h:5432/postgres (postgresql)",
+     'password authentication failed for user "***" at '
+     "postgresql+asyncpg://postgres:***@h:5432/postgres (postgresql)"),
+    # the password is a common word: hidden where it stands alone, not inside other words
+    ("test", "database testdb: test failed; attest; password=test",
+     "database testdb: *** failed; attest; password=***"),
+    # the password is the host
+    ("db", "could not connect to db (mysql+aiomysql://app:db@db:3306/app)",
+     "could not connect to *** (mysql+aiomysql://app:***@db:3306/app)"),
+    # URLs other than the pool's are masked too; one with nothing secret is left as written
+    ("x9Secr3t", "tried mongodb://u:x9Secr3t@m1,m2/app?replicaSet=rs&authSource=admin, see "
+                 "https://sqlalche.me/e/20/e3q8.",
+     "tried mongodb://u:***@m1,m2/app?replicaSet=rs&authSource=admin, see "
+     "https://sqlalche.me/e/20/e3q8."),
+    # a password that no URL parser can split still goes: the pool's own URL is masked whole
+    ("p w'd)", "connect(postgresql+asyncpg://app:p w'd)@h/app) failed: p w'd)",
+     "connect(postgresql+asyncpg://app:***@h/app) failed: ***"),
+])
+def test_redaction_masks_urls_structurally_then_hides_the_password(
+        password: str, text: str, expected: str) -> None:
+    from connman._url import redact, secrets_of
+
+    urls = [u for u in (
+        f"postgresql+asyncpg://postgres:{password}@h:5432/postgres",
+        f"mysql+aiomysql://app:{password}@db:3306/app",
+        f"postgresql+asyncpg://app:{password}@h/app") if u in text]
+    secrets = sorted({s for u in urls for s in secrets_of(u)} | {password}, key=len, reverse=True)
+    assert redact(text, secrets, urls) == expected
+
+
+@contextlib.asynccontextmanager
+async def pg_login(server: Server, logins: dict[str, str]) -> AsyncIterator[bool]:
+    """Roles with these passwords; yields whether the server checks them (scram-sha-256).
+
+    It does on the suite's throwaway server, whose pg_hba.conf this edits while the roles exist;
+    a running server given by CONNMAN_TEST_POSTGRES_URL may trust any password.
+    """
+    import asyncpg
+
+    hba = (server.data_dir / "pg_hba.conf"
+           if isinstance(server, PostgresServer) and server.data_dir is not None else None)
+    original = hba.read_text() if hba is not None else None
+    admin = await asyncpg.connect(server.url())
+    try:
+        for role, password in logins.items():
+            await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD "
+                                f"'{password.replace(chr(39), chr(39) * 2)}'")
+        if hba is not None and original is not None:
+            hba.write_text("".join(f"host all {role} 127.0.0.1/32 scram-sha-256\n"
+                                   for role in logins) + original)
+            await admin.execute("SELECT pg_reload_conf()")
+        yield hba is not None
+    finally:
+        if hba is not None and original is not None:
+            hba.write_text(original)
+            await admin.execute("SELECT pg_reload_conf()")
+        for role in logins:
+            await admin.execute(f"DROP ROLE IF EXISTS {role}")
+        await admin.close()
+
+
+# How the password relates to the URL it sits in (the user is `user`).
+SAME_AS = {
+    "user": lambda user: user,
+    "database": lambda user: "postgres",
+    "host": lambda user: "127.0.0.1",
+    "common word": lambda user: "connection",
+}
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("same_as", list(SAME_AS))
+async def test_live_password_equal_to_another_part_keeps_the_url_readable(
+        same_as: str, postgres_server: Server, debug_logs: pytest.LogCaptureFixture) -> None:
+    tag = uuid.uuid4().hex[:6]
+    good, bad = f"cmeq_good_{tag}", f"cmeq_bad_{tag}"
+    good_pw, bad_pw = SAME_AS[same_as](good), SAME_AS[same_as](bad)
+    host = f"127.0.0.1:{postgres_server.port}"
+    async with pg_login(postgres_server, {good: good_pw, bad: PW_PLAIN}) as checked:
+        # The right password: the pool works; every place shows the URL with *** in its place.
+        url = f"postgresql+asyncpg://{good}:{good_pw}@{host}/postgres"
+        masked = f"postgresql+asyncpg://{good}:***@{host}/postgres"
+        manager = ConnectionManager({"main": {"url": url, "size": 1, "connect_timeout": 5.0}})
+        async with manager:
+            async with manager.session("main") as db:
+                from sqlalchemy import text
+
+                assert (await db.execute(text("SELECT current_user"))).scalar() == good
+            health = (await get_health(manager)).json()
+            assert health["pools"]["main"]["url"] == masked
+            assert masked in repr(manager)
+        # A wrong password that equals the user, the database, the host or a common word: the
+        # error shows the URL whole and masked, and the password nowhere else.
+        url = f"postgresql+asyncpg://{bad}:{bad_pw}@{host}/postgres"
+        masked = f"postgresql+asyncpg://{bad}:***@{host}/postgres"
+        if not checked:  # a server that trusts any password cannot refuse this one
+            return
+        manager = ConnectionManager({"main": {"url": url, "size": 1, "connect_timeout": 5.0}})
+        with pytest.raises(PoolStartupError) as info:
+            await manager.open()
+    message = str(info.value)
+    prefix = f"pool 'main' ({masked}) could not be opened: "
+    assert message.startswith(prefix), message
+    driver_words = message[len(prefix):]
+    assert "InvalidPasswordError" in driver_words or "password" in driver_words, message
+    import re
+
+    assert not re.search(rf"(?<![\w.]){re.escape(bad_pw)}(?![\w.])", driver_words), message
+    for text_seen in (debug_logs.text, repr(info.value)):
+        assert f"{bad}:{bad_pw}@" not in text_seen
+        assert f"{good}:{good_pw}@" not in text_seen
+
+
+# -- URL objects and masked strings ---------------------------------------------------------------
+
+
+def url_forms(url: str) -> dict[str, Any]:
+    """The same URL as a string, a SQLAlchemy URL, a pydantic DSN and a pydantic SecretStr."""
+    from pydantic import MongoDsn, PostgresDsn, SecretStr, TypeAdapter
+    from sqlalchemy.engine import make_url
+
+    dsn = MongoDsn if url.startswith("mongodb") else PostgresDsn
+    return {"str": url, "sqlalchemy.URL": make_url(url),
+            "pydantic DSN": TypeAdapter(dsn).validate_python(url), "SecretStr": SecretStr(url)}
+
+
+@pytest.mark.parametrize("form", ["sqlalchemy.URL", "pydantic DSN", "SecretStr"])
+def test_url_objects_are_accepted_and_never_shown(form: str) -> None:
+    url = STATIC_URLS["user:pass"]
+    value = url_forms(url)[form]
+    config = PoolConfig(url=value, replicas=[value])
+    assert config.url.get_secret_value() == url
+    assert config.replicas[0].get_secret_value() == url
+    seen = Seen()
+    manager = ConnectionManager({"main": {"url": value, "replicas": [value]}})
+    seen.add("config", config, config.model_dump(), config.model_dump_json())
+    seen.add("manager", manager, manager.pool("main").state())
+    from connman import ConnmanSettings
+
+    seen.add("settings", ConnmanSettings(pools={"main": {"url": value}}))
+    seen.assert_clean()
+
+
+def test_a_masked_url_is_refused_with_the_reason() -> None:
+    from sqlalchemy.engine import make_url
+
+    from connman import ConfigurationError
+
+    url = make_url(STATIC_URLS["user:pass"])
+    assert ":***@" in str(url)  # what the obvious workaround, str(url), gives
+    for masked in (str(url), mask_url(STATIC_URLS["query-string"]),
+                   STATIC_URLS["user:pass"].replace(PW_PLAIN, "%2A%2A%2A")):
+        with pytest.raises(ConfigurationError) as info:
+            ConnectionManager({"main": masked})
+        assert info.value.field == "url"
+        assert str(info.value).startswith("pool 'main': url: the password is '***', a mask")
+        assert "render_as_string(hide_password=False)" in str(info.value)
+    with pytest.raises(ConfigurationError, match=r"pool 'main': replicas\.0: the password is"):
+        ConnectionManager({"main": {"url": STATIC_URLS["user:pass"], "replicas": [str(url)]}})
+    with pytest.raises(ConfigurationError, match=r"pool 'main': url: must be a URL: a string, a "
+                                                 r"sqlalchemy\.engine\.URL or a pydantic URL type"):
+        ConnectionManager({"main": {"url": 5432}})
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("form", ["sqlalchemy.URL", "pydantic DSN", "SecretStr"])
+async def test_live_postgres_from_a_url_object(form: str, postgres_server: Server,
+                                               debug_logs: pytest.LogCaptureFixture) -> None:
+    from sqlalchemy import text
+
+    role = f"cmobj_{uuid.uuid4().hex[:6]}"
+    url = f"postgresql+asyncpg://{role}:{PW_ENCODED}@127.0.0.1:{postgres_server.port}/postgres"
+    async with pg_login(postgres_server, {role: PW_DECODED}):
+        manager = ConnectionManager({"main": {"url": url_forms(url)[form], "size": 1}})
+        async with manager, manager.session("main") as db:
+            assert (await db.execute(text("SELECT current_user"))).scalar() == role
+        # The masked string is refused before anything is sent to the server.
+        from sqlalchemy.engine import make_url
+
+        from connman import ConfigurationError
+
+        with pytest.raises(ConfigurationError, match="the password is '\\*\\*\\*'"):
+            ConnectionManager({"main": {"url": str(make_url(url)), "size": 1}})
+    seen = Seen()
+    seen.logs(debug_logs)
+    seen.add("manager", manager)
+    seen.assert_clean()
+
+
+@pytest.mark.mongo
+async def test_live_mongo_from_a_pydantic_dsn(mongo_server: Server) -> None:
+    async with mongo_user(mongo_server) as url:
+        for form in ("pydantic DSN", "SecretStr"):
+            manager = ConnectionManager({"main": {"url": url_forms(url)[form], "size": 1}})
+            async with manager, manager.session("main") as db:
+                await db.probe.insert_one({"x": 1})
+                assert await db.probe.count_documents({}) >= 1
+            seen = Seen()
+            seen.add("manager", manager)
+            seen.assert_clean()

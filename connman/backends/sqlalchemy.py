@@ -31,12 +31,22 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.pool import AsyncAdaptedQueuePool
-from sqlalchemy.util import greenlet_spawn
+from sqlalchemy.util import await_only, greenlet_spawn
 
 from .._pool import Pool, finish, jittered_lifetime, shielded
 from ..config import PoolConfig
-from ..errors import CheckoutTimeout, ConfigurationError, ConnmanError, StatementTimeout
+from ..errors import (
+    CheckoutTimeout,
+    ConcurrentUse,
+    ConfigurationError,
+    ConnmanError,
+    PoolTimeout,
+    SessionEnded,
+    StatementTimeout,
+)
 from ..stats import EventHub
+from ._guard import EndedBind, FastConnection, ended_message
+from ._reset import FULL_RESET
 
 logger = logging.getLogger("connman")
 T = TypeVar("T")
@@ -48,13 +58,33 @@ ALIVE_BYPASS_S = 0.5
 class _Probe:
     """How to ask one driver's raw connection, without I/O, whether it is closed or in a transaction."""
 
-    __slots__ = ("closed", "in_transaction", "rollback")
+    __slots__ = ("closed", "in_transaction", "ping", "rollback")
 
     def __init__(self, closed: Callable[[Any], bool], in_transaction: Callable[[Any], bool],
-                 rollback: Callable[[Any], Any]) -> None:
+                 rollback: Callable[[Any], Any], ping: Callable[[Any], Any]) -> None:
         self.closed = closed
         self.in_transaction = in_transaction
         self.rollback = rollback
+        self.ping = ping
+
+
+async def _mysql_select1(conn: Any) -> None:
+    cur = conn.cursor()  # aiomysql: an awaitable; asyncmy: the cursor itself
+    if inspect.isawaitable(cur):
+        cur = await cur
+    try:
+        await cur.execute("SELECT 1")
+        await cur.fetchall()
+    finally:
+        await cur.close()
+
+
+async def _sqlite_select1(conn: Any) -> None:
+    cur = await conn.execute("SELECT 1")
+    try:
+        await cur.fetchall()
+    finally:
+        await cur.close()
 
 
 def _interrupt_sqlite(conn: Any) -> None:
@@ -67,14 +97,60 @@ def _interrupt_sqlite(conn: Any) -> None:
 
 _PROBES: dict[str, _Probe] = {
     "asyncpg": _Probe(lambda c: c.is_closed(), lambda c: c.is_in_transaction(),
-                      lambda c: c.execute("ROLLBACK")),
+                      lambda c: c.execute("ROLLBACK"), lambda c: c.fetchval("SELECT 1")),
     "aiomysql": _Probe(lambda c: c.closed, lambda c: c.get_transaction_status(),
-                       lambda c: c.rollback()),
+                       lambda c: c.rollback(), _mysql_select1),
     "asyncmy": _Probe(lambda c: not c.connected, lambda c: c.get_transaction_status(),
-                      lambda c: c.rollback()),
+                      lambda c: c.rollback(), _mysql_select1),
     "aiosqlite": _Probe(lambda c: c._connection is None, lambda c: c.in_transaction,
-                        lambda c: c.rollback()),
+                        lambda c: c.rollback(), _sqlite_select1),
 }
+
+
+_DISCONNECT_NAMES = frozenset({"OperationalError", "InterfaceError", "ConnectionDoesNotExistError",
+                               "PostgresConnectionError", "InternalClientError"})
+
+
+def _may_be_disconnected(exc: BaseException) -> bool:
+    """Whether a driver's own exception (fast path, probe) may mean its connection is broken.
+
+    A driver connection can look open after its socket died (asyncmy < 0.2.10 keeps `connected`
+    True), so such an error discards the connection rather than trust it: the MySQL drivers'
+    OperationalError and InterfaceError, asyncpg's connection errors, and OS-level errors.
+    """
+    if isinstance(exc, (OSError, ConnectionError, TimeoutError)):
+        return True
+    return any(cls.__name__ in _DISCONNECT_NAMES for cls in type(exc).__mro__)
+
+
+def _is_concurrency_error(exc: BaseException) -> bool:
+    """SQLAlchemy's own word that two tasks used one session at once."""
+    return isinstance(exc, sa_exc.IllegalStateChangeError) or (
+        isinstance(exc, sa_exc.InvalidRequestError) and getattr(exc, "code", None) == "isce")
+
+
+def _changing(session: Any) -> bool:
+    """Whether a task is inside a state change of this (sync) session now, such as checking a
+    connection out for it: SQLAlchemy's `_StateChange` marks that on each transaction."""
+    trans = session._transaction
+    while trans is not None:
+        if getattr(trans._next_state, "name", "") == "CHANGE_IN_PROGRESS":
+            return True
+        trans = trans._parent
+    return False
+
+
+def _session_connections(session: Any) -> list[Any]:
+    """The SQLAlchemy `Connection`s a (sync) session holds, whatever state it is in."""
+    trans = session._transaction
+    while trans is not None and trans._parent is not None:
+        trans = trans._parent
+    if trans is None:
+        return []
+    seen: dict[int, Any] = {}
+    for entry in list(trans._connections.values()):
+        seen.setdefault(id(entry[0]), entry[0])
+    return list(seen.values())
 
 _orphans: set[asyncio.Future[Any]] = set()
 
@@ -304,6 +380,26 @@ def engine_options(name: str, config: PoolConfig) -> dict[str, Any]:
     return kw
 
 
+def session_options(name: str, config: PoolConfig) -> dict[str, Any]:
+    """The `async_sessionmaker` keywords for a pool config (`class_` from `session_class`).
+
+    Checked now, by making one unbound session: an option the session class does not take
+    would otherwise fail on the first request, not at startup.
+    """
+    cls = config.session_class or AsyncSession
+    if not issubclass(cls, AsyncSession):
+        raise ConfigurationError(
+            f"pool {name!r}: session_class: {cls.__module__}.{cls.__qualname__} is not a "
+            "subclass of sqlalchemy.ext.asyncio.AsyncSession", pool=name, field="session_class")
+    kw: dict[str, Any] = {"expire_on_commit": False, **config.session_options}
+    try:
+        cls(**kw)
+    except (TypeError, sa_exc.ArgumentError) as exc:
+        raise ConfigurationError(f"pool {name!r}: session_options: {exc}", pool=name,
+                                 field="session_options") from None
+    return {"class_": cls, **kw}
+
+
 def _live_idle(pool: Any) -> int:
     """Idle connections in SQLAlchemy's queue, not counting records the fast path closed.
 
@@ -350,6 +446,217 @@ def _release_frames(error: BaseException) -> None:
             tb = tb.tb_next
 
 
+class _SavepointConnection(FastConnection):
+    """A fast-path connection inside a test binding: `commit()`/`rollback()`/`begin()` act on the
+    unit's SAVEPOINT instead of the test's outer transaction (aiomysql, asyncmy, aiosqlite)."""
+
+    __slots__ = ("_cm_unit",)
+
+    def __init__(self, pool: str, unit: _RawUnit) -> None:
+        super().__init__(pool, unit.driver)
+        self._cm_unit = unit
+
+    def _cm_live(self) -> _RawUnit:
+        if self._cm_conn is None:
+            raise SessionEnded(ended_message(self._cm_pool, "fast-path connection"),
+                               pool=self._cm_pool)
+        return self._cm_unit
+
+    async def begin(self) -> None:
+        """Nothing to do: the unit already runs in a savepoint."""
+        self._cm_live()
+
+    async def commit(self) -> None:
+        """Keep what the unit wrote so far (RELEASE SAVEPOINT), then open a new savepoint."""
+        await self._cm_live().restart(commit=True)
+
+    async def rollback(self) -> None:
+        """Undo what the unit wrote since its last commit (ROLLBACK TO SAVEPOINT)."""
+        await self._cm_live().restart(commit=False)
+
+
+class _RawUnit:
+    """One fast-path unit of work inside a test binding: its savepoint and driver connection."""
+
+    __slots__ = ("conn", "driver", "nested", "proxy")
+
+    def __init__(self, conn: Any, nested: Any, driver: Any) -> None:
+        self.conn = conn
+        self.nested = nested
+        self.driver = driver
+        self.proxy: FastConnection | None = None
+
+    async def restart(self, *, commit: bool) -> None:
+        if self.nested.is_active:
+            await (self.nested.commit() if commit else self.nested.rollback())
+        self.nested = await self.conn.begin_nested()
+
+
+# Drivers whose connections start transactions implicitly and need `commit()` (DBAPI style): an
+# uncommitted write of a fast-path unit is rolled back when it ends, as reset-on-return does.
+_IMPLICIT_TRANSACTIONS = frozenset({"aiomysql", "asyncmy", "aiosqlite"})
+
+
+class TestBinding:
+    """Every unit of work of a pool joined to one outer transaction, rolled back at the end (tests).
+
+    Made by `SQLAlchemyPool.bind()`; `connman.testing` uses it for per-test isolation. The outer
+    connection is checked out of the engine at the first unit of work, in that unit's event loop,
+    and a transaction is begun on it. Each session is then an `AsyncSession` bound to it with
+    `join_transaction_mode="create_savepoint"`: its commit releases a SAVEPOINT, its rollback rolls
+    back to it, and the app's own `begin_nested()` nests inside. A fast-path unit gets the outer
+    connection's driver connection inside a SAVEPOINT. Each unit still takes its slot at the gate.
+
+    One connection runs one statement at a time, so units of work are serialised with an
+    `asyncio.Lock` (re-entrant within one task, so a unit opened inside another nests); a unit
+    that cannot get it within the pool's `timeout` raises `PoolTimeout`.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, pool: SQLAlchemyPool) -> None:
+        self.pool = pool
+        self.conn: Any = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        """The event loop the outer connection lives in (None until the first unit of work)."""
+        self._trans: Any = None
+        self._lock = asyncio.Lock()
+        self._owner: asyncio.Task[Any] | None = None
+        self._depth = 0
+        self._sqlite = pool.config.driver_name == "aiosqlite"
+
+    @property
+    def active(self) -> bool:
+        """Whether an outer transaction is open now."""
+        return self.conn is not None
+
+    async def _enter(self) -> None:
+        task = asyncio.current_task()
+        if task is not None and task is self._owner:
+            self._depth += 1
+            return
+        try:
+            async with asyncio.timeout(self.pool.config.timeout):
+                await self._lock.acquire()
+        except TimeoutError:
+            self.pool.counters.bump("requests_timeouts")
+            raise PoolTimeout(
+                f"pool {self.pool.name!r}: the test's outer transaction stayed busy for "
+                f"{self.pool.config.timeout:g}s (units of work share it one at a time)",
+                pool=self.pool.name, retry_after=self.pool.config.retry_after_s) from None
+        try:
+            if self.conn is None:
+                await self._start()
+        except BaseException:
+            self._lock.release()
+            raise
+        self._owner, self._depth = task, 1
+
+    def _exit(self) -> None:
+        self._depth -= 1
+        if self._depth <= 0:
+            self._owner, self._depth = None, 0
+            self._lock.release()
+
+    async def _start(self) -> None:
+        engine = self.pool._require_engine()
+        await self.pool._make_room()
+        conn = await engine.connect()
+        try:
+            if self._sqlite:
+                # pysqlite's own transaction handling does not mix with SAVEPOINT: take it over.
+                await conn.run_sync(_sqlite_manual_transactions, True)
+            self._trans = await conn.begin()
+            if self._sqlite:
+                await conn.exec_driver_sql("BEGIN")
+        except BaseException:
+            await shielded(conn.close())
+            raise
+        self.conn, self.loop = conn, asyncio.get_running_loop()
+
+    async def start(self) -> None:
+        """Begin the outer transaction now, in this event loop (else the first unit of work does)."""
+        await self._enter()
+        self._exit()
+
+    async def begin(self) -> AsyncSession:
+        """A session joined to the outer transaction (waits for the units before it)."""
+        await self._enter()
+        maker = self.pool._sessionmaker
+        assert maker is not None
+        return maker(bind=self.conn, join_transaction_mode="create_savepoint")
+
+    async def end(self, session: AsyncSession, error: BaseException | None) -> None:
+        """Commit (release the savepoint) or roll back to it, close the session, let the next in."""
+        try:
+            if error is None and session.in_transaction() and self.pool.config.commit == "auto":
+                await session.commit()
+        finally:
+            try:
+                await finish(session.close, self.pool._finish_timeout, self.pool.name)
+            finally:
+                # As for any session: after its unit of work it checks out nothing more.
+                session.sync_session.bind = EndedBind(self.pool.name)  # type: ignore[assignment]
+                self._exit()
+
+    async def begin_raw(self) -> tuple[_RawUnit, Any]:
+        """The outer connection's driver connection, inside a SAVEPOINT."""
+        await self._enter()
+        try:
+            nested = await self.conn.begin_nested()
+            fairy = await self.conn.get_raw_connection()
+            unit = _RawUnit(self.conn, nested, fairy.driver_connection)
+        except BaseException:
+            self._exit()
+            raise
+        if self.pool.config.driver_name in _IMPLICIT_TRANSACTIONS:
+            unit.proxy = _SavepointConnection(self.pool.name, unit)
+        else:
+            unit.proxy = FastConnection(self.pool.name, unit.driver)
+        return unit, unit.proxy
+
+    async def end_raw(self, unit: _RawUnit, error: BaseException | None) -> None:
+        """Keep the unit's writes (asyncpg autocommits them) or roll back to its savepoint."""
+        if unit.proxy is not None and unit.proxy._cm_detach():
+            logger.warning("connman: pool %r: a fast-path operation still runs on the test's "
+                           "connection after its unit of work ended", self.pool.name)
+        try:
+            nested = unit.nested
+            if nested.is_active:
+                keep = error is None and self.pool.config.driver_name not in _IMPLICIT_TRANSACTIONS
+                try:
+                    await (nested.commit() if keep else nested.rollback())
+                except Exception:
+                    # A statement failed inside it (PostgreSQL refuses RELEASE then): undo it.
+                    if nested.is_active:
+                        await nested.rollback()
+        finally:
+            self._exit()
+
+    async def rollback(self) -> None:
+        """Roll back everything the units of work wrote and give the connection back.
+
+        Idempotent; the next unit of work starts a new outer transaction. Must run in `loop`.
+        """
+        conn, trans = self.conn, self._trans
+        if conn is None:
+            return
+        self.conn = self._trans = self.loop = None
+
+        async def close() -> None:
+            try:
+                if trans is not None and trans.is_active:
+                    await trans.rollback()
+                if self._sqlite:
+                    await conn.run_sync(_sqlite_manual_transactions, False)
+            finally:
+                await conn.close()
+
+        await finish(close, self.pool._finish_timeout, self.pool.name)
+
+
+def _sqlite_manual_transactions(sync_conn: Any, manual: bool) -> None:
+    sync_conn.connection.dbapi_connection.isolation_level = None if manual else ""
 def _bound_statements(sync_engine: Any, dialect: Any, seconds: float, kill: Callable[[Any], None],
                       expired: Callable[[], Exception]) -> None:
     """Bound every execute, COMMIT and ROLLBACK of an engine by `seconds` (the emulated
@@ -431,6 +738,7 @@ class SQLAlchemyPool(Pool):
     def __init__(self, name: str, config: PoolConfig, hub: EventHub) -> None:
         super().__init__(name, config, hub)
         self._options = engine_options(name, config)
+        self._session_kw = session_options(name, config)
         self._engine: AsyncEngine | None = None
         self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
         self.connect_hooks: list[Callable[[Any, Any], None]] = []
@@ -440,6 +748,13 @@ class SQLAlchemyPool(Pool):
         self._hot: list[tuple[Any, Any, float]] = []
         self._probe = _PROBES.get(config.driver_name)
         self._sqlite = config.driver_name == "aiosqlite"
+        self._autocommit = config.commit == "auto"
+        # Drivers whose every query the fast path's proxy sees (asyncpg's connection methods,
+        # the MySQL drivers' cursors); aiosqlite's go through result objects it does not track.
+        self._tracked = config.driver_name != "aiosqlite"
+        self._binding: TestBinding | None = None
+        self._full_reset = (FULL_RESET.get(config.driver_name)
+                            if config.reset_on_return == "full" else None)
         self._silent_until = 0.0
         """Until then, closes do not wait for the server: one goodbye just went unanswered."""
 
@@ -449,7 +764,7 @@ class SQLAlchemyPool(Pool):
         engine = create_async_engine(self.config.url.get_secret_value(), **self._options)
         self._engine = engine
         self._install_events(engine)
-        self._sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
+        self._sessionmaker = async_sessionmaker(engine, **self._session_kw)
         # Warm `size` connections at once, then give them back: the pool starts full.
         conns = [engine.connect() for _ in range(self.config.size)]
         try:
@@ -476,6 +791,8 @@ class SQLAlchemyPool(Pool):
         return None
 
     async def _close(self) -> None:
+        if self._binding is not None:
+            await self._binding.rollback()
         while self._hot:
             # Checked out of SQLAlchemy's pool, so dispose() would not close them: give them back.
             await self._discard(self._hot.pop()[0], reason=None)
@@ -485,6 +802,16 @@ class SQLAlchemyPool(Pool):
                 self._disposed_pool = engine.sync_engine.pool
             await engine.dispose()
 
+    def _forget_after_fork(self) -> None:
+        """In a forked child: start afresh, keeping the parent's engine referenced and unclosed.
+
+        Its connections share sockets with the parent: disposing the engine here (or letting the
+        garbage collector finalize it) would send the driver's terminate message on them.
+        """
+        self._inherited = (self._engine, self._hot)
+        self._engine = self._sessionmaker = None
+        self._hot = []
+        self._disposed_pool = None
     # ------------------------------------------------------------------ deadlines
     def _statement_expired(self) -> StatementTimeout:
         return StatementTimeout(
@@ -663,6 +990,21 @@ class SQLAlchemyPool(Pool):
             if rec is not None:
                 rec.info["cm_in"] = time.monotonic()
 
+        full_reset = self._full_reset
+        if full_reset is not None:
+            hooks = self.connect_hooks
+
+            @event.listens_for(pool, "reset")
+            def on_reset(dbapi_con: Any, rec: Any, reset_state: Any) -> None:
+                if reset_state.terminate_only or not reset_state.asyncio_safe:
+                    return  # being closed, or collected by the GC: nothing to reset
+                # Through the adapter first, so SQLAlchemy's view of the transaction stays true;
+                # an error here makes SQLAlchemy invalidate the connection instead.
+                dbapi_con.rollback()
+                await_only(full_reset(dbapi_con.driver_connection))
+                for hook in hooks:
+                    hook(dbapi_con, rec)
+
         @event.listens_for(pool, "invalidate")
         def on_invalidate(dbapi_con: Any, rec: Any, error: BaseException | None) -> None:
             rec.info.setdefault("cm_reason", "lost")
@@ -690,25 +1032,117 @@ class SQLAlchemyPool(Pool):
 
     # ------------------------------------------------------------------ sessions
     async def _begin(self) -> AsyncSession:
+        if self._binding is not None:  # connman.testing: join the test's outer transaction
+            return await self._binding.begin()
         assert self._sessionmaker is not None
         if self._hot and self._active + len(self._hot) > self.config.max_size:
             # This session's slot would need a connection the fast path holds idle.
             await self._discard(self._hot.pop(0)[0], reason=None)
         return self._sessionmaker()
 
+    def off_books(self) -> int:
+        """SQLAlchemy's checked-out connections beyond the leases and the fast path's idle stack."""
+        if self._engine is None:
+            return 0
+        pool: Any = self._engine.sync_engine.pool
+        out = int(pool.checkedout())
+        binding = self._binding
+        if binding is not None and binding.pool is self and binding.active:
+            out -= 1  # the test's outer connection (connman.testing), on the books
+        return max(0, out - len(self._hot) - self._active)
+
+    def _drop_driver(self) -> None:
+        """Drop the engine of a loop that is gone: close the driver connections' sockets directly
+        (no round trip is possible without their loop) and forget the pool."""
+        from ._abandon import close_driver_connection
+
+        engine, self._engine = self._engine, None
+        hot, self._hot = self._hot, []
+        conns = [conn for _, conn, _ in hot]
+        if engine is not None:
+            pool: Any = engine.sync_engine.pool
+            queue = getattr(getattr(getattr(pool, "_pool", None), "_queue", None), "_queue", None)
+            for rec in list(queue or ()):
+                dbapi = rec.dbapi_connection
+                if dbapi is not None:
+                    conns.append(getattr(dbapi, "driver_connection", dbapi))
+                    rec.dbapi_connection = None
+        for conn in conns:
+            close_driver_connection(conn)
+        self._sessionmaker = None
+
     async def _end(self, session: AsyncSession, error: BaseException | None) -> None:
+        if self._binding is not None:  # connman.testing
+            return await self._binding.end(session, error)
         if error is not None and not isinstance(error, Exception) and self._sqlite:
             # Cancelled: SQLAlchemy invalidated the connection if a query was in flight (the
             # invalidate event interrupts it); the cursor it leaves must not keep the file open.
             _release_frames(error)
+        sync = session.sync_session
         try:
-            if error is None and session.in_transaction():
-                await session.commit()
+            if error is None and self._autocommit and session.in_transaction():
+                try:
+                    await session.commit()
+                except Exception:
+                    # What the server kept is unknown (SQLite even leaves the transaction open
+                    # after a failed COMMIT, for the next unit to see): discard the connection
+                    # instead of trusting a rollback on it.
+                    await self._force_close(sync)
+                    raise
         finally:
             # close() rolls back what was not committed and returns the connection, also when
             # the request was cancelled.
-            await finish(session.close, self._finish_timeout, self.name)
-            await self._close_if_disposed()
+            try:
+                await finish(session.close, self._finish_timeout, self.name)
+                if _session_connections(sync):
+                    # close() was abandoned (stuck past its deadline): discard what it held.
+                    await self._force_close(sync)
+            except Exception as exc:
+                # Another task is still inside this session (gather over one session), or the
+                # connection broke while being reset: close() could not return it, so discard it
+                # before the gate gives the slot back.
+                await self._force_close(sync)
+                if _is_concurrency_error(exc) or (error is not None
+                                                  and _is_concurrency_error(error)):
+                    raise self._concurrent(error or exc) from exc
+                raise
+            finally:
+                # From now on the session refuses to check a connection out: no work after the
+                # unit of work ended can go past the gate.
+                sync.bind = EndedBind(self.name)  # type: ignore[assignment]
+                await self._close_if_disposed()
+        if error is not None and _is_concurrency_error(error):
+            raise self._concurrent(error) from error
+
+    def _concurrent(self, cause: BaseException) -> ConcurrentUse:
+        return ConcurrentUse(
+            f"pool {self.name!r}: two tasks used one session at the same time "
+            f"({type(cause).__name__}); a session is one unit of work on one connection: await "
+            "its operations in turn, or give each task its own `async with "
+            f"manager.session({self.name!r})`", pool=self.name)
+
+    async def _force_close(self, sync: Any) -> None:
+        """Discard the connections of a session that close() could not end.
+
+        A task may be checking a connection out for the session right now: wait (at most the
+        time a checkout may take) until it holds it, then invalidate every connection the session
+        holds. Invalidating outside SQLAlchemy's greenlet terminates the driver connection at once
+        (no round trip) and checks it back in, so the slot goes back with no connection out.
+        """
+        sync.bind = EndedBind(self.name)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._finish_timeout
+        try:
+            while _changing(sync) and loop.time() < deadline:
+                await asyncio.sleep(0.005)
+        finally:
+            for conn in _session_connections(sync):
+                try:
+                    if not conn.closed and not conn.invalidated:
+                        conn.invalidate()
+                except Exception:
+                    logger.debug("connman: pool %r: invalidating a session's connection failed",
+                                 self.name, exc_info=True)
 
     async def _close_if_disposed(self) -> None:
         if self._disposed_pool is not None:
@@ -718,6 +1152,13 @@ class SQLAlchemyPool(Pool):
                          self._finish_timeout, self.name)
 
     async def _begin_raw(self) -> tuple[Any, Any]:
+        if self._binding is not None:  # connman.testing: a savepoint on the test's connection
+            return await self._binding.begin_raw()
+        fairy, conn = await self._checkout_raw()
+        proxy = FastConnection(self.name, conn)
+        return (fairy, proxy), proxy
+
+    async def _checkout_raw(self) -> tuple[Any, Any]:
         hot = self._hot
         while hot:
             fairy, conn, since = hot.pop()
@@ -775,7 +1216,40 @@ class SQLAlchemyPool(Pool):
             step = fairy.invalidate
         await finish(partial(greenlet_spawn, step), self._finish_timeout, self.name)
 
-    async def _end_raw(self, fairy: Any, error: BaseException | None) -> None:
+    async def _end_raw(self, handle: Any, error: BaseException | None) -> None:
+        if self._binding is not None:  # connman.testing
+            return await self._binding.end_raw(handle, error)
+        fairy, proxy = handle
+        if proxy._cm_detach() or (isinstance(error, Exception) and not self._tracked):
+            # An operation is still running on it (a task the `async with` did not wait for), or
+            # may be: aiosqlite queues queries on its thread through objects the proxy does not
+            # see, so an error exit could leave one queued. Its state is unknown: terminate it,
+            # never hand it out again busy.
+            self._terminate(fairy, "close")
+            return
+        await self._checkin_raw(fairy, error)
+
+    async def _reset_raw(self, fairy: Any, conn: Any) -> None:
+        """`reset_on_return="full"` on the fast path: the driver's reset, then the pool's
+        `on_connect` hooks again (they run in SQLAlchemy's greenlet, as at connect)."""
+        assert self._full_reset is not None
+        await self._full_reset(conn)
+        if self.connect_hooks:
+            def rerun() -> None:
+                for hook in self.connect_hooks:
+                    hook(fairy.dbapi_connection, fairy._connection_record)
+            await greenlet_spawn(rerun)
+
+    def _terminate(self, fairy: Any, reason: str) -> None:
+        """Invalidate a connection outside SQLAlchemy's greenlet: the driver connection is closed
+        at once, without a round trip, and the record goes back to the pool empty."""
+        if fairy.is_valid:
+            fairy._connection_record.info["cm_reason"] = reason
+            fairy.invalidate()
+        else:
+            fairy.close()
+
+    async def _checkin_raw(self, fairy: Any, error: BaseException | None) -> None:
         probe = self._probe
         if (probe is not None and self._engine is not None and not self._closing
                 and fairy.is_valid):
@@ -791,7 +1265,7 @@ class SQLAlchemyPool(Pool):
                 self._kill(conn)
                 await self._discard(fairy, "lost")
                 return
-            if probe.closed(conn):
+            if probe.closed(conn) or (error is not None and _may_be_disconnected(error)):
                 await self._discard(fairy, "lost")
                 return
             if probe.in_transaction(conn):
@@ -802,6 +1276,13 @@ class SQLAlchemyPool(Pool):
                     await self._discard(fairy, "lost")
                     return
                 if probe.closed(conn) or probe.in_transaction(conn):
+                    await self._discard(fairy, "lost")
+                    return
+            if self._full_reset is not None:
+                try:
+                    await finish(partial(self._reset_raw, fairy, conn), self._finish_timeout,
+                                 self.name)
+                except Exception:
                     await self._discard(fairy, "lost")
                     return
             self._hot.append((fairy, conn, time.monotonic()))
@@ -823,18 +1304,50 @@ class SQLAlchemyPool(Pool):
         """Check out the session's connection now."""
         await unit.connection()
 
+    # ------------------------------------------------------------------ tests
+    def bind(self, binding: TestBinding | None = None) -> TestBinding:
+        """Join every unit of work of this pool to one outer transaction (per-test isolation).
+
+        Returns the `TestBinding` (pass another pool's to share it: a replica reading the
+        primary's writes). No I/O: the outer connection is checked out at the first unit of work.
+        End it with `await binding.rollback()`, then `unbind()`. Raises `RuntimeError` if bound.
+        """
+        if self._binding is not None:
+            raise RuntimeError(f"pool {self.name!r} is already bound to a test transaction")
+        self._binding = binding or TestBinding(self)
+        return self._binding
+
+    def unbind(self) -> None:
+        """Stop joining units of work to the binding (its outer transaction must be rolled back)."""
+        binding = self._binding
+        if binding is not None and binding.pool is self and binding.active:
+            raise RuntimeError(f"pool {self.name!r}: roll the test transaction back before unbind()")
+        self._binding = None
+
+    @property
+    def binding(self) -> TestBinding | None:
+        """The test binding in force, if any."""
+        return self._binding
+
     def _require_engine(self) -> AsyncEngine:
         if self._engine is None:
             raise RuntimeError(f"pool {self.name!r} is not open")
         return self._engine
 
-    async def ping(self) -> float:
-        """One `SELECT 1` on a pooled connection; latency in milliseconds."""
-        engine = self._require_engine()
+    async def _ping(self) -> float:
+        """One `SELECT 1` on a pooled driver connection; latency in milliseconds."""
+        probe = self._probe
+        assert probe is not None
         t0 = time.perf_counter()
-        await self._make_room()
-        async with engine.connect() as conn:
-            await conn.exec_driver_sql("SELECT 1")
+        fairy, conn = await self._checkout_raw()
+        error: BaseException | None = None
+        try:
+            await probe.ping(conn)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            await self._checkin_raw(fairy, error)
         return (time.perf_counter() - t0) * 1000
 
     def _gauges(self) -> tuple[int, int]:
@@ -853,7 +1366,7 @@ class SQLAlchemyPool(Pool):
         out = {k: (v.__name__ if isinstance(v, type) else v) for k, v in self._options.items()}
         return out
 
-    async def server_info(self) -> dict[str, Any]:
+    async def _server_info(self) -> dict[str, Any]:
         """Version, max connections and the server-side count of this pool's connections."""
         engine = self._require_engine()
         driver = self.config.driver_name

@@ -1,7 +1,9 @@
-"""Test helpers: throwaway real database servers (see `connman.testing.servers`)."""
+"""Test helpers: throwaway real database servers (`connman.testing.servers`), per-test isolation of
+an app's pools (`connman.testing.isolation`) and the pytest plugin (`connman.testing.plugin`)."""
 
 from __future__ import annotations
 
+from connman.testing.isolation import Isolation, app_client, isolated, open_pools, point
 from connman.testing.servers import (
     ExternalServer,
     LocalServer,
@@ -18,6 +20,7 @@ from connman.testing.servers import (
 
 __all__ = [
     "ExternalServer",
+    "Isolation",
     "LocalServer",
     "MariaDBServer",
     "MongoWireServer",
@@ -26,6 +29,10 @@ __all__ = [
     "PostgresServer",
     "Server",
     "ServerError",
+    "app_client",
     "free_port",
+    "isolated",
+    "open_pools",
+    "point",
     "server_from_env",
 ]
