@@ -831,6 +831,16 @@ class SQLAlchemyPool(Pool):
             f"{self.config.connect_timeout:g}s", pool=self.name,
             retry_after=self.config.retry_after_s)
 
+    def _kill(self, conn: Any) -> None:
+        """Drop a driver connection now, without a word to the server."""
+        kill = _KILL.get(self.config.driver_name)
+        if kill is not None:
+            try:
+                kill(conn)
+            except Exception:
+                logger.debug("connman: pool %r: killing a connection failed", self.name,
+                             exc_info=True)
+
     def _bound_calls(self, sync_engine: Any) -> None:
         """Put a deadline on every driver call that waits for the server's answer.
 
@@ -1249,8 +1259,13 @@ class SQLAlchemyPool(Pool):
                 # Invalidating it also interrupts a SQLite query (the invalidate event).
                 await self._discard(fairy, "close")
                 return
-            if (probe.closed(conn) or _driver_timeout(error)  # asyncpg's command_timeout
-                    or (error is not None and _may_be_disconnected(error))):
+            if _driver_timeout(error):
+                # asyncpg's command_timeout: kill it first, or closing it would wait for the
+                # server to answer the query's cancellation.
+                self._kill(conn)
+                await self._discard(fairy, "lost")
+                return
+            if probe.closed(conn) or (error is not None and _may_be_disconnected(error)):
                 await self._discard(fairy, "lost")
                 return
             if probe.in_transaction(conn):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from collections.abc import Iterator
 
 from connman.testing.servers import Server, _descendants
@@ -31,10 +32,34 @@ def _signal(pids: list[int], sig: signal.Signals) -> None:
             os.kill(pid, sig)
 
 
-def freeze(server: Server) -> list[int]:
-    """SIGSTOP the server's process tree; returns the pids to pass to `thaw`."""
+def _running(pid: int) -> bool:
+    """Whether any thread of `pid` is not stopped yet (a gone process is not running)."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                state = f.read().rsplit(")", 1)[-1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("T", "t", "Z", "X"):
+            return True
+    return False
+
+
+def freeze(server: Server, timeout: float = 5.0) -> list[int]:
+    """SIGSTOP the server's process tree and wait until every thread of it is stopped (a stop is
+    delivered asynchronously); returns the pids to pass to `thaw`."""
     pids = _tree(server)
     _signal(pids, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    while any(_running(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            thaw(pids)
+            raise RuntimeError(f"{server!r} did not stop within {timeout:g}s")
+        time.sleep(0.001)
     return pids
 
 

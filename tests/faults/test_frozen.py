@@ -58,7 +58,8 @@ def checked_out(manager: ConnectionManager) -> tuple[int, int]:
     return active, int(native.checkedout()) - len(getattr(pool, "_hot", ()))
 
 
-def build(manager: ConnectionManager, ops: Ops, release: asyncio.Event) -> FastAPI:
+def build(manager: ConnectionManager, ops: Ops, release: asyncio.Event,
+          ready: asyncio.Event) -> FastAPI:
     app = FastAPI()
     app.include_router(manager.health_router())
     session = manager.session("main")
@@ -72,6 +73,7 @@ def build(manager: ConnectionManager, ops: Ops, release: asyncio.Event) -> FastA
     async def hold(unit: Any = Depends(session)) -> dict[str, bool]:
         # Check a connection out, wait for the freeze, then send a query it never answers.
         await ops.select1(unit)
+        ready.set()
         await release.wait()
         await ops.select1(unit)
         return {"ok": True}
@@ -97,8 +99,8 @@ async def rig_for(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
 async def frozen_run(rig: Rig, server: Server) -> dict[str, Any]:
     """Freeze `server` under a held session and new requests; thaw; report what each got."""
     manager = ConnectionManager({"main": rig.config(**LIMITS)})
-    release = asyncio.Event()
-    app = build(manager, rig.ops, release)
+    release, ready = asyncio.Event(), asyncio.Event()
+    app = build(manager, rig.ops, release, ready)
     out: dict[str, Any] = {}
     async with manager.lifespan(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
@@ -107,10 +109,7 @@ async def frozen_run(rig: Rig, server: Server) -> dict[str, Any]:
             warm = await asyncio.gather(http.get("/read"), http.get("/read"))
             assert [r.status_code for r in warm] == [200, 200]
             held = asyncio.ensure_future(timed(http.get("/hold")))
-            deadline = time.monotonic() + 10
-            while manager.stats("main")["requests_active"] < 1 and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.3)  # its first query answered: the connection is checked out
+            await asyncio.wait_for(ready.wait(), 30)  # its first query answered: checked out
             with frozen(server):
                 release.set()
                 reads = await asyncio.gather(*(timed(http.get("/read")) for _ in range(4)))
