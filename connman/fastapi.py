@@ -33,14 +33,16 @@ def unavailable_from(exc: BaseException) -> HTTPException | None:
 
     503 + `Retry-After` when no statement ran, so a retry is safe: the pool is exhausted
     (`PoolTimeout`, `TooManyWaiters`), its server did not answer the connect or pre-ping
-    (`CheckoutTimeout`), or it is closing (never opened, `PoolNotOpen`: the reason, typically a lifespan
-    that did not run, and no `Retry-After`). 504 for `StatementTimeout`: the database did not answer
-    a statement in time; the unit of work was rolled back, but a COMMIT that timed out may have
-    been applied, and a slow query retried at once only loads the database again, so no
-    `Retry-After` invites a retry.
+    (`CheckoutTimeout`), or it is closing (never opened, `PoolNotOpen`: the reason, typically a
+    lifespan that did not run, and no `Retry-After`). 503 without `Retry-After` for
+    `StatementTimeout`: the database did not answer a statement in time; the unit of work was
+    rolled back, but a COMMIT that timed out may have been applied, and a slow query retried at
+    once only loads the database again, so no `Retry-After` invites a retry.
     """
     if isinstance(exc, StatementTimeout):
-        return HTTPException(504, detail=f"database pool {exc.pool!r} did not answer in time")
+        # No Retry-After: something may have run (a COMMIT that timed out may have applied).
+        return HTTPException(503, detail=f"database pool {exc.pool!r}: a statement got no answer "
+                             "within statement_timeout")
     if isinstance(exc, CheckoutTimeout):
         return HTTPException(503, detail=f"database pool {exc.pool!r} is unavailable: its server "
                              "did not answer", headers={"Retry-After": str(exc.retry_after)})
@@ -68,7 +70,7 @@ async def _handle(request: Request, exc: Exception) -> JSONResponse:
 
 def add_exception_handlers(app: FastAPI) -> None:
     """Answer `PoolTimeout`/`PoolClosed` raised anywhere in a handler with 503 + `Retry-After`,
-    and `StatementTimeout` with 504 (see `unavailable_from`).
+    and `StatementTimeout` with 503 without `Retry-After` (see `unavailable_from`).
 
     `Depends(manager.session(...))` needs none of this; it is for `async with manager.session()`
     inside a handler or background code that runs in a request.

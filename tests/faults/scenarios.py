@@ -329,7 +329,7 @@ def category(o: Outcome) -> str:
         return "ok"
     if o.status == 503 and o.label in ("busy", "closing", "unanswered"):
         return o.label if o.retry_after else "other"
-    if o.status == 504 and o.label == "statement_timeout":
+    if o.status == 503 and o.label == "statement_timeout":
         return "statement_timeout"
     if o.status >= 500:
         return "server" if o.label and o.label != "non-json" else "other"
@@ -422,13 +422,14 @@ def write_integrity(outs: list[Outcome], keys: set[str], written: set[str] | Non
                     ) -> Figures:
     """Acknowledged writes missing (or read back as 404), and failed writes present.
 
-    `written`: keys whose handler finished its insert (`Served.written`), so that a 504
-    (`StatementTimeout`) on one of them came from its COMMIT.
+    `written`: keys whose handler finished its insert (`Served.written`), so that a
+    `StatementTimeout` (503 without Retry-After) on one of them came from its COMMIT.
     """
     written = written or set()
 
     def at_commit_error(o: Outcome) -> bool:
-        return o.label.endswith(" at commit") or (o.status == 504 and o.key in written)
+        return o.label.endswith(" at commit") or (o.label == "statement_timeout"
+                                                   and o.key in written)
 
     acked = {o.key for o in outs if o.method == "POST" and o.ok}
     failed = {o.key for o in outs if o.method == "POST" and o.status >= 400
@@ -710,7 +711,7 @@ def _silent_bound_ms() -> int:
 
 
 def _silent_allowed(env: Env) -> set[str]:
-    # SQL: 503 + Retry-After (CheckoutTimeout, PoolTimeout) or 504 (StatementTimeout). Mongo:
+    # SQL: 503 + Retry-After (CheckoutTimeout, PoolTimeout) or 503 (StatementTimeout). Mongo:
     # PyMongo's own timeout errors escape the handler as typed 500s (mongo.py does not map them).
     allowed = {"busy", "unanswered", "statement_timeout"}
     return allowed | {"server"} if env.target.kind == "mongo" else allowed
@@ -726,7 +727,7 @@ async def _silent(env: Env, fault: Fault, **kw: Any) -> Figures:
 async def frozen_server(env: Env) -> Figures:
     """The database server's processes are frozen (SIGSTOP: sockets stay open, nothing answers),
     then thawed (SIGCONT). `timeout`, `connect_timeout` and `statement_timeout` are 1 s: every
-    request ends within their sum (+5 s) with a 503 + Retry-After or a 504, and the next ones
+    request ends within their sum (+5 s) with a 503 (+ Retry-After when nothing ran), and the next ones
     succeed after the thaw."""
     seconds = env.size(2.0, 5.0)
 
@@ -1270,7 +1271,8 @@ OBSERVATIONS: list[str] = [
     "does not de-duplicate retries as mongod does), is labelled the same way.",
     "Frozen server / black hole: SQL requests end with 503 + Retry-After (`CheckoutTimeout`: "
     "the pre-ping or the connect got no answer within `connect_timeout`; `PoolTimeout` behind "
-    "them) or 504 (`StatementTimeout`); a 504 on a write whose insert had finished came from its "
+    "them) or 503 without Retry-After (`StatementTimeout`); one on a write whose insert had "
+    "finished came from its "
     "COMMIT and is counted as a commit error (its outcome is unknown). SQLAlchemy logs "
     "'Exception during reset or similar' at ERROR when the reset-on-return ROLLBACK of such a "
     "connection times out; the connection is invalidated either way. Mongo requests end with "
