@@ -29,9 +29,23 @@ MAPPING: dict[str, dict[str, Entry]] = {
         "mongo": Entry("native", "minPoolSize", "connections kept open; warmed at startup"),
     },
     "overflow": {
-        "sqlalchemy": Entry("native", "max_overflow", "extra connections above `size` under load"),
+        "sqlalchemy": Entry("native + emulated", "pool_size = size + overflow, max_overflow = 0",
+                            "SQLAlchemy would close a connection above `pool_size` the moment it "
+                            "comes back, so its queue gets room for the maximum and connman "
+                            "closes the surplus (see `overflow_idle`); the warm-up still opens "
+                            "`size`"),
         "mongo": Entry("native", "maxPoolSize = size + overflow",
                        "PyMongo has one ceiling, so overflow is added to size"),
+    },
+    "overflow_idle": {
+        "sqlalchemy": Entry("emulated", "pool_use_lifo = True",
+                            "connman's maintenance closes idle connections above `size` unused "
+                            "this long (capped by `idle`), oldest first, one after another; LIFO "
+                            "reuse lets the surplus go idle under a light load"),
+        "mongo": Entry("emulated", "-",
+                       "PyMongo's `maxIdleTimeMS` closes every idle connection, `minPoolSize` "
+                       "included: connman's maintenance closes the surplus above `size` unused "
+                       "this long (capped by `idle`), oldest first, one after another"),
     },
     "timeout": {
         "sqlalchemy": Entry("native + emulated", "pool_timeout",
@@ -142,6 +156,7 @@ CONFLICTS: dict[str, dict[str, str]] = {
     "sqlalchemy": {
         "pool_size": "size",
         "max_overflow": "overflow",
+        "pool_use_lifo": "overflow_idle",
         "pool_timeout": "timeout",
         "pool_recycle": "recycle",
         "pool_pre_ping": "pre_ping",
@@ -205,7 +220,25 @@ def render_configuration() -> str:
             else repr(info.default))
         # A table row is one line: a docstring that wraps must not break it.
         lines.append(f"| `{name}` | `{default}` | {' '.join((info.description or '').split())} |")
-    lines += ["", "## Presets", "",
+    lines += ["", "## Overflow: bursts without reconnect storms", "",
+              "`size` connections are opened at startup and kept. Under load the pool opens more, "
+              "up to `size + overflow`, the hard maximum. Those stay open while they keep being "
+              "used, so a burst that follows another finds its connections ready instead of "
+              "reconnecting (a TCP handshake, authentication, TLS and a new server process each). "
+              "Once one has been unused for `overflow_idle` seconds (at most `idle`) it is closed, "
+              "the longest unused first and one after another, until `size` remain. SQLAlchemy "
+              "alone closes a connection above `pool_size` the moment it comes back; HikariCP "
+              "(`idleTimeout`) and psycopg_pool (`max_idle`) keep it 10 minutes, asyncpg's pool "
+              "(`max_inactive_connection_lifetime`) 5 minutes.",
+              "",
+              "The default, 300 s, is asyncpg's: bursts minutes apart (a cron job, a batch, a "
+              "traffic peak) keep their connections, while a one-off spike gives its surplus back "
+              "to the server within minutes. It is shorter than HikariCP's and psycopg_pool's 10 "
+              "minutes because connman's `idle` (600 s) already plays that role for every "
+              "connection. The connection budget (`connman check`) counts `size + overflow` per "
+              "worker either way. Lower it when many workers share a server whose connections are "
+              "scarce; raise it (up to `idle`) when bursts come further apart.",
+              "", "## Presets", "",
               "`preset=` fills the fields a pool does not set; fields set explicitly win.", "",
               "| preset | " + " | ".join(sorted({k for p in PRESETS.values() for k in p})) + " |",
               "| --- |" + " --- |" * len({k for p in PRESETS.values() for k in p})]

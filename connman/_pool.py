@@ -507,6 +507,27 @@ class Pool(abc.ABC):
                 return
         self._free += 1
 
+    def _reserve(self) -> bool:
+        """Take a free slot for housekeeping (closing a surplus connection), never making anyone
+        wait: only when a slot is free and nobody waits. Like `probe`, it is on the books
+        (`requests_active`) while held, without counting as a request.
+
+        While the slot is held, the connection being closed still counts against `size +
+        overflow`, so a burst arriving meanwhile cannot open one more than the maximum.
+        """
+        if self._closing or self.saturated():
+            return False
+        self._free -= 1
+        self._active += 1
+        return True
+
+    def _unreserve(self) -> None:
+        """Give back a slot taken by `_reserve`; the longest waiter gets it first."""
+        self._active -= 1
+        self._pass_on()
+        if self._idle_event is not None and self._active == 0:
+            self._idle_event.set()
+
     def saturated(self) -> bool:
         """Whether a new checkout would have to wait: no free slot (no I/O)."""
         return self._free <= 0 or self._nwaiting > 0

@@ -203,11 +203,21 @@ async def _measure(name: str, env_file: Path | None, config_file: Path | None,
 def bench(quick: Annotated[bool, typer.Option(help="A short run (under a minute).")] = False,
           backends: Annotated[str | None, typer.Option(help="Comma-separated backends.")] = None,
           out: Annotated[Path, typer.Option(help="Results folder.")] = Path("benchmarks/results"),
+          urls: Annotated[list[str] | None, typer.Option(
+              "--urls", help="KIND=URL of a running server to use instead of a throwaway one "
+                             "(postgres, pgbouncer, mysql, mongo); repeat for several.")] = None,
+          scenarios: Annotated[str | None, typer.Option(
+              help="Comma-separated scenarios: sweep, http, exhaustion, bursts, cold.")] = None,
           ) -> None:
-    """Run the benchmark suite on throwaway real servers and write JSON, Markdown and plots."""
+    """Run the benchmark suite on real servers and write JSON, Markdown and plots.
+
+    Needs connman's `bench` extra and the extras of the drivers benchmarked; a missing one raises
+    `MissingDependency` naming the extra to install.
+    """
     from .bench.runner import run
 
-    path = run(quick=quick, backends=backends.split(",") if backends else None, out=out)
+    path = run(quick=quick, backends=backends.split(",") if backends else None, out=out,
+               urls=urls or None, scenarios=scenarios.split(",") if scenarios else None)
     print(f"results: {path}")
 
 

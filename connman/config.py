@@ -98,7 +98,14 @@ class PoolConfig(BaseModel):
     size: int = Field(5, ge=0, le=10_000)
     """Connections kept open and warmed at startup (SQLAlchemy's default, 5)."""
     overflow: int = Field(10, ge=0, le=10_000)
-    """Extra connections opened under load above `size` and closed when returned."""
+    """Extra connections opened under load above `size` (`size + overflow` is the hard maximum),
+    kept while they are used and closed once idle for `overflow_idle`, one after another."""
+    overflow_idle: float = Field(300.0, gt=0)
+    """Seconds a connection above `size` may stay unused before it is closed, down to `size`
+    (at most `idle`). 300 s, asyncpg's `max_inactive_connection_lifetime`: bursts minutes apart
+    find their connections open, and a spike's surplus goes back to the server within minutes,
+    sooner than HikariCP's `idleTimeout` and psycopg_pool's `max_idle` (10 min, which connman's
+    `idle` already applies to every connection)."""
     timeout: float = Field(30.0, gt=0, le=3600)
     """Seconds a request waits for a connection before `PoolTimeout` (SQLAlchemy's 30 s)."""
     recycle: float | None = Field(1800.0, gt=0)
@@ -265,6 +272,12 @@ class PoolConfig(BaseModel):
     def max_size(self) -> int:
         """The most connections this pool opens: `size + overflow`."""
         return self.size + self.overflow
+
+    @property
+    def shrink_after(self) -> float:
+        """Seconds unused after which a connection above `size` is closed: `overflow_idle`,
+        capped by `idle`."""
+        return self.overflow_idle if self.idle is None else min(self.overflow_idle, self.idle)
 
     @property
     def retry_after_s(self) -> int:

@@ -6,13 +6,16 @@ Asserts what the run produced, never how fast anything was.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from connman import MissingDependency
 from connman.bench import QUICK_BACKENDS, VARIANTS, arun
 from connman.bench.__main__ import parser
+from connman.bench.deps import require_bench, require_drivers
 from connman.bench.infra import parse_urls
 from connman.bench.report import PAIRS
 from connman.bench.runner import QUICK, rotate
@@ -115,12 +118,35 @@ def test_exhaustion_and_cold_start_are_reported(results: dict[str, Any]) -> None
     assert min(summary["link_2.5ms"]["single_open_ms"][k] for k in networked) > 10
 
 
+def test_bursts_are_reported_for_every_variant_on_every_backend(results: dict[str, Any]) -> None:
+    rows = {(r["backend"], r["variant"]): r for r in results["bursts_summary"]}
+    assert set(rows) == {(b, v) for b in QUICK_BACKENDS for v in VARIANTS}
+    for r in rows.values():
+        assert r["errors"] == 0, r
+        assert r["bursts"] == QUICK.bursts * QUICK.burst_reps
+        assert r["units"] == QUICK.burst_factor * QUICK.burst_size
+        assert 0 < r["median_ms"] <= r["p99_ms"]
+    for backend in QUICK_BACKENDS:
+        # connman keeps its overflow: over all the bursts it opens it once at most, never again.
+        # PyMongo opens two at a time (so its warm-up may leave part of `size` to its background
+        # fill, counted here), but never beyond the maximum.
+        limit = QUICK.burst_overflow + (QUICK.burst_size if backend.startswith("mongo") else 0)
+        for variant in ("connman", "fast"):
+            assert rows[(backend, variant)]["opened_total"] <= limit, backend
+    # SQLAlchemy alone closes its overflow on return: every burst reopens it.
+    hand = rows[("postgres-asyncpg", "hand")]
+    assert hand["opened_per_burst_after_first"] == QUICK.burst_overflow
+    ratios = {r["backend"]: r for r in results["bursts_ratios"]}
+    assert ratios["postgres-asyncpg"]["fast/raw"] > 0
+    assert ratios["postgres-asyncpg"]["connman/hand"] > 0
+
+
 def test_markdown_names_every_backend_variant_and_the_secantus_caveat(quick_run: Path) -> None:
     md = (quick_run / "results.md").read_text()
     for name in (*QUICK_BACKENDS, *VARIANTS, "hand_fn", "connman_maxwait"):
         assert name in md
     for section in ("## Headline", "## Checkout", "## Point read", "## Point write",
-                    "## FastAPI endpoint", "## Pool exhaustion", "## Cold start"):
+                    "## FastAPI endpoint", "## Pool exhaustion", "## Bursts", "## Cold start"):
         assert section in md
     assert "SecantusDB" in md
     assert "not from mongod" in md
@@ -139,3 +165,15 @@ def test_cli_options_and_helpers() -> None:
         parser().parse_args(["--backends", "oracle"])
     assert rotate("ABCD", 1) == ["B", "C", "D", "A"]
     assert rotate("ABCD", 4) == ["A", "B", "C", "D"]
+
+
+def test_bench_names_its_extra_when_a_dependency_is_missing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    require_bench()  # this environment has them all
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    with pytest.raises(MissingDependency, match=r"matplotlib, uvicorn: pip install 'connman\[bench\]'"):
+        require_bench()
+    monkeypatch.setitem(sys.modules, "asyncmy", None)
+    with pytest.raises(MissingDependency, match=r"asyncmy: pip install 'connman\[bench,mysql\]'"):
+        require_drivers(["asyncpg", "asyncmy"])

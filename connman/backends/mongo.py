@@ -64,6 +64,28 @@ def _statement_timeout_option(driver: str) -> str:
     return "timeoutMS"
 
 
+async def shrink(pool: Any, size: int, idle_s: float, lock: Any = None) -> None:
+    """Close idle connections of one PyMongo pool above `size` that have been unused `idle_s`
+    seconds, the longest unused first, one after another.
+
+    PyMongo's own `maxIdleTimeMS` (connman's `idle`) closes every idle connection, `minPoolSize`
+    included, and then reopens up to `minPoolSize`; this keeps `size` and closes only the surplus,
+    as the SQL pools do. `pool.conns` is PyMongo's idle deque (most recently used on the left, as
+    its own idle reaper reads it); `lock` is the pool's threading lock for Motor, whose worker
+    threads use the pool too (PyMongo's async pool is only touched from this event loop).
+    """
+    while True:
+        with lock if lock is not None else contextlib.nullcontext():
+            conns = pool.conns
+            if (not conns or len(conns) + pool.active_sockets <= size
+                    or conns[-1].idle_time_seconds() < idle_s):
+                return
+            conn = conns.pop()
+        closing = conn.close_conn(monitoring.ConnectionClosedReason.IDLE)
+        if inspect.isawaitable(closing):
+            await closing
+
+
 def database_of(config: PoolConfig) -> str:
     """The database a session yields: the `database` field, else the URL's path."""
     db = config.database or url_path_database(config.url.get_secret_value())
@@ -342,9 +364,10 @@ class MongoPool(Pool):
         self._cleanups.clear()
 
     def _maintenance_interval(self) -> float | None:
-        if self.config.recycle is None:
-            return None
-        return max(0.05, min(1.0, self.config.recycle / 20))
+        cfg = self.config
+        periods = ([cfg.recycle / 20] if cfg.recycle is not None else []) + (
+            [cfg.shrink_after / 10] if cfg.overflow else [])
+        return max(0.05, min(1.0, *periods)) if periods else None
 
     def _server_pools(self) -> list[Any]:
         # The one reach into PyMongo's internals: the topology's servers and their pools.
@@ -375,6 +398,9 @@ class MongoPool(Pool):
             for conn in conns:
                 if self._listener.expired(pool.address, conn.id, now):
                     conn.generation = -1
+            if self.config.overflow:
+                await shrink(pool, self.config.size, self.config.shrink_after,
+                             pool.lock if self._motor else None)
 
     # ------------------------------------------------------------------ units of work
     async def _begin(self) -> Any:

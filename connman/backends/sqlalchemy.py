@@ -364,8 +364,14 @@ def engine_options(name: str, config: PoolConfig) -> dict[str, Any]:
         connect_args.setdefault("statement_cache_size", 0)
         connect_args.setdefault("prepared_statement_cache_size", 0)
     kw: dict[str, Any] = {
-        "pool_size": config.size,
-        "max_overflow": config.overflow,
+        # Room for every connection up to the maximum, so none is closed as "overflow" the moment
+        # it comes back (a reconnect storm on every burst): connman's maintenance closes what is
+        # above `size` once idle for `overflow_idle`, and the warm-up opens exactly `size`.
+        "pool_size": config.max_size,
+        "max_overflow": 0,
+        # LIFO: a light load reuses the same few connections, so the surplus stays idle long
+        # enough to be closed (FIFO would rotate through all of them and keep every one open).
+        "pool_use_lifo": True,
         # connman's gate bounds the wait; the native timeout is a backstop just beyond it.
         "pool_timeout": config.timeout + 1.0,
         "pool_recycle": int(config.recycle) if config.recycle is not None else -1,
@@ -398,6 +404,15 @@ def session_options(name: str, config: PoolConfig) -> dict[str, Any]:
         raise ConfigurationError(f"pool {name!r}: session_options: {exc}", pool=name,
                                  field="session_options") from None
     return {"class_": cls, **kw}
+
+
+def _queued(pool: Any) -> Any:
+    """The records idle in SQLAlchemy's queue (a list or deque; None if it cannot be read).
+
+    SQLAlchemy's AsyncAdaptedQueue wraps an asyncio.Queue, whose items are in its `_queue`: the one
+    reach into SQLAlchemy's pool internals besides `_dec_overflow`, checked on both dependency sets.
+    """
+    return getattr(getattr(getattr(pool, "_pool", None), "_queue", None), "_queue", None)
 
 
 def _live_idle(pool: Any) -> int:
@@ -1197,15 +1212,60 @@ class SQLAlchemyPool(Pool):
             await self._discard(self._hot.pop(0)[0], reason=None)
 
     async def _trim(self, pool: Any, size: int) -> None:
-        """While more than `size` connections are idle, give the oldest fast-path ones back.
+        """While the fast path holds more than `size` idle, give the oldest back to SQLAlchemy.
 
-        Only when nobody waits. SQLAlchemy's pool keeps what fits in its queue and closes the rest
-        as overflow, so no connection is closed while the queue has room: closing one here instead
-        would leave an empty slot in that queue, which the next session would fill by connecting.
+        Only when nobody waits. They stay open in SQLAlchemy's queue, which has room for `size +
+        overflow`, for sessions to reuse; the maintenance closes them once idle for
+        `overflow_idle`. Closing them here instead would make the next burst reconnect.
         """
         hot = self._hot
-        while hot and not self._nwaiting and len(hot) + _live_idle(pool) > size:
+        while len(hot) > size and not self._nwaiting:
             await self._discard(hot.pop(0)[0], reason=None)
+
+    def _maintenance_interval(self) -> float | None:
+        if self.config.overflow == 0:
+            return None  # nothing above `size` to close
+        return max(0.05, min(1.0, self.config.shrink_after / 10))
+
+    async def _maintain(self) -> None:
+        """Close connections above `size` that have been idle for `overflow_idle`, oldest first.
+
+        One after another, each holding a gate slot while it closes (so `size + overflow` stays the
+        maximum) and only while nobody waits; a connection in use is never touched.
+        """
+        engine = self._engine
+        if engine is None:
+            return
+        pool: Any = engine.sync_engine.pool
+        size, limit = self.config.size, self.config.shrink_after
+        while not self._closing and _live_idle(pool) + int(pool.checkedout()) > size:
+            now = time.monotonic()
+            oldest: float | None = None
+            record: Any = None
+            hot = self._hot
+            if hot:
+                oldest = hot[0][2]
+            queued = _queued(pool)
+            for rec in list(queued) if queued is not None else ():
+                since = rec.info.get("cm_in")
+                if rec.dbapi_connection is not None and since is not None and (
+                        oldest is None or since < oldest):
+                    oldest, record = since, rec
+            if oldest is None or now - oldest < limit or not self._reserve():
+                return
+            try:
+                if record is None:
+                    await self._discard(hot.pop(0)[0], "idle_close")
+                else:
+                    # Out of the queue and out of the pool's count at once (no I/O in between,
+                    # so no checkout can take it), then closed outside.
+                    queued.remove(record)
+                    pool._dec_overflow()
+                    record.info["cm_reason"] = "idle_close"
+                    await finish(partial(greenlet_spawn, record.close), self._finish_timeout,
+                                 self.name)
+            finally:
+                self._unreserve()
 
     async def _discard(self, fairy: Any, reason: str | None) -> None:
         """Hand a fast-path connection back to SQLAlchemy's pool, or close it for `reason`."""

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .runner import run
+from .runner import SCENARIOS, run
 from .targets import BACKENDS, QUICK_BACKENDS
 
 __all__ = ["main", "parser"]
@@ -33,6 +33,8 @@ def parser() -> argparse.ArgumentParser:
                         "mysql=, mongo= (CONNMAN_TEST_<KIND>_URL works too)")
     p.add_argument("--repetitions", type=int, default=None, metavar="N",
                    help="repetitions per measurement (default: 3 full, 1 quick)")
+    p.add_argument("--scenarios", nargs="+", metavar="NAME", choices=list(SCENARIOS),
+                   help=f"scenarios to run (default: all): {', '.join(SCENARIOS)}")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -41,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the suite; exit 1 when a backend could not be benchmarked."""
     args = parser().parse_args(argv)
     run_dir = run(quick=args.quick, backends=args.backends, out=args.out, urls=args.urls,
-                  repetitions=args.repetitions, progress=not args.no_progress)
+                  repetitions=args.repetitions, progress=not args.no_progress,
+                  scenarios=args.scenarios)
     results = json.loads((run_dir / "results.json").read_text())
     print(f"results: {run_dir} (and {run_dir.parent / 'latest'})")
     for backend, reason in results["failures"].items():

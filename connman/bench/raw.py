@@ -67,6 +67,10 @@ class RawSql(Variant):
     def acquire(self, timeout: float | None = None) -> AbstractAsyncContextManager[Any]:
         """A driver connection from the pool, waiting at most `timeout` seconds."""
 
+    def opened(self) -> int | None:
+        """Connections the pool has opened so far (None: the pool cannot tell)."""
+        return None
+
     async def checkout(self, k: int) -> None:
         """Acquire and release."""
         async with self.acquire():
@@ -111,9 +115,18 @@ class RawAsyncpg(RawSql):
         if self.target.backend.server == "pgbouncer":
             kw["statement_cache_size"] = 0
         dsn = self.target.url.replace("postgresql+asyncpg://", "postgresql://", 1)
+        self._opened = 0
         self.pool = await asyncpg.create_pool(
             dsn, min_size=s.size, max_size=s.max_size, timeout=s.connect_timeout,
-            max_inactive_connection_lifetime=s.idle, **kw)
+            max_inactive_connection_lifetime=s.idle, init=self._count, **kw)
+
+    async def _count(self, conn: Any) -> None:
+        # asyncpg calls `init` once for every connection it opens.
+        self._opened += 1
+
+    def opened(self) -> int:
+        """Connections the pool has opened so far (its `init` calls)."""
+        return self._opened
 
     async def close(self) -> None:
         """Close the pool."""
@@ -153,6 +166,10 @@ class RawMySQL(RawSql):
             self.pool.close()
             await self.pool.wait_closed()
 
+    def opened(self) -> int:
+        """Connections open in the pool now (it has no connect hook, and closes none it keeps)."""
+        return int(self.pool.size)
+
     @asynccontextmanager
     async def acquire(self, timeout: float | None = None) -> AsyncIterator[Any]:
         """`pool.acquire()` (bounded by `asyncio.timeout`, the pool has no timeout of its own)."""
@@ -183,6 +200,10 @@ class RawAiosqlite(RawSql):
     async def close(self) -> None:
         """Close the connection."""
         await self.conn.close()
+
+    def opened(self) -> int:
+        """One connection, opened at start."""
+        return 0
 
     @asynccontextmanager
     async def acquire(self, timeout: float | None = None) -> AsyncIterator[Any]:

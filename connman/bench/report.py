@@ -11,6 +11,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .bursts import burst_ratios, burst_summary, bursts_md
+
 __all__ = ["PAIRS", "headline", "markdown", "plots", "ratios", "summary", "write"]
 
 PAIRS = (("connman", "hand"), ("connman", "hand_fn"), ("connman", "raw"), ("fast", "raw"),
@@ -214,7 +216,7 @@ def markdown(results: dict[str, Any]) -> str:
                       "does (the commit finishes before the response, so a failed commit is a "
                       "5xx)."]
         lines.append("")
-    lines += _exhaustion_md(results) + _cold_md(results)
+    lines += _exhaustion_md(results) + bursts_md(results) + _cold_md(results)
     lines += ["## Plots", ""] + [f"![{p}]({p})" for p in results.get("plots", [])] + [""]
     return "\n".join(lines)
 
@@ -407,8 +409,10 @@ def write(results: dict[str, Any], out: Path, started: datetime) -> Path:
     results["headline"] = headline(results)
     results["exhaustion_summary"] = exhaustion_summary(results)
     results["cold_start_summary"] = cold_summary(results)
+    results["bursts_summary"] = burst_summary(results.get("bursts", []))
+    results["bursts_ratios"] = burst_ratios(results["bursts_summary"])
     results["plots"] = plots(results, run_dir)
-    raw = ("samples", "exhaustion", "cold_start")
+    raw = ("samples", "exhaustion", "bursts", "cold_start")
     ordered = {**{k: v for k, v in results.items() if k not in raw},
                **{k: results[k] for k in raw}}
     (run_dir / "results.json").write_text(json.dumps(ordered, indent=1) + "\n")

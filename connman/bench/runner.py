@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from .bursts import burst_series, probe
+from .deps import require_bench, require_drivers
 from .infra import SECANTUS_NOTE, Servers, environment, parse_urls
 from .report import write as write_report
 from .scenarios import (
@@ -35,9 +37,22 @@ from .scenarios import (
     summarize,
 )
 from .targets import BACKENDS, QUICK_BACKENDS, PoolSettings, Target, prepare, server_version
-from .variants import ConnmanVariant, HandSql, Variant, make_variants, raw_variant, with_max_waiting
+from .variants import (
+    ConnmanVariant,
+    FastVariant,
+    HandMongo,
+    HandSql,
+    Variant,
+    make_variants,
+    raw_variant,
+    with_max_waiting,
+)
 
-__all__ = ["FULL", "QUICK", "Plan", "arun", "run"]
+__all__ = ["FULL", "QUICK", "SCENARIOS", "Plan", "arun", "run"]
+
+SCENARIOS = ("sweep", "http", "exhaustion", "bursts", "cold")
+"""What `--scenarios` can choose: the concurrency sweep, the FastAPI endpoint, pool exhaustion,
+bursts, and the cold start; default all."""
 
 T = TypeVar("T")
 SKIP_REASONS = {
@@ -70,9 +85,18 @@ class Plan:
     cold_link_ms: float = 2.5
     """One-way delay of the second cold-start round, through a TCP proxy (0: loopback only)."""
     max_seconds: float = 20.0
+    bursts: int = 30
+    """Bursts per variant and repetition in the burst scenario."""
+    burst_reps: int = 3
+    burst_size: int = 10
+    burst_overflow: int = 20
+    burst_factor: int = 10
+    """Units of work per burst: `burst_factor x burst_size`."""
+    burst_gap_s: float = 0.05
     sweep: PoolSettings = field(default_factory=PoolSettings)
     overrides: Mapping[str, Mapping[int, int]] = field(default_factory=dict)
     """Per "family/scenario": operations by concurrency; a concurrency left out is skipped."""
+    scenarios: tuple[str, ...] = SCENARIOS
 
     def ops_for(self, family: str, scenario: str) -> Mapping[int, int]:
         """Operations per sample by concurrency for one family and scenario."""
@@ -81,12 +105,15 @@ class Plan:
     def steps(self, family: str) -> int:
         """Progress steps one backend of `family` takes."""
         n_variants = 4
+        on = self.scenarios
         sweep = self.repetitions * n_variants * sum(
             len([c for c in self.concurrencies if c in self.ops_for(family, s)])
-            for s in SWEEP_SCENARIOS)
-        http = self.repetitions * (n_variants + (1 if family == "sql" else 0))
-        exhaust = self.exhaust_reps * (4 if family == "sql" else 2)
-        return 1 + sweep + http + exhaust
+            for s in SWEEP_SCENARIOS) if "sweep" in on else 0
+        http = self.repetitions * (n_variants + (1 if family == "sql" else 0)) if (
+            "http" in on) else 0
+        exhaust = self.exhaust_reps * (4 if family == "sql" else 2) if "exhaustion" in on else 0
+        bursts = self.burst_reps * n_variants if "bursts" in on else 0
+        return int("sweep" in on) + sweep + http + exhaust + bursts
 
 
 FULL = Plan(quick=False, concurrencies=(1, 10, 100, 1000), repetitions=3,
@@ -97,7 +124,8 @@ FULL = Plan(quick=False, concurrencies=(1, 10, 100, 1000), repetitions=3,
 QUICK = Plan(quick=True, concurrencies=(1, 10), repetitions=1, ops={1: 60, 10: 120},
              warmup_ops=40, http_concurrency=10, http_ops=60, cold_reps=1, exhaust_reps=1,
              overrides={"mongo/write": {1: 30, 10: 60}},
-             exhaust_hold_s=0.05, exhaust_timeout_s=0.2, max_seconds=5.0)
+             exhaust_hold_s=0.05, exhaust_timeout_s=0.2, max_seconds=5.0, bursts=8,
+             burst_reps=1)
 """The quick smoke run (what tests/test_bench.py runs): few operations, one repetition."""
 
 
@@ -156,6 +184,7 @@ class Recorder:
         self.cold: list[dict[str, Any]] = []
         self.failures: dict[str, str] = {}
         self.skipped: list[dict[str, Any]] = []
+        self.bursts: list[dict[str, Any]] = []
 
     def sample(self, backend: str, scenario: str, variant: str, concurrency: int, rep: int,
                s: Sample, cpu_s: float) -> None:
@@ -273,6 +302,33 @@ async def exhaustion(target: Target, plan: Plan, rec: Recorder, progress: Progre
                 progress.step(f"{name}: exhaustion {v.name} (rep {rep + 1})")
 
 
+async def bursts(target: Target, plan: Plan, rec: Recorder, progress: Progress) -> None:
+    """Bursts of `burst_factor x burst_size` units, `burst_gap_s` apart, each variant on its own
+    pool (the fast path too, so no variant inherits another's connections); rotated per rep."""
+    s = PoolSettings(size=plan.burst_size, overflow=plan.burst_overflow)
+    connman = ConnmanVariant(target, s)
+    fast_pool = ConnmanVariant(target, s, name="connman_fast")
+    hand: Variant = (HandMongo(target, s) if target.backend.family == "mongo"
+                     else HandSql(target, s))
+    measured: list[Variant] = [connman, FastVariant(fast_pool), hand, raw_variant(target, s)]
+    name = target.backend.name
+    units = plan.burst_factor * plan.burst_size
+    async with opened([connman, fast_pool, hand, measured[3]]):
+        probes = {v.name: probe(v) for v in measured}
+        for rep in range(plan.burst_reps):
+            for v in rotate(measured, rep):
+                what = f"{name}: bursts {v.name} (rep {rep + 1})"
+                progress.step(what, 0)
+                gc.collect()
+                series = await burst_series(*probes[v.name], units, plan.bursts, plan.burst_gap_s)
+                rec.bursts.append({
+                    "backend": name, "variant": v.name, "rep": rep, "units": units,
+                    "burst_ms": [round(x * 1000, 3) for x in series.seconds],
+                    "opened": series.opened, "errors": series.errors,
+                    "first_error": series.first_error})
+                progress.step(what)
+
+
 async def cold_start(targets: Sequence[Target], plan: Plan, rec: Recorder,
                      progress: Progress) -> dict[str, str]:
     """open() of a lifespan with 4 pools vs each of those pools opened alone.
@@ -365,33 +421,47 @@ async def opened(variants: Sequence[Variant]) -> Any:
 async def bench_backend(target: Target, plan: Plan, rec: Recorder, progress: Progress) -> None:
     """Every scenario on one backend."""
     await prepare(target)
-    async with opened(make_variants(target, plan.sweep)) as variants:
-        await sweep(target, variants, plan, rec, progress)
-        await http(target, variants, plan, rec, progress)
-    await exhaustion(target, plan, rec, progress)
+    on = plan.scenarios
+    if "sweep" in on or "http" in on:
+        async with opened(make_variants(target, plan.sweep)) as variants:
+            if "sweep" in on:
+                await sweep(target, variants, plan, rec, progress)
+            if "http" in on:
+                await http(target, variants, plan, rec, progress)
+    if "exhaustion" in on:
+        await exhaustion(target, plan, rec, progress)
+    if "bursts" in on:
+        await bursts(target, plan, rec, progress)
 
 
 # ---------------------------------------------------------------------------- entry points
-def make_plan(quick: bool, repetitions: int | None) -> Plan:
-    """QUICK or FULL, with the repetitions overridden when given."""
+def make_plan(quick: bool, repetitions: int | None,
+              scenarios: Sequence[str] | None = None) -> Plan:
+    """QUICK or FULL, with the repetitions and the scenarios overridden when given."""
     plan = QUICK if quick else FULL
     if repetitions is not None:
-        from dataclasses import replace
-
-        plan = replace(plan, repetitions=repetitions)
+        plan = replace(plan, repetitions=repetitions, burst_reps=repetitions)
+    if scenarios is not None:
+        unknown = [s for s in scenarios if s not in SCENARIOS]
+        if unknown:
+            raise ValueError(f"unknown scenario(s) {unknown}; known: {', '.join(SCENARIOS)}")
+        plan = replace(plan, scenarios=tuple(s for s in SCENARIOS if s in scenarios))
     return plan
 
 
 async def arun(quick: bool = False, backends: Sequence[str] | None = None,
                out: Path = Path("benchmarks/results"),
                urls: Mapping[str, str] | Sequence[str] | None = None,
-               repetitions: int | None = None, progress: bool = True) -> Path:
+               repetitions: int | None = None, progress: bool = True,
+               scenarios: Sequence[str] | None = None) -> Path:
     """The suite, in the running event loop; returns the run's results directory."""
-    plan = make_plan(quick, repetitions)
+    plan = make_plan(quick, repetitions, scenarios)
     names = list(backends or (QUICK_BACKENDS if quick else BACKENDS))
     unknown = [n for n in names if n not in BACKENDS]
     if unknown:
         raise ValueError(f"unknown backend(s) {unknown}; known: {', '.join(BACKENDS)}")
+    require_bench()
+    require_drivers(BACKENDS[n].driver for n in names)
     started = datetime.now(UTC)
     t0 = time.monotonic()
     rec = Recorder()
@@ -399,7 +469,8 @@ async def arun(quick: bool = False, backends: Sequence[str] | None = None,
     server_versions: dict[str, str] = {}
     servers = Servers({BACKENDS[n].server for n in names} - {""}, parse_urls(urls))
     total = (sum(plan.steps(BACKENDS[n].family) for n in names)
-             + plan.cold_reps * (2 if plan.cold_link_ms > 0 else 1))
+             + (plan.cold_reps * (2 if plan.cold_link_ms > 0 else 1)
+                if "cold" in plan.scenarios else 0))
     cold_pools: dict[str, str] = {}
     try:
         with Progress(total, progress) as bar:
@@ -425,8 +496,9 @@ async def arun(quick: bool = False, backends: Sequence[str] | None = None,
                     bar.log(f"[red]{n} failed: {exc}")
                     traceback.print_exc(file=sys.stderr)
             # Built again: a restarted throwaway server has a new port.
-            cold_pools = await cold_start([servers.target(BACKENDS[n]) for n in ready], plan,
-                                          rec, bar)
+            if "cold" in plan.scenarios:
+                cold_pools = await cold_start([servers.target(BACKENDS[n]) for n in ready],
+                                              plan, rec, bar)
     finally:
         servers.stop()
     finished = datetime.now(UTC)
@@ -452,6 +524,7 @@ async def arun(quick: bool = False, backends: Sequence[str] | None = None,
         "skipped": rec.skipped,
         "samples": rec.samples,
         "exhaustion": rec.exhaustion,
+        "bursts": rec.bursts,
         "cold_start": {"pools": cold_pools, "reps": rec.cold},
     }
     return write_report(results, Path(out), started)
@@ -467,11 +540,12 @@ def _command() -> str:
 def run(quick: bool = False, backends: Sequence[str] | None = None,
         out: Path = Path("benchmarks/results"),
         urls: Mapping[str, str] | Sequence[str] | None = None,
-        repetitions: int | None = None, progress: bool = True) -> Path:
+        repetitions: int | None = None, progress: bool = True,
+        scenarios: Sequence[str] | None = None) -> Path:
     """Run the suite (starting throwaway servers as needed); returns the results directory.
 
     Writes `<out>/<UTC timestamp>/` and a copy in `<out>/latest/`: results.json, results.md and
     PNG plots. Servers come from `urls` (kind -> URL), `CONNMAN_TEST_<KIND>_URL`, or are started.
     """
-    return asyncio.run(arun(quick, backends, out, urls, repetitions, progress))
+    return asyncio.run(arun(quick, backends, out, urls, repetitions, progress, scenarios))
 

@@ -366,16 +366,22 @@ class HandMongo(Variant):
     def __init__(self, target: Target, settings: PoolSettings) -> None:
         super().__init__(target, settings)
         self.client: Any = None
+        self._counter: Any = None
 
     async def open(self) -> None:
         """Create the client with the same pool settings and warm `size` connections."""
-        self.client = _mongo_client(self.target, self.settings)
+        self._counter = _open_counter()
+        self.client = _mongo_client(self.target, self.settings, [self._counter])
         await asyncio.gather(*(self.client.admin.command("ping")
                                for _ in range(self.settings.size)))
 
     async def close(self) -> None:
         """Close the client."""
         await _mongo_close(self.client)
+
+    def opened(self) -> int:
+        """Connections the client has opened so far (CMAP `connection_created`)."""
+        return int(self._counter.count) if self._counter is not None else 0
 
     async def get_db(self) -> Any:
         """The usual dependency: the database handle of the app's client."""
@@ -410,14 +416,36 @@ class HandMongo(Variant):
             return {"v": await _unit_get(db, k)}
 
 
-def _mongo_client(target: Target, s: PoolSettings) -> Any:
+def _mongo_client(target: Target, s: PoolSettings, listeners: list[Any] | None = None) -> Any:
+    kw = {**target.mongo_options(s), "event_listeners": listeners or []}
     if target.backend.driver == "motor":
         from motor.motor_asyncio import AsyncIOMotorClient
 
-        return AsyncIOMotorClient(target.url, **target.mongo_options(s))
+        return AsyncIOMotorClient(target.url, **kw)
     from pymongo import AsyncMongoClient
 
-    return AsyncMongoClient(target.url, **target.mongo_options(s))
+    return AsyncMongoClient(target.url, **kw)
+
+
+_CMAP_EVENTS = ("pool_created", "pool_ready", "pool_cleared", "pool_closed", "connection_ready",
+                "connection_closed", "connection_check_out_started",
+                "connection_check_out_failed", "connection_checked_out", "connection_checked_in")
+
+
+def _open_counter() -> Any:
+    """A PyMongo CMAP listener whose `count` is the connections its client has opened."""
+    from pymongo import monitoring
+
+    def ignore(self: Any, event: Any) -> None:
+        return None
+
+    def created(self: Any, event: Any) -> None:
+        self.count += 1
+
+    cls = type("OpenCounter", (monitoring.ConnectionPoolListener,),
+               {"count": 0, "connection_created": created,
+                **dict.fromkeys(_CMAP_EVENTS, ignore)})
+    return cls()
 
 
 async def _mongo_close(client: Any) -> None:

@@ -79,8 +79,9 @@ LIMITS = [
      "but counts every client and reports `available: 0`, so the per-app count comes from "
      "`currentOp` (one entry per connection, with its client metadata) and the kill scenario uses "
      "`killOp`, which SecantusDB implements by closing the connection's socket. A Mongo client "
-     "keeps one monitoring connection besides its pool (`serverMonitoringMode=poll`); PyMongo "
-     "keeps up to `size + overflow` connections until `idle`, so its baseline is that plus one."),
+     "keeps one monitoring connection besides its pool (`serverMonitoringMode=poll`); every pool "
+     "keeps up to `size + overflow` connections until `overflow_idle`, so its baseline is that "
+     "plus one."),
     ("PgBouncer", "applies to PostgreSQL only; the app's connections are counted with "
      "`SHOW CLIENTS` on its admin console."),
     ("Frozen server, black hole", "a frozen server is SIGSTOP of its whole process tree "
@@ -274,6 +275,7 @@ def render(results: list[Figures], *, full: bool, command: str) -> str:
     if samples:
         lines += ["", "## One message per error type seen", ""]
         lines += [f"- `{label}`: {_cell(message)}" for label, message in sorted(samples.items())]
+    lines += soak_section()
     lines += ["", "## Scenarios", ""]
     for scenario in SCENARIOS.values():
         doc = " ".join((scenario.run.__doc__ or "").split())
@@ -381,6 +383,34 @@ def merge_reports(old: str, new: str, *, command: str) -> str:
             out.append(line)
         i += 1
     return "\n".join(out) + ("\n" if new.endswith("\n") else "")
+
+
+SOAK = ROOT / "benchmarks" / "soak.json"
+"""Written by `python benchmarks/soak.py --json benchmarks/soak.json`; rendered below if present."""
+
+
+def soak_section(path: Path = SOAK) -> list[str]:
+    """The long soak's figures (memory after warm-up and at the end), from its JSON."""
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text())
+    lines = ["", "## Long soak: memory stays flat", "",
+             f"`{data['command']}` ({data['date']}, {data['cpus']} CPUs, Python {data['python']}, "
+             f"SQLAlchemy {data['sqlalchemy']}): on each backend, sessions in cycles of five bursts "
+             "of 100 at once 50 ms apart, then 500 at concurrency 5, and every 20th cycle a 1.5 s "
+             "pause, longer than the pool's `overflow_idle` (1 s), so the overflow is closed and "
+             "reopened; pool 10 + 20. RSS is this process's resident memory after a full "
+             "`gc.collect()`: after the first 10,000 sessions and at the end.", "",
+             "| backend | sessions | errors | sessions/s | RSS after warm-up MiB | RSS at end MiB "
+             "| growth KiB | overflow closed when idle | left open after shutdown |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in data["results"]:
+        lines.append(
+            f"| {r['backend']} | {r['sessions']:,} | {r['errors']} | {r['sessions_per_s']} | "
+            f"{r['rss_after_warmup_kib'] / 1024:.1f} | {r['rss_end_kib'] / 1024:.1f} | "
+            f"{r['rss_growth_kib']:+d} | {r['connections_idle_closed']} | "
+            f"{r['pool_size_after_close']} |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
