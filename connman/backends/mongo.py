@@ -313,10 +313,12 @@ class MongoPool(Pool):
                         missing = self.config.size - len(listener.ready)
                     if missing <= 0:
                         return
-                    # More pings at once than connections exist, so some must open new ones.
+                    # `size` pings at once: the open connections take `size - missing` of them
+                    # and the others make the pool open new ones, never more than `size` in all
+                    # (more pings than that would warm overflow connections too).
                     event.clear()
                     await asyncio.gather(*(self._client.admin.command("ping")
-                                           for _ in range(self.config.size + missing)))
+                                           for _ in range(self.config.size)))
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(0.05):
                             await event.wait()
