@@ -6,6 +6,7 @@ from ._pool import Pool
 from ._url import SecretURL, mask_url
 from .config import PRESETS, ConnmanSettings, PoolConfig, load_settings
 from .errors import (
+    CheckoutTimeout,
     ConcurrentUse,
     ConfigurationError,
     ConnmanError,
@@ -17,6 +18,7 @@ from .errors import (
     SessionEnded,
     StatementTimeout,
     TooManyWaiters,
+    TransactionConflict,
     UnknownPool,
     WrongEventLoop,
 )
@@ -34,6 +36,7 @@ __all__ = [
     "PRESETS",
     "STAT_KEYS",
     # errors
+    "CheckoutTimeout",
     "ConcurrentUse",
     "ConfigurationError",
     # manager
@@ -53,6 +56,7 @@ __all__ = [
     "SessionProvider",
     "StatementTimeout",
     "TooManyWaiters",
+    "TransactionConflict",
     "UnknownPool",
     "WrongEventLoop",
     "load_settings",

@@ -53,7 +53,9 @@ MAPPING: dict[str, dict[str, Entry]] = {
                             "the native timeout stays as a backstop; SQLite: also sqlite3's "
                             "lock `timeout`"),
         "mongo": Entry("native + emulated", "waitQueueTimeoutMS",
-                       "connman's FIFO gate bounds the wait and raises `PoolTimeout`; "
+                       "connman's FIFO gate bounds the wait and raises `PoolTimeout`; every "
+                       "operation of a unit runs under a slot (a `gather` or a cursor read after "
+                       "the unit takes its own), so the driver's queue never makes one wait; "
                        "the native timeout stays as a backstop"),
     },
     "recycle": {
@@ -61,8 +63,9 @@ MAPPING: dict[str, dict[str, Entry]] = {
                             "native max age; connman adds up to `recycle_jitter` early expiry "
                             "so a pool opened at once does not expire at once"),
         "mongo": Entry("emulated", "-",
-                       "PyMongo has no max lifetime: connman marks idle connections older than "
-                       "the (jittered) limit stale, PyMongo closes them and refills to `size`"),
+                       "PyMongo has no max lifetime: connman marks a connection older than the "
+                       "(jittered) limit stale when it comes back (and idle ones every "
+                       "`recycle/20` s); PyMongo closes it and refills to `size`"),
     },
     "idle": {
         "sqlalchemy": Entry("emulated", "-",
@@ -71,18 +74,35 @@ MAPPING: dict[str, dict[str, Entry]] = {
         "mongo": Entry("native", "maxIdleTimeMS", "closed on checkout or by the pool's reaper"),
     },
     "pre_ping": {
-        "sqlalchemy": Entry("native", "pool_pre_ping",
-                            "a round trip on checkout; a dead connection is replaced, not handed out"),
+        "sqlalchemy": Entry("native + emulated", "pool_pre_ping",
+                            "a round trip on checkout; a dead connection is replaced, not handed "
+                            "out. SQLAlchemy's ping has no deadline: connman bounds it by "
+                            "`connect_timeout`, and an unanswered one discards the connection "
+                            "with `CheckoutTimeout` (503)"),
         "mongo": Entry("native", "(always on)",
                        "PyMongo checks a connection idle over 1 s for a closed socket before "
                        "reuse and retries reads/writes once; it cannot be turned off"),
     },
     "connect_timeout": {
-        "sqlalchemy": Entry("native", "connect_args: timeout (asyncpg) / connect_timeout (MySQL)",
+        "sqlalchemy": Entry("native + emulated",
+                            "connect_args: timeout (asyncpg) / connect_timeout (MySQL)",
+                            "the MySQL drivers' option bounds only the TCP connect: connman bounds "
+                            "their handshake too; also the pre-ping's and a close's deadline. "
                             "aiosqlite has no network connect (its `timeout` is the lock wait, "
                             "set from `timeout`); the startup deadline still applies"),
         "mongo": Entry("native", "connectTimeoutMS, serverSelectionTimeoutMS",
                        "both, so a missing server fails within the limit"),
+    },
+    "statement_timeout": {
+        "sqlalchemy": Entry("native + emulated", "connect_args: command_timeout (asyncpg)",
+                            "asyncpg: native, per call. aiomysql, asyncmy, aiosqlite: emulated, a "
+                            "timer on each execute, COMMIT and ROLLBACK kills the connection "
+                            "(SQLite: interrupts the query). Either way `StatementTimeout`, the "
+                            "connection invalidated, the unit of work rolled back"),
+        "mongo": Entry("native", "timeoutMS",
+                       "PyMongo's client-side operation timeout: each operation whole (server "
+                       "selection, checkout, retries), its connection closed on expiry. "
+                       "AsyncMongoClient before PyMongo 4.13.1: `socketTimeoutMS` (PYTHON-5406)"),
     },
     "database": {
         "sqlalchemy": Entry("n/a", "-", "the database is the URL's path"),
@@ -105,6 +125,15 @@ MAPPING: dict[str, dict[str, Entry]] = {
     "leak_threshold": {
         "sqlalchemy": Entry("emulated", "-", "one warning with the checkout stack per leaked lease"),
         "mongo": Entry("emulated", "-", "one warning with the checkout stack per leaked lease"),
+    },
+    "transaction": {
+        "sqlalchemy": Entry("n/a", "-",
+                            "a SQL unit of work is always one transaction (see `commit`)"),
+        "mongo": Entry("native + emulated", "start_session() + start_transaction()",
+                       "each unit runs in one transaction on its own `ClientSession`, committed "
+                       "before the response (an unknown commit result is retried within "
+                       "`timeout`), aborted on any error; a transient error is "
+                       "`TransactionConflict` (503 + `Retry-After`); needs a replica set"),
     },
     "reset_on_return": {
         "sqlalchemy": Entry("native + emulated", "pool_reset_on_return='rollback'",
@@ -140,6 +169,8 @@ CONFLICTS: dict[str, dict[str, str]] = {
         "maxidletimems": "idle",
         "connecttimeoutms": "connect_timeout",
         "serverselectiontimeoutms": "connect_timeout",
+        "timeoutms": "statement_timeout",
+        "sockettimeoutms": "statement_timeout",
     },
 }
 
@@ -218,7 +249,13 @@ def render_configuration() -> str:
     lines += ["", "- **development**: few connections, short waits and leak warnings, so "
               "problems show on a laptop, not in production.",
               "- **production**: a steady pool with HikariCP's lifetimes (30 min recycle, 10 min "
-              "idle) and pre-ping so a database restart costs no request.",
+              "idle) and pre-ping so a database restart costs no request; `statement_timeout` "
+              "30 s, so a frozen server or a silent network holds a request at most that long, "
+              "about when front proxies give up on it anyway (Heroku's router at 30 s, nginx's "
+              "and AWS ALB's defaults at 60 s): finishing it later helps no one.",
               "- **high_traffic**: a bigger pool that fails fast (2 s) and sheds load with "
-              "`max_waiting` instead of queueing into timeouts."]
+              "`max_waiting` instead of queueing into timeouts; `statement_timeout` 5 s, since "
+              "a statement that long is already an outage for a service of short requests.",
+              "- **development** sets no `statement_timeout`: a debugger paused at a breakpoint "
+              "stops the event loop, and the deadline would kill the connection on resume."]
     return "\n".join(lines) + "\n"

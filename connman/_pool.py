@@ -11,6 +11,7 @@ import abc
 import asyncio
 import collections
 import logging
+import os
 import random
 import time
 import traceback
@@ -145,6 +146,7 @@ class Pool(abc.ABC):
         self._loop: asyncio.AbstractEventLoop | None = None
         self.connection_limit: int | None = None
         """Connections the server accepts for this app (read while warming up; None: unknown)."""
+        self._pid: int | None = None  # the process that opened the driver pool (fork detection)
         _POOLS.add(self)
 
     # ------------------------------------------------------------------ backend verbs
@@ -235,6 +237,15 @@ class Pool(abc.ABC):
     async def touch(self, unit: Any) -> None:  # noqa: B027 - optional hook, not abstract
         """Make a unit of work take its connection now (so a dead server shows before use)."""
 
+    def _forget_after_fork(self) -> None:
+        """In a forked child: drop the parent's driver pool without closing its connections.
+
+        They belong to the parent process (same sockets); closing them here would cut the
+        parent's sessions. Keep a reference so no finalizer closes them either. A backend that
+        cannot do this raises, and the child's `open()` fails naming the pool.
+        """
+        raise NotImplementedError
+
     async def _maintain(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Periodic housekeeping a backend needs (emulated lifetimes); default: nothing."""
 
@@ -252,9 +263,13 @@ class Pool(abc.ABC):
 
         The pool belongs to the event loop it is opened in. Opened already in a loop that has
         since closed (a test's loop, `asyncio.run`), its driver objects are dropped and it opens
-        afresh here; opened in another loop that still runs, it raises `WrongEventLoop`.
+        afresh here; opened in another loop that still runs, it raises `WrongEventLoop`. In a
+        process forked after the pool was opened (gunicorn `--preload`, worker processes), it
+        opens a driver pool of the child's own and leaves the parent's connections alone.
         """
         loop = asyncio.get_running_loop()
+        if self._opened and self._pid != os.getpid():
+            self._reset_after_fork()
         if self._opened:
             if self._loop is loop:
                 return
@@ -280,11 +295,29 @@ class Pool(abc.ABC):
                 pool=self.name,
             ) from None
         self._opened = True
+        self._pid = os.getpid()
         self._was_opened = True
         interval = self._maintenance_interval()
         if interval is not None:
             self._maint_task = asyncio.create_task(self._maintenance_loop(interval),
                                                    name=f"connman-maintain-{self.name}")
+
+    def _reset_after_fork(self) -> None:
+        """Forget the parent's driver pool and gate state (futures and tasks of its loop)."""
+        try:
+            self._forget_after_fork()
+        except Exception as exc:
+            raise PoolStartupError(
+                f"pool {self.name!r} was opened in process {self._pid} before a fork and cannot "
+                f"be reopened in process {os.getpid()}: {type(exc).__name__}; open the pools in "
+                "each worker (the app's lifespan), not before forking", pool=self.name) from None
+        self._opened = self._closing = False
+        self._free = self.config.max_size
+        self._waiters.clear()
+        self._nwaiting = self._active = 0
+        self._idle_event = None
+        self._maint_task = None
+        self._loop = None
 
     async def _close_quietly(self) -> None:
         try:
@@ -322,6 +355,9 @@ class Pool(abc.ABC):
         running, raises `WrongEventLoop`: close it in its own loop.
         """
         if not self._opened:
+            return
+        if self._pid != os.getpid():  # the parent's pool: not ours to close
+            self._reset_after_fork()
             return
         if self._loop is not asyncio.get_running_loop():
             loop = self._loop
@@ -373,8 +409,12 @@ class Pool(abc.ABC):
     async def acquire(self) -> Lease:
         """Wait for a slot in arrival order; raises `PoolTimeout`, `TooManyWaiters`, `PoolClosed`.
 
-        Raises `WrongEventLoop` when called from another event loop than the pool was opened in.
+        Raises `WrongEventLoop` when called from another event loop than the pool was opened in,
+        `PoolNotOpen` in a process forked after the pool was opened, until it opens it.
         """
+        if self._pid is not None and self._pid != os.getpid():
+            raise PoolNotOpen(f"pool {self.name!r} was opened in process {self._pid}, before this "
+                              "process forked: open it here (the app's lifespan)", pool=self.name)
         if self._closing or not self._opened:
             self.counters.bump("requests_errors")
             raise self._refusal()

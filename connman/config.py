@@ -54,12 +54,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Few connections, short waits and leak warnings: problems show up on a laptop, not in prod.
     "development": {"size": 2, "overflow": 3, "timeout": 5.0, "recycle": 300.0, "idle": 60.0,
                     "pre_ping": True, "leak_threshold": 10.0},
-    # HikariCP-like: steady pool, 30 min lifetime, 10 min idle, pre-ping after restarts.
+    # HikariCP-like: steady pool, 30 min lifetime, 10 min idle, pre-ping after restarts; a
+    # frozen server costs a request at most 30 s, the time front proxies give up on it anyway.
     "production": {"size": 10, "overflow": 10, "timeout": 10.0, "recycle": 1800.0, "idle": 600.0,
-                   "pre_ping": True},
+                   "pre_ping": True, "statement_timeout": 30.0},
     # Many short requests: bigger pool, fail fast and shed load rather than queue.
     "high_traffic": {"size": 20, "overflow": 20, "timeout": 2.0, "recycle": 1800.0, "idle": 300.0,
-                     "pre_ping": True, "max_waiting": 200},
+                     "pre_ping": True, "max_waiting": 200, "statement_timeout": 5.0},
 }
 
 
@@ -114,9 +115,11 @@ class PoolConfig(BaseModel):
     idle: float | None = Field(600.0, gt=0)
     """Seconds unused after which a connection is closed instead of reused (HikariCP's 10 min)."""
     pre_ping: bool = True
-    """Check a connection is alive before handing it out, so a restart costs no request."""
+    """Check a connection is alive before handing it out, so a restart costs no request; a ping
+    unanswered within `connect_timeout` discards it with `CheckoutTimeout`."""
     connect_timeout: float = Field(10.0, gt=0, le=600)
-    """Seconds to open one connection; startup fails within this, naming the pool."""
+    """Seconds to open one connection (handshake included) or to get a pre-ping's answer;
+    startup fails within this, naming the pool."""
     database: str | None = None
     """Mongo: database a session yields (default: the URL's path). SQL: must be unset."""
     driver: Literal["pymongo", "motor"] | None = None
@@ -144,8 +147,9 @@ class PoolConfig(BaseModel):
     open transaction, SQLAlchemy's reset) or `full` (also session settings, advisory locks, LISTEN,
     temporary tables and prepared state, as asyncpg's own pool does). See docs/semantics.md."""
     statement_timeout: float | None = Field(None, gt=0)
-    """Seconds one operation may wait for the server's answer before `StatementTimeout`; its
-    connection is discarded and the unit of work rolled back. None: no limit (every driver's)."""
+    """Seconds one operation (a statement, COMMIT, ROLLBACK; Mongo: a whole operation) may wait for
+    the server's answer before `StatementTimeout`; its connection is discarded and the unit of
+    work rolled back. None: no limit (every driver's). See docs/semantics.md."""
     session_class: Any = None
     """SQL: the session class sessions are made of (a class or a dotted path such as
     `sqlmodel.ext.asyncio.session.AsyncSession`); default SQLAlchemy's `AsyncSession`. It must

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "CheckoutTimeout",
     "ConcurrentUse",
     "ConfigurationError",
     "ConnmanError",
@@ -14,6 +15,7 @@ __all__ = [
     "SessionEnded",
     "StatementTimeout",
     "TooManyWaiters",
+    "TransactionConflict",
     "UnknownPool",
     "WrongEventLoop",
 ]
@@ -52,6 +54,14 @@ class PoolTimeout(ConnmanError, TimeoutError):
     def __init__(self, message: str, *, pool: str, retry_after: int = 1) -> None:
         super().__init__(message, pool=pool)
         self.retry_after = retry_after
+
+
+class CheckoutTimeout(PoolTimeout):
+    """A slot was free, but the server did not answer the connect or the pre-ping within the pool's
+    `connect_timeout` (seconds); that connection was discarded.
+
+    A `PoolTimeout`, so FastAPI answers 503 + `Retry-After`: no statement ran, a retry is safe.
+    """
 
 
 class TooManyWaiters(PoolTimeout):
@@ -96,3 +106,13 @@ class StatementTimeout(ConnmanError, TimeoutError):
     The connection it ran on was discarded (its protocol state is unknown) and the unit of work
     rolled back.
     """
+
+
+class TransactionConflict(ConnmanError):
+    """A Mongo unit of work's transaction was aborted by a transient error (a write conflict, a
+    failover, a commit the server refused as transient): nothing of it was applied, and running the
+    whole unit again may succeed. FastAPI answers 503 with `Retry-After` (seconds)."""
+
+    def __init__(self, message: str, *, pool: str, retry_after: int = 1) -> None:
+        super().__init__(message, pool=pool)
+        self.retry_after = retry_after

@@ -13,7 +13,14 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
     raise MissingDependency("connman.fastapi needs FastAPI: pip install 'connman[fastapi]'") from exc
 
-from .errors import PoolClosed, PoolNotOpen, PoolTimeout
+from .errors import (
+    CheckoutTimeout,
+    PoolClosed,
+    PoolNotOpen,
+    PoolTimeout,
+    StatementTimeout,
+    TransactionConflict,
+)
 
 if TYPE_CHECKING:
     from .manager import ConnectionManager
@@ -22,13 +29,28 @@ __all__ = ["add_exception_handlers", "health_router", "unavailable_from"]
 
 
 def unavailable_from(exc: BaseException) -> HTTPException | None:
-    """The 503 a client should get for a pool error, or None for any other error.
+    """The response a client should get for a pool error, or None for any other error.
 
-    Busy (`PoolTimeout`, `TooManyWaiters`): `Retry-After`; closing (`PoolClosed`): "is shutting
-    down"; never opened (`PoolNotOpen`): the reason, typically a lifespan that did not run.
+    503 + `Retry-After` when no statement ran, so a retry is safe: the pool is exhausted
+    (`PoolTimeout`, `TooManyWaiters`), its server did not answer the connect or pre-ping
+    (`CheckoutTimeout`), or it is closing (never opened, `PoolNotOpen`: the reason, typically a
+    lifespan that did not run, and no `Retry-After`). 503 without `Retry-After` for
+    `StatementTimeout`: the database did not answer a statement in time; the unit of work was
+    rolled back, but a COMMIT that timed out may have been applied, and a slow query retried at
+    once only loads the database again, so no `Retry-After` invites a retry.
     """
+    if isinstance(exc, StatementTimeout):
+        # No Retry-After: something may have run (a COMMIT that timed out may have applied).
+        return HTTPException(503, detail=f"database pool {exc.pool!r}: a statement got no answer "
+                             "within statement_timeout")
+    if isinstance(exc, CheckoutTimeout):
+        return HTTPException(503, detail=f"database pool {exc.pool!r} is unavailable: its server "
+                             "did not answer", headers={"Retry-After": str(exc.retry_after)})
     if isinstance(exc, PoolTimeout):
         return HTTPException(503, detail=f"database pool {exc.pool!r} is busy",
+                             headers={"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, TransactionConflict):
+        return HTTPException(503, detail=f"database pool {exc.pool!r}: transaction conflict, retry",
                              headers={"Retry-After": str(exc.retry_after)})
     if isinstance(exc, PoolNotOpen):
         # Never opened: retrying will not help, so no Retry-After; the detail says what to fix.
@@ -47,13 +69,16 @@ async def _handle(request: Request, exc: Exception) -> JSONResponse:
 
 
 def add_exception_handlers(app: FastAPI) -> None:
-    """Answer `PoolTimeout`/`PoolClosed` raised anywhere in a handler with 503 + `Retry-After`.
+    """Answer `PoolTimeout`/`PoolClosed` raised anywhere in a handler with 503 + `Retry-After`,
+    and `StatementTimeout` with 503 without `Retry-After` (see `unavailable_from`).
 
     `Depends(manager.session(...))` needs none of this; it is for `async with manager.session()`
     inside a handler or background code that runs in a request.
     """
     app.add_exception_handler(PoolTimeout, _handle)
     app.add_exception_handler(PoolClosed, _handle)
+    app.add_exception_handler(TransactionConflict, _handle)
+    app.add_exception_handler(StatementTimeout, _handle)
 
 
 def health_router(manager: ConnectionManager, *, prefix: str = "/health",

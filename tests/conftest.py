@@ -14,6 +14,7 @@ import pytest
 
 from connman import ConnectionManager
 from connman.testing.invariant import gate_violations, settle
+from connman.testing.isolation import close_mongo_clients
 from connman.testing.servers import (
     MariaDBServer,
     MongoWireServer,
@@ -59,6 +60,7 @@ async def _gate_invariant() -> AsyncIterator[None]:
 @pytest.fixture(scope="session", autouse=True)
 def _stop_servers() -> Iterator[None]:
     yield
+    close_mongo_clients()  # the plugin's per-test database drops, run in this process
     for server in reversed(list(_started.values())):
         server.stop()
 

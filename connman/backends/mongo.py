@@ -1,11 +1,14 @@
 """MongoDB through PyMongo's `AsyncMongoClient` (default) or Motor, behind the connman pool.
 
 Maps the schema to client keywords, feeds the stats from CMAP pool events, and emulates what PyMongo
-lacks: a max connection lifetime (with jitter).
+lacks: a max connection lifetime (with jitter), enforced where a connection comes back. A session
+yields a `MongoUnit` (`_mongo_unit.py`): the database, with every operation under the gate, cursors
+cleaned up and, with `transaction` on, one multi-document transaction.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import logging
@@ -14,12 +17,14 @@ import time
 from typing import Any
 
 from pymongo import monitoring
-from pymongo.errors import OperationFailure
+from pymongo.errors import OperationFailure, PyMongoError
 
-from .._pool import Pool, jittered_lifetime
+from .._pool import Pool, jittered_lifetime, shielded
 from .._url import url_path_database
 from ..config import PoolConfig
+from ..errors import PoolNotOpen, TransactionConflict
 from ..stats import EventHub
+from ._mongo_unit import MongoUnit, _Cursor, close_cursors
 
 logger = logging.getLogger("connman.mongo")
 
@@ -37,8 +42,26 @@ def client_options(name: str, config: PoolConfig) -> dict[str, Any]:
     }
     if config.idle is not None:
         kw["maxIdleTimeMS"] = int(config.idle * 1000)
+    if config.statement_timeout is not None:
+        kw[_statement_timeout_option(config.driver_name)] = int(config.statement_timeout * 1000)
     kw.update(config.options)
     return kw
+
+
+def _statement_timeout_option(driver: str) -> str:
+    """`timeoutMS`: PyMongo's client-side operation timeout (CSOT) bounds each operation whole,
+    server selection, checkout and retries included, and closes a connection it timed out on.
+
+    Not with AsyncMongoClient before PyMongo 4.13.1 (PYTHON-5406): its server monitor inherits
+    the deadline of the operation that restarted it, so after one timeout the monitor's checks
+    all time out and the client never sees the server again. There `socketTimeoutMS` (each read
+    on a connection) is the bound instead. Motor's monitors are threads, unaffected.
+    """
+    import pymongo
+
+    if driver == "pymongo" and tuple(pymongo.version_tuple[:3]) < (4, 13, 1):
+        return "socketTimeoutMS"
+    return "timeoutMS"
 
 
 async def shrink(pool: Any, size: int, idle_s: float, lock: Any = None) -> None:
@@ -81,6 +104,16 @@ class _CMAPListener(monitoring.ConnectionPoolListener):
         self.in_use = 0
         self.deadlines: dict[tuple[Any, int], float] = {}
         self.marked: set[tuple[Any, int]] = set()
+        self.ready: set[tuple[Any, int]] = set()
+        self.changed: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+
+    def _signal(self) -> None:
+        # Wake the warm-up waiting on the counts; Motor calls from its worker threads.
+        waiter = self.changed
+        if waiter is not None:
+            loop, event = waiter
+            with contextlib.suppress(RuntimeError):  # that loop is closed
+                loop.call_soon_threadsafe(event.set)
 
     def pool_created(self, event: Any) -> None:
         """Nothing to count."""
@@ -106,6 +139,9 @@ class _CMAPListener(monitoring.ConnectionPoolListener):
 
     def connection_ready(self, event: Any) -> None:
         """A connection finished its handshake."""
+        with self.lock:
+            self.ready.add((event.address, event.connection_id))
+        self._signal()
         duration = getattr(event, "duration", None)
         if duration is not None:
             self.pool.counters.add("connections_ms", duration * 1000)
@@ -117,6 +153,7 @@ class _CMAPListener(monitoring.ConnectionPoolListener):
         with self.lock:
             self.open -= 1
             self.deadlines.pop(key, None)
+            self.ready.discard(key)
             was_marked = key in self.marked
             self.marked.discard(key)
         reason = event.reason
@@ -129,6 +166,7 @@ class _CMAPListener(monitoring.ConnectionPoolListener):
         else:
             name = "close"
         self.pool.connection_event(name, reason=str(reason))
+        self._signal()
 
     def connection_check_out_started(self, event: Any) -> None:
         """Nothing to count."""
@@ -147,6 +185,15 @@ class _CMAPListener(monitoring.ConnectionPoolListener):
         """A connection came back to the idle set."""
         with self.lock:
             self.in_use -= 1
+
+    def retire_if_expired(self, address: Any, conn: Any) -> None:
+        """At check-in: give a connection past its lifetime an outdated generation.
+
+        PyMongo's check-in then closes it as stale instead of putting it back, so `recycle`
+        holds under steady load, where a connection is almost never seen idle.
+        """
+        if self.expired(address, conn.id, time.monotonic()):
+            conn.generation = -1
 
     def expired(self, address: Any, conn_id: int, now: float) -> bool:
         """Whether this connection outlived its (jittered) lifetime; marks it if so."""
@@ -178,6 +225,28 @@ class _CommandLogger(monitoring.CommandListener):
         logger.info("connman[%s]: %s failed", self.pool_name, event.command_name)
 
 
+def _retiring_checkin(pool: Any, listener: _CMAPListener) -> Any:
+    """PyMongo's `pool.checkin`, retiring a connection past its lifetime on its way back."""
+    original = pool.checkin
+    if inspect.iscoroutinefunction(original):
+        async def checkin(conn: Any) -> None:
+            listener.retire_if_expired(pool.address, conn)
+            await original(conn)
+        checkin.connman_retiring = True  # type: ignore[attr-defined]
+        return checkin
+
+    def checkin_sync(conn: Any) -> None:  # Motor: PyMongo's synchronous pool, in worker threads
+        listener.retire_if_expired(pool.address, conn)
+        original(conn)
+    checkin_sync.connman_retiring = True  # type: ignore[attr-defined]
+    return checkin_sync
+
+
+def _transient(error: BaseException) -> bool:
+    """Whether a driver error carries the `TransientTransactionError` label."""
+    return isinstance(error, PyMongoError) and error.has_error_label("TransientTransactionError")
+
+
 def _limit_of(status: Any) -> int | None:
     """The connection limit in a `serverStatus` reply.
 
@@ -191,7 +260,7 @@ def _limit_of(status: Any) -> int | None:
 
 
 class MongoPool(Pool):
-    """A pool whose sessions are database handles of one Mongo client."""
+    """A pool whose sessions are `MongoUnit`s: database handles of one Mongo client."""
 
     backend = "mongo"
 
@@ -203,6 +272,10 @@ class MongoPool(Pool):
         self._client: Any = None
         self._db: Any = None
         self._motor = config.driver_name == "motor"
+        self._orphans: dict[asyncio.Task[Any], set[_Cursor]] = {}
+        self._orphan_of: dict[_Cursor, asyncio.Task[Any]] = {}
+        self._cleanups: set[asyncio.Task[None]] = set()
+        self._inherited: list[Any] = []
 
     async def _open(self) -> None:
         listeners: list[Any] = [self._listener]
@@ -218,12 +291,45 @@ class MongoPool(Pool):
 
             self._client = AsyncMongoClient(url, event_listeners=listeners, **self._options)
         self._db = self._client[self._database]
-        import asyncio
+        t0 = time.monotonic()
+        await self._read_limit()
+        await self._warm(self.config.connect_timeout - (time.monotonic() - t0))
+        self._hook_checkins()
 
-        # Warm `size` connections: concurrent commands make the pool open them now, not on
-        # demand; one of them asks the server's connection limit for the startup budget check.
-        await asyncio.gather(self._read_limit(), *(self._client.admin.command("ping")
-                                                   for _ in range(max(0, self.config.size - 1))))
+    async def _warm(self, budget: float) -> None:
+        """Return once `size` connections are open and ready (CMAP `connection_ready`).
+
+        Concurrent pings may all run on one or two connections (PyMongo opens at most two at
+        once and reuses a connection as soon as it is back), so the pings only prompt the pool;
+        the count of ready connections decides. PyMongo's own `minPoolSize` upkeep fills the rest.
+        """
+        listener = self._listener
+        event = asyncio.Event()
+        listener.changed = (asyncio.get_running_loop(), event)
+        try:
+            async with asyncio.timeout(max(0.1, budget)):
+                while True:
+                    with listener.lock:
+                        missing = self.config.size - len(listener.ready)
+                    if missing <= 0:
+                        return
+                    # `size` pings at once: the open connections take `size - missing` of them
+                    # and the others make the pool open new ones, never more than `size` in all
+                    # (more pings than that would warm overflow connections too).
+                    event.clear()
+                    await asyncio.gather(*(self._client.admin.command("ping")
+                                           for _ in range(self.config.size)))
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(0.05):
+                            await event.wait()
+        except TimeoutError:
+            with listener.lock:
+                ready = len(listener.ready)
+            logger.warning("connman: pool %r: %d of %d connections open after %.1fs; the driver "
+                           "opens the rest in the background", self.name, ready,
+                           self.config.size, self.config.connect_timeout)
+        finally:
+            listener.changed = None
 
     async def _read_limit(self) -> None:
         try:
@@ -234,7 +340,11 @@ class MongoPool(Pool):
         self.connection_limit = _limit_of(status)
 
     async def _close(self) -> None:
+        if self._cleanups:
+            await asyncio.wait(list(self._cleanups), timeout=self.config.timeout)
         client, self._client = self._client, None
+        self._orphans.clear()
+        self._orphan_of.clear()
         if client is None:
             return
         if self._motor:
@@ -242,22 +352,47 @@ class MongoPool(Pool):
         else:
             await client.close()
 
+    def _forget_after_fork(self) -> None:
+        """In a forked child: drop the parent's client without closing its connections.
+
+        The client stays referenced, so no finalizer of its sockets runs in the child either.
+        """
+        if self._client is not None:
+            self._inherited.append(self._client)
+        self._client = self._db = None
+        self._listener = _CMAPListener(self)
+        self._orphans.clear()
+        self._orphan_of.clear()
+        self._cleanups.clear()
+
     def _maintenance_interval(self) -> float | None:
         cfg = self.config
         periods = ([cfg.recycle / 20] if cfg.recycle is not None else []) + (
             [cfg.shrink_after / 10] if cfg.overflow else [])
         return max(0.05, min(1.0, *periods)) if periods else None
 
-    async def _maintain(self) -> None:
-        # PyMongo has no max lifetime. Mark idle connections past their (jittered) deadline with an
-        # outdated generation: PyMongo then closes them as stale instead of reusing them.
+    def _server_pools(self) -> list[Any]:
+        # The one reach into PyMongo's internals: the topology's servers and their pools.
         client = self._client
         if client is None:
-            return
+            return []
         topology = (client.delegate if self._motor else client)._topology
+        return [server.pool for server in list(getattr(topology, "_servers", {}).values())]
+
+    def _hook_checkins(self) -> None:
+        """Enforce `recycle` where a connection comes back: wrap each server pool's `checkin`."""
+        if self.config.recycle is None:
+            return
+        for pool in self._server_pools():
+            if not getattr(pool.checkin, "connman_retiring", False):
+                pool.checkin = _retiring_checkin(pool, self._listener)
+
+    async def _maintain(self) -> None:
+        # Idle connections past their deadline get an outdated generation too: PyMongo then closes
+        # them as stale instead of reusing them (busy ones are retired at check-in).
+        self._hook_checkins()
         now = time.monotonic()
-        for server in list(getattr(topology, "_servers", {}).values()):
-            pool = server.pool
+        for pool in self._server_pools():
             try:
                 conns = list(pool.conns)
             except RuntimeError:  # mutated by a Motor worker thread meanwhile; next round
@@ -269,21 +404,134 @@ class MongoPool(Pool):
                 await shrink(pool, self.config.size, self.config.shrink_after,
                              pool.lock if self._motor else None)
 
+    # ------------------------------------------------------------------ units of work
     async def _begin(self) -> Any:
-        return self._db
+        session = None
+        if self.config.transaction:
+            session = self._client.start_session()
+            if inspect.isawaitable(session):  # Motor
+                session = await session
+            try:
+                started = session.start_transaction()
+                if inspect.isawaitable(started):
+                    await started
+            except BaseException:
+                await shielded(session.end_session())
+                raise
+        return MongoUnit(self, self._db, session, self.config.transaction)
 
     async def _end(self, unit: Any, error: BaseException | None) -> None:
-        return None
+        await shielded(self._finish(unit, error, asyncio.current_task()))
+
+    async def _finish(self, unit: MongoUnit, error: BaseException | None,
+                      owner: asyncio.Task[Any] | None) -> None:
+        cursors = await unit._finish(error)
+        session = unit.client_session
+        if session is None:
+            if error is None:
+                for cursor in cursors:  # still to be read (a streamed response): hand over
+                    self._adopt(cursor, owner)
+            else:
+                await close_cursors(self, cursors, own_slot=True)
+            return
+        try:
+            await close_cursors(self, cursors, own_slot=True)
+            if error is None and self.config.commit == "auto":
+                await self._commit(session)
+            elif error is None:  # `commit: manual`: what the app left uncommitted is aborted
+                if session.in_transaction:
+                    await session.abort_transaction()
+            else:
+                try:
+                    await session.abort_transaction()
+                except PyMongoError:
+                    logger.debug("connman: pool %r: abort failed", self.name, exc_info=True)
+                if _transient(error):
+                    raise TransactionConflict(
+                        f"pool {self.name!r}: the transaction was aborted by a transient error "
+                        f"({type(error).__name__}); nothing was applied, retry the request",
+                        pool=self.name, retry_after=self.config.retry_after_s) from error
+        finally:
+            await session.end_session()
+
+    async def _commit(self, session: Any) -> None:
+        """Commit; an unknown outcome is retried (the transactions spec) within `timeout`."""
+        deadline = time.monotonic() + self.config.timeout
+        while True:
+            try:
+                await session.commit_transaction()
+                return
+            except PyMongoError as exc:
+                if (exc.has_error_label("UnknownTransactionCommitResult")
+                        and time.monotonic() < deadline
+                        and getattr(exc, "code", None) != 50):  # MaxTimeMSExpired: no retry
+                    continue
+                if exc.has_error_label("TransientTransactionError"):
+                    raise TransactionConflict(
+                        f"pool {self.name!r}: the commit failed with a transient error "
+                        f"({type(exc).__name__}); nothing was applied, retry the request",
+                        pool=self.name, retry_after=self.config.retry_after_s) from exc
+                raise
 
     async def _begin_raw(self) -> tuple[Any, Any]:
-        return None, self._db
+        unit = MongoUnit(self, self._db, None, False)
+        return unit, unit
 
     async def _end_raw(self, handle: Any, error: BaseException | None) -> None:
-        return None
+        await shielded(self._finish(handle, error, asyncio.current_task()))
+
+    # ------------------------------------------------------------------ cursors past their unit
+    def _adopt(self, cursor: _Cursor, task: asyncio.Task[Any] | None = None) -> None:
+        """Track a cursor that outlives its unit: closed when `task` (default: this one) ends."""
+        task = task or asyncio.current_task()
+        if task is None or cursor in self._orphan_of:
+            return
+        held = self._orphans.get(task)
+        if held is None:
+            held = self._orphans[task] = set()
+            task.add_done_callback(self._task_done)
+        held.add(cursor)
+        self._orphan_of[cursor] = task
+
+    def _disown(self, cursor: _Cursor) -> None:
+        task = self._orphan_of.pop(cursor, None)
+        if task is not None:
+            held = self._orphans.get(task)
+            if held is not None:
+                held.discard(cursor)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        cursors = self._orphans.pop(task, set())
+        for c in cursors:
+            self._orphan_of.pop(c, None)
+        live = [c for c in cursors if c.is_open()]
+        if not live or self._client is None:
+            return
+        cleanup = asyncio.get_running_loop().create_task(
+            close_cursors(self, live, own_slot=False), name=f"connman-cursors-{self.name}")
+        self._cleanups.add(cleanup)
+        cleanup.add_done_callback(self._cleanups.discard)
+
+    # ------------------------------------------------------------------ health and stats
+    def _in_use(self) -> int:
+        with self._listener.lock:
+            return self._listener.in_use
+
+    def saturated(self) -> bool:
+        """Whether a new checkout would wait: no free gate slot, or every driver connection
+        checked out (CMAP: work outside the gate counts too). No I/O."""
+        return super().saturated() or self._in_use() >= self.config.max_size
+
+    def off_books(self) -> int:
+        """Driver connections checked out (CMAP) beyond the gate's leases (0: none)."""
+        return max(0, self._in_use() - self._active)
 
     def _drop_driver(self) -> None:
         """Drop a client whose event loop is gone (Motor: closed; PyMongo: sockets closed)."""
         client, self._client = self._client, None
+        self._orphans.clear()
+        self._orphan_of.clear()
+        self._cleanups.clear()
         if client is None:
             return
         if self._motor:
@@ -303,18 +551,29 @@ class MongoPool(Pool):
 
     async def _ping(self) -> float:
         """One `ping` command; latency in milliseconds."""
+        client = self._require_client()
         t0 = time.perf_counter()
-        await self._require_client().admin.command("ping")
+        await client.admin.command("ping")
         return (time.perf_counter() - t0) * 1000
+
+    def stats(self) -> dict[str, int]:
+        """As `Pool.stats`; `requests_active` also counts what the driver has checked out."""
+        out = super().stats()
+        if self._opened:
+            out["requests_active"] = max(out["requests_active"], self._in_use())
+        return out
 
     def _require_client(self) -> Any:
         if self._client is None:
-            raise RuntimeError(f"pool {self.name!r} is not open")
+            raise PoolNotOpen(f"pool {self.name!r} is not open", pool=self.name)
         return self._client
 
     def _gauges(self) -> tuple[int, int]:
+        # Available to a new request: idle in the driver (CMAP) and a gate slot free to use it,
+        # since a unit holds its slot between its operations while its connection is back idle.
         with self._listener.lock:
-            return self._listener.open, max(0, self._listener.open - self._listener.in_use)
+            idle = self._listener.open - self._listener.in_use
+            return self._listener.open, max(0, min(idle, self.config.max_size - self._active))
 
     def native(self) -> Any:
         """The `AsyncMongoClient` (or Motor client)."""
@@ -322,7 +581,7 @@ class MongoPool(Pool):
 
     @property
     def database(self) -> Any:
-        """The database handle sessions yield."""
+        """The PyMongo/Motor database that units of work wrap (outside the gate: prefer sessions)."""
         return self._db
 
     @property

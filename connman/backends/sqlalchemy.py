@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event, text
 from sqlalchemy import exc as sa_exc
@@ -35,12 +35,21 @@ from sqlalchemy.util import await_only, greenlet_spawn
 
 from .._pool import Pool, finish, jittered_lifetime, shielded
 from ..config import PoolConfig
-from ..errors import ConcurrentUse, ConfigurationError, PoolTimeout, SessionEnded
+from ..errors import (
+    CheckoutTimeout,
+    ConcurrentUse,
+    ConfigurationError,
+    ConnmanError,
+    PoolTimeout,
+    SessionEnded,
+    StatementTimeout,
+)
 from ..stats import EventHub
 from ._guard import EndedBind, FastConnection, ended_message
 from ._reset import FULL_RESET
 
 logger = logging.getLogger("connman")
+T = TypeVar("T")
 
 # HikariCP's aliveBypassWindowMs: a connection used this recently is not pinged again.
 ALIVE_BYPASS_S = 0.5
@@ -179,6 +188,143 @@ def _aiosqlite_connect(*args: Any, **kw: Any) -> Any:
     return _shielded_connect(pending)
 
 
+# ------------------------------------------------------------------ bounded driver calls
+# A frozen server or a black-holed link answers nothing and closes nothing, so only a client-side
+# deadline ends a call. asyncpg has one (`command_timeout`); for the rest, and for the calls
+# connman makes itself (pre-ping, close), a timer kills the connection when the deadline passes:
+# the pending call then fails at once, and connman raises its typed error from that failure.
+
+
+def _abort_transport(conn: Any) -> None:
+    # aiomysql keeps its transport on `_writer`, asyncmy on `_transport`: abort() drops the socket
+    # now, where their close() would first wait to flush what a frozen peer does not read.
+    transport = getattr(conn, "_transport", None)
+    if transport is None:
+        transport = getattr(getattr(conn, "_writer", None), "transport", None)
+    if transport is not None:
+        transport.abort()
+    conn.close()
+
+
+def _kill_asyncpg(conn: Any) -> None:
+    conn.terminate()
+    # terminate() does nothing once close() has begun, and close() then waits for the server to
+    # hang up: abort the transport as well, so that wait ends too.
+    transport = getattr(conn, "_transport", None)
+    if transport is not None:
+        transport.abort()
+
+
+_KILL: dict[str, Callable[[Any], None]] = {
+    "asyncpg": _kill_asyncpg,
+    "aiomysql": _abort_transport,
+    "asyncmy": _abort_transport,
+    "aiosqlite": _interrupt_sqlite,
+}
+
+# Drivers whose statements connman bounds itself (asyncpg's `command_timeout` is native).
+_EMULATED_STATEMENT_TIMEOUT = ("aiomysql", "asyncmy", "aiosqlite")
+
+
+class _Deadline:
+    """A timer around one driver call: once `seconds` pass, kill the driver connection."""
+
+    __slots__ = ("_handle", "fired")
+
+    def __init__(self, seconds: float, kill: Callable[[Any], None], conn: Any) -> None:
+        self.fired = False
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a close outside the loop (interpreter exit): nothing to wait for
+            self._handle: asyncio.TimerHandle | None = None
+            return
+        self._handle = loop.call_later(seconds, self._fire, kill, conn)
+
+    def _fire(self, kill: Callable[[Any], None], conn: Any) -> None:
+        self.fired = True
+        try:
+            kill(conn)
+        except Exception:
+            logger.debug("connman: killing a connection past its deadline failed", exc_info=True)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+
+
+def _call_within(seconds: float, kill: Callable[[Any], None], conn: Any,
+                 expired: Callable[[], Exception], call: Callable[[], T]) -> T:
+    """Run `call()` (a driver call, in SQLAlchemy's greenlet); past `seconds`, kill `conn`.
+
+    Returns what `call()` returns; raises `expired()`, chained to the driver's error, when the
+    deadline killed the connection, and the driver's own error otherwise.
+    """
+    deadline = _Deadline(seconds, kill, conn)
+    try:
+        return call()
+    except Exception as exc:
+        if deadline.fired:
+            raise expired() from exc
+        if _driver_timeout(exc):  # asyncpg's `command_timeout` ran out first
+            deadline.cancel()
+            deadline._fire(kill, conn)
+            raise expired() from exc
+        raise
+    finally:
+        deadline.cancel()
+
+
+def _driver_timeout(exc: BaseException | None) -> bool:
+    """A driver's own deadline expired (asyncpg raises asyncio's TimeoutError, unwrapped)."""
+    return isinstance(exc, TimeoutError) and not isinstance(exc, ConnmanError)
+
+
+def _driver_conn(conn: Any) -> Any:
+    """The driver's connection behind a pool proxy or SQLAlchemy's adapter (or itself)."""
+    return getattr(conn, "driver_connection", conn)
+
+
+async def _connect_within(seconds: float, connect: Callable[[], Any],
+                          close: Callable[[], None]) -> Any:
+    """Await a driver connect that must finish, handshake included, within `seconds`.
+
+    `close()` runs on what the connect left half-open when it timed out or was cancelled.
+    """
+    try:
+        async with asyncio.timeout(seconds):
+            return await connect()
+    except BaseException:
+        close()
+        raise
+
+
+def _aiomysql_connect(seconds: float) -> Callable[..., Any]:
+    """aiomysql's connect with the handshake bounded too (its `connect_timeout` covers only TCP).
+
+    Built from its public `Connection` so that a connect cut short can be closed: cancelled
+    midway, `aiomysql.connect` drops the half-open socket to the garbage collector.
+    """
+    import aiomysql
+
+    async def connected(*args: Any, **kw: Any) -> Any:
+        conn = aiomysql.Connection(*args, **kw)
+        await _connect_within(seconds, conn._connect, conn.close)
+        return conn
+
+    return connected
+
+
+def _asyncmy_connect(seconds: float) -> Callable[..., Any]:
+    """asyncmy's connect with the handshake bounded too (it closes what a cancel cut short)."""
+    import asyncmy
+
+    async def connected(*args: Any, **kw: Any) -> Any:
+        return await _connect_within(seconds, partial(asyncmy.connect, *args, **kw),
+                                     lambda: None)
+
+    return connected
+
+
 _CONNECT_TIMEOUT_ARG = {"asyncpg": "timeout", "aiomysql": "connect_timeout",
                         "asyncmy": "connect_timeout"}
 
@@ -208,6 +354,10 @@ def engine_options(name: str, config: PoolConfig) -> dict[str, Any]:
         # sqlite3's `timeout` is how long a writer waits for the file lock: the same promise as
         # `timeout` (wait for the database, then fail), instead of sqlite3's own 5 s.
         connect_args.setdefault("timeout", config.timeout)
+    if config.statement_timeout is not None and driver == "asyncpg":
+        # asyncpg's own per-call deadline (queries, BEGIN/COMMIT/ROLLBACK); the other drivers
+        # have none that works on a silent server, so connman bounds their calls itself.
+        connect_args.setdefault("command_timeout", config.statement_timeout)
     if config.external_pooler == "pgbouncer":
         # Transaction pooling hands each transaction a different server connection, so named
         # prepared statements cannot be reused: turn off both asyncpg's and SQLAlchemy's caches.
@@ -227,7 +377,7 @@ def engine_options(name: str, config: PoolConfig) -> dict[str, Any]:
         "pool_recycle": int(config.recycle) if config.recycle is not None else -1,
         "pool_pre_ping": config.pre_ping,
         "echo": config.echo,
-        "poolclass": AsyncAdaptedQueuePool,
+        "poolclass": BoundedQueuePool,
         "pool_reset_on_return": "rollback",
     }
     if connect_args:
@@ -522,6 +672,77 @@ class TestBinding:
 
 def _sqlite_manual_transactions(sync_conn: Any, manual: bool) -> None:
     sync_conn.connection.dbapi_connection.isolation_level = None if manual else ""
+def _bound_statements(sync_engine: Any, dialect: Any, seconds: float, kill: Callable[[Any], None],
+                      expired: Callable[[], Exception]) -> None:
+    """Bound every execute, COMMIT and ROLLBACK of an engine by `seconds` (the emulated
+    `statement_timeout`): past it the connection is killed and `expired()` raised."""
+
+    def within(conn: Any, call: Callable[[], Any]) -> Any:
+        return _call_within(seconds, kill, _driver_conn(conn), expired, call)
+
+    @event.listens_for(sync_engine, "do_execute")
+    def do_execute(cursor: Any, statement: Any, parameters: Any, context: Any) -> bool:
+        within(context.root_connection.connection,
+               partial(dialect.do_execute, cursor, statement, parameters, context))
+        return True  # executed here
+
+    @event.listens_for(sync_engine, "do_execute_no_params")
+    def do_execute_no_params(cursor: Any, statement: Any, context: Any) -> bool:
+        within(context.root_connection.connection,
+               partial(dialect.do_execute_no_params, cursor, statement, context))
+        return True
+
+    @event.listens_for(sync_engine, "do_executemany")
+    def do_executemany(cursor: Any, statement: Any, parameters: Any, context: Any) -> bool:
+        within(context.root_connection.connection,
+               partial(dialect.do_executemany, cursor, statement, parameters, context))
+        return True
+
+    commit, rollback = dialect.do_commit, dialect.do_rollback
+    dialect.do_commit = lambda conn: within(conn, partial(commit, conn))
+    dialect.do_rollback = lambda conn: within(conn, partial(rollback, conn))
+
+
+class BoundedQueuePool(AsyncAdaptedQueuePool):
+    """SQLAlchemy's async queue pool, whose checkout fails with `CheckoutTimeout` when a new
+    connection's setup got no answer in time.
+
+    After the connect, the dialect sets the connection up (asyncpg: type codecs, one query each)
+    in the pool's `connect` event, out of reach of connman's `do_connect` bound; a driver
+    timeout there (asyncpg's `command_timeout`), or the setup deadline connman arms around it,
+    would otherwise surface as a bare `TimeoutError` or driver error.
+    """
+
+    # Log where SQLAlchemy's own pool logs, so logging configured for it still applies.
+    _sqla_logger_namespace = "sqlalchemy.pool.impl.AsyncAdaptedQueuePool"
+
+    cm_setup_expired: Callable[[BaseException, int], Exception | None] | None = None
+    """Set by connman: (the error, setup kills before the checkout) -> the error to raise."""
+    cm_setup_kills = 0
+    """Setups connman's deadline killed so far."""
+
+    def connect(self) -> Any:
+        """Check a connection out (see `sqlalchemy.pool.Pool.connect`)."""
+        kills = self.cm_setup_kills
+        try:
+            return super().connect()
+        except Exception as exc:
+            translate = self.cm_setup_expired
+            replacement = translate(exc, kills) if translate is not None else None
+            if replacement is None:
+                raise
+            raise replacement from exc
+
+
+def _creator(driver: str, connect_timeout: float) -> Callable[..., Any] | None:
+    """The `async_creator_fn` connman gives SQLAlchemy for a driver (None: the driver's own)."""
+    if driver == "aiosqlite":
+        return _aiosqlite_connect
+    if driver == "aiomysql":
+        return _aiomysql_connect(connect_timeout)
+    if driver == "asyncmy":
+        return _asyncmy_connect(connect_timeout)
+    return None  # asyncpg's `timeout` covers the whole connect
 
 
 class SQLAlchemyPool(Pool):
@@ -549,6 +770,8 @@ class SQLAlchemyPool(Pool):
         self._binding: TestBinding | None = None
         self._full_reset = (FULL_RESET.get(config.driver_name)
                             if config.reset_on_return == "full" else None)
+        self._silent_until = 0.0
+        """Until then, closes do not wait for the server: one goodbye just went unanswered."""
 
     # ------------------------------------------------------------------ lifecycle
     async def _open(self) -> None:
@@ -594,6 +817,108 @@ class SQLAlchemyPool(Pool):
                 self._disposed_pool = engine.sync_engine.pool
             await engine.dispose()
 
+    def _forget_after_fork(self) -> None:
+        """In a forked child: start afresh, keeping the parent's engine referenced and unclosed.
+
+        Its connections share sockets with the parent: disposing the engine here (or letting the
+        garbage collector finalize it) would send the driver's terminate message on them.
+        """
+        self._inherited = (self._engine, self._hot)
+        self._engine = self._sessionmaker = None
+        self._hot = []
+        self._disposed_pool = None
+    # ------------------------------------------------------------------ deadlines
+    def _statement_expired(self) -> StatementTimeout:
+        return StatementTimeout(
+            f"pool {self.name!r}: no answer from the server within statement_timeout="
+            f"{self.config.statement_timeout:g}s; the connection was discarded and the unit of "
+            "work rolled back", pool=self.name)
+
+    def _ping_expired(self) -> CheckoutTimeout:
+        return CheckoutTimeout(
+            f"pool {self.name!r}: the server did not answer the pre-ping within connect_timeout="
+            f"{self.config.connect_timeout:g}s; the connection was discarded",
+            pool=self.name, retry_after=self.config.retry_after_s)
+
+    def _connect_expired(self) -> CheckoutTimeout:
+        return CheckoutTimeout(
+            f"pool {self.name!r}: no connection to the server within connect_timeout="
+            f"{self.config.connect_timeout:g}s", pool=self.name,
+            retry_after=self.config.retry_after_s)
+
+    def _kill(self, conn: Any) -> None:
+        """Drop a driver connection now, without a word to the server."""
+        kill = _KILL.get(self.config.driver_name)
+        if kill is not None:
+            try:
+                kill(conn)
+            except Exception:
+                logger.debug("connman: pool %r: killing a connection failed", self.name,
+                             exc_info=True)
+
+    def _bound_calls(self, sync_engine: Any) -> None:
+        """Put a deadline on every driver call that waits for the server's answer.
+
+        Statements (`statement_timeout`): asyncpg natively; the other drivers through the
+        dialect's execute events and its `do_commit`/`do_rollback`. The pre-ping and the graceful
+        close get `connect_timeout`. An expired statement raises `StatementTimeout`, an expired
+        pre-ping `CheckoutTimeout`; either way the connection is invalidated (discarded).
+        """
+        cfg = self.config
+        kill = _KILL.get(cfg.driver_name)
+        if kill is None:
+            return
+        dialect = sync_engine.dialect
+        seconds = cfg.statement_timeout
+        if seconds is not None and cfg.driver_name in _EMULATED_STATEMENT_TIMEOUT:
+            _bound_statements(sync_engine, dialect, seconds, kill, self._statement_expired)
+        ping, close = dialect.do_ping, dialect.do_close
+        dialect.do_ping = lambda dbapi_conn: _call_within(
+            cfg.connect_timeout, kill, _driver_conn(dbapi_conn), self._ping_expired,
+            partial(ping, dbapi_conn))
+
+        def do_close(dbapi_conn: Any) -> None:
+            # Shutdown and overflow closes say goodbye to the server (asyncpg waits for it to
+            # hang up); a frozen one never answers. Once one goodbye went unanswered, the next
+            # ones are not waited for: dispose() closes connections one after the other.
+            driver_conn = _driver_conn(dbapi_conn)
+            if time.monotonic() < self._silent_until:
+                with contextlib.suppress(Exception):
+                    kill(driver_conn)
+            deadline = _Deadline(cfg.connect_timeout, kill, driver_conn)
+            try:
+                close(dbapi_conn)
+            except Exception:
+                if not deadline.fired:
+                    raise
+            finally:
+                deadline.cancel()
+            if deadline.fired:  # killed, whether the close then failed or returned
+                self._silent_until = time.monotonic() + cfg.connect_timeout
+                logger.info("connman: pool %r: the server did not answer a close within %gs; "
+                            "the connection was dropped", self.name, cfg.connect_timeout)
+
+        dialect.do_close = do_close
+
+        @event.listens_for(sync_engine, "handle_error")
+        def on_error(ctx: Any) -> Exception | None:
+            exc = ctx.original_exception
+            if isinstance(exc, StatementTimeout):
+                replace = None
+            elif seconds is not None and _driver_timeout(exc) and ctx.connection is not None:
+                # asyncpg's command_timeout: it would wait for the server to cancel the query.
+                fairy = ctx.connection.connection if not ctx.connection.invalidated else None
+                if fairy is not None:
+                    with contextlib.suppress(Exception):
+                        kill(_driver_conn(fairy))
+                replace = self._statement_expired()
+            else:
+                return None
+            # Its protocol state is unknown: discard this connection, not the whole pool.
+            ctx.is_disconnect = True
+            ctx.invalidate_pool_on_disconnect = False
+            return replace
+
     # ------------------------------------------------------------------ events -> stats
     def _install_events(self, engine: AsyncEngine) -> None:
         sync_engine = engine.sync_engine
@@ -601,17 +926,21 @@ class SQLAlchemyPool(Pool):
         cfg = self.config
 
         sqlite = self._sqlite
+        creator = _creator(cfg.driver_name, cfg.connect_timeout)
+        self._bound_calls(sync_engine)
 
         @event.listens_for(sync_engine, "do_connect")
         def do_connect(dialect: Any, conn_rec: Any, cargs: Any, cparams: Any) -> Any:
             t0 = time.monotonic()
             self.counters.add("connections_num")
-            if sqlite and "async_creator_fn" not in cparams:
-                cparams = {**cparams, "async_creator_fn": _aiosqlite_connect}
+            if "async_creator_fn" not in cparams and creator is not None:
+                cparams = {**cparams, "async_creator_fn": creator}
             try:
                 conn = dialect.connect(*cargs, **cparams)
-            except BaseException:
+            except BaseException as exc:
                 self.counters.add("connections_errors")
+                if _driver_timeout(exc):
+                    raise self._connect_expired() from exc
                 raise
             finally:
                 elapsed_ms = (time.monotonic() - t0) * 1000
@@ -619,8 +948,36 @@ class SQLAlchemyPool(Pool):
                 conn_rec.info["cm_connect_ms"] = elapsed_ms
             return conn
 
+        kill = _KILL.get(cfg.driver_name)
+        if kill is not None and isinstance(pool, BoundedQueuePool):
+            bounded_pool = pool
+
+            def setup_expired(exc: BaseException, kills: int) -> Exception | None:
+                if isinstance(exc, ConnmanError):
+                    return None
+                if _driver_timeout(exc) or bounded_pool.cm_setup_kills != kills:
+                    return self._connect_expired()
+                return None
+
+            pool.cm_setup_expired = setup_expired
+
+            def killed_in_setup(conn: Any) -> None:
+                bounded_pool.cm_setup_kills += 1
+                kill(conn)
+
+            @event.listens_for(pool, "connect", insert=True)
+            def arm_setup(dbapi_con: Any, rec: Any) -> None:
+                # Runs before the dialect's own setup queries; our on_connect, after them,
+                # disarms it. If the setup fails, SQLAlchemy drops the connection unclosed:
+                # the deadline then closes it.
+                rec.info["cm_setup"] = _Deadline(cfg.connect_timeout, killed_in_setup,
+                                                 _driver_conn(dbapi_con))
+
         @event.listens_for(pool, "connect")
         def on_connect(dbapi_con: Any, rec: Any) -> None:
+            setup = rec.info.pop("cm_setup", None)
+            if setup is not None:
+                setup.cancel()
             now = time.monotonic()
             rec.info["cm_born"] = now
             if cfg.recycle is not None:
@@ -961,6 +1318,12 @@ class SQLAlchemyPool(Pool):
                 # Cancelled, perhaps mid-query: this connection's protocol state is unknown.
                 # Invalidating it also interrupts a SQLite query (the invalidate event).
                 await self._discard(fairy, "close")
+                return
+            if _driver_timeout(error):
+                # asyncpg's command_timeout: kill it first, or closing it would wait for the
+                # server to answer the query's cancellation.
+                self._kill(conn)
+                await self._discard(fairy, "lost")
                 return
             if probe.closed(conn) or (error is not None and _may_be_disconnected(error)):
                 await self._discard(fairy, "lost")

@@ -6,6 +6,8 @@
     proxy.cut()            # reset every live connection, refuse new ones
     proxy.restore()        # accept and forward again, on the same port
     proxy.latency(0.05)    # delay every chunk by 50 ms in each direction
+    proxy.blackhole()      # keep every socket open but forward nothing (a silent network)
+    proxy.restore()        # forward again: held bytes and connections go through, as TCP resends
     proxy.stop()
 
 The proxy runs its own asyncio event loop in a daemon thread, so a test whose event loop is busy
@@ -73,6 +75,8 @@ class TcpProxy:
         """Connections that could not reach the target (the client saw them reset)."""
         self._delay = 0.0
         self._cut = False
+        self._holed = False
+        self._flowing: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
@@ -90,6 +94,11 @@ class TcpProxy:
     def is_cut(self) -> bool:
         """Whether the proxy refuses connections now."""
         return self._cut
+
+    @property
+    def is_blackholed(self) -> bool:
+        """Whether the proxy forwards nothing now (sockets open, bytes held)."""
+        return self._holed
 
     @property
     def live(self) -> int:
@@ -136,9 +145,22 @@ class TcpProxy:
         self._call(self._cut_now())
 
     def restore(self) -> None:
-        """Accept and forward connections again, on the same port."""
+        """Accept and forward connections again, on the same port (after `cut` or `blackhole`)."""
         self._cut = False
+        self._holed = False
         self._call(self._listen())
+        self._call(self._set_flowing(True))
+
+    def blackhole(self) -> None:
+        """Stop forwarding without closing anything, like a host or link that went silent.
+
+        Live connections stay open and get no byte in either direction; new ones are accepted
+        (the kernel completes the TCP handshake) but never reach the target. Nobody sees an error:
+        only a client's own deadline ends its wait. `restore()` forwards again what was held, as
+        a link that comes back delivers TCP's retransmissions; `cut()` resets everything instead.
+        """
+        self._holed = True
+        self._call(self._set_flowing(False))
 
     def latency(self, seconds: float) -> None:
         """Delay every chunk by `seconds` in each direction (0 turns it off); order is kept."""
@@ -168,7 +190,8 @@ class TcpProxy:
         self.stop()
 
     def __repr__(self) -> str:
-        state = "stopped" if self._loop is None else ("cut" if self._cut else "open")
+        state = "stopped" if self._loop is None else (
+            "cut" if self._cut else "black hole" if self._holed else "open")
         return (f"<TcpProxy 127.0.0.1:{self.port} -> {self.target_host}:{self.target_port} "
                 f"{state}, {self.live} live, latency {self._delay:g}s>")
 
@@ -181,6 +204,21 @@ class TcpProxy:
         if threading.current_thread() is self._thread:
             raise RuntimeError("TcpProxy methods must not be called from its own loop")
         return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=10)
+
+    async def _set_flowing(self, flowing: bool) -> None:
+        event = self._gate()
+        if flowing:
+            event.set()
+        else:
+            event.clear()
+
+    def _gate(self) -> asyncio.Event:
+        """Set while bytes may flow (made in the proxy's loop, on first use)."""
+        if self._flowing is None:
+            self._flowing = asyncio.Event()
+            if not self._holed:
+                self._flowing.set()
+        return self._flowing
 
     async def _listen(self) -> None:
         if self._server is not None:
@@ -206,6 +244,10 @@ class TcpProxy:
         self._writers.add(writer)
         up_writer: asyncio.StreamWriter | None = None
         try:
+            if self._cut:
+                _reset(writer)
+                return
+            await self._gate().wait()  # black-holed: accepted, but nothing reaches the target
             if self._cut:
                 _reset(writer)
                 return
@@ -244,6 +286,7 @@ class TcpProxy:
         """Copy one direction; with latency, each chunk leaves `delay` after it arrived."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        flowing = self._gate()
 
         async def send() -> None:
             while True:
@@ -253,6 +296,7 @@ class TcpProxy:
                 wait = due - loop.time()
                 if wait > 0:
                     await asyncio.sleep(wait)
+                await flowing.wait()  # held, not dropped, while black-holed
                 writer.write(data)
                 await writer.drain()
             if writer.can_write_eof():
@@ -261,6 +305,7 @@ class TcpProxy:
         sender = asyncio.ensure_future(send())
         try:
             while True:
+                await flowing.wait()  # black-holed: stop reading, so the sender's buffers fill
                 data = await reader.read(_CHUNK)
                 queue.put_nowait((loop.time() + self._delay, data))
                 if not data or sender.done():

@@ -82,7 +82,11 @@ def _label(resp: httpx.Response) -> str:
         return str(body["error"])
     detail = str(body.get("detail", ""))
     if resp.status_code == 503:
-        return "busy" if "busy" in detail else ("closing" if "shutting down" in detail else detail)
+        for label, words in (("statement_timeout", "within statement_timeout"), ("busy", "busy"),
+                             ("closing", "shutting down"), ("unanswered", "did not answer")):
+            if words in detail:
+                return label
+        return detail
     if resp.status_code == 404:
         return "missing"
     return detail[:60]

@@ -2,6 +2,8 @@
 
     python -m tests.faults.report            # the fast (CI) sizes, a few minutes
     python -m tests.faults.report --full     # the full sizes (20,000 requests of sustained load)
+    python -m tests.faults.report --full --only frozen_server,blackhole --merge
+                                             # redo some rows, keep the others of docs/reliability.md
 
 Servers are throwaway ones started here (or the `CONNMAN_TEST_*_URL` ones, which cannot be
 restarted, so their restart scenarios fail); every one is stopped at the end.
@@ -53,15 +55,18 @@ OUT = ROOT / "docs" / "reliability.md"
 BACKENDS = list(TARGETS)
 
 # What each column of the table shows, from the figures.
-EXTRAS = ("killed", "handlers_cancelled", "tasks_cancelled", "serves_after", "throughput_rps",
+EXTRAS = ("longest_ms", "bound_ms", "killed", "handlers_cancelled", "tasks_cancelled",
+          "serves_after", "throughput_rps",
           "fail_ms", "hang_fail_ms", "app_fail_ms", "app_exit_code", "drain_ms", "late_request",
           "job", "commit_errors", "commit_errors_applied", "unknown_writes", "transport")
 
 LIMITS = [
-    ("SQLite", "has no server: nothing to restart, kill, cut or slow down, and no PgBouncer; it "
-     "runs the scenarios that need no server (cancellation storm, sustained load, startup with "
-     "its file unreachable, shutdown). Its 'server-side' connection count is the number of file "
-     "descriptors this process holds on the database file."),
+    ("SQLite", "has no server: nothing to restart, kill, cut, slow down, freeze or black-hole, "
+     "and no PgBouncer; it runs the scenarios that need no server (cancellation storm, sustained "
+     "load, startup with its file unreachable, shutdown). Its `statement_timeout` (the running "
+     "query interrupted) is tested with a runaway query in tests/faults/test_frozen.py. Its "
+     "'server-side' connection count is the number of file descriptors this process holds on "
+     "the database file."),
     ("MariaDB (aiomysql, asyncmy)", "has no failpoints: the stalled-server case is covered by "
      "the proxy's latency; PgBouncer is PostgreSQL-only."),
     ("PostgreSQL", "has no failpoints either; PgBouncer (transaction mode, `external_pooler: "
@@ -79,6 +84,12 @@ LIMITS = [
      "plus one."),
     ("PgBouncer", "applies to PostgreSQL only; the app's connections are counted with "
      "`SHOW CLIENTS` on its admin console."),
+    ("Frozen server, black hole", "a frozen server is SIGSTOP of its whole process tree "
+     "(PostgreSQL's backends leave the postmaster's process group); its kernel still completes "
+     "new TCP handshakes, so a connect gets as far as the server's greeting. The proxy's black "
+     "hole accepts new connections the same way and holds every byte; on restore it delivers "
+     "what it held, as TCP's retransmissions would. Neither drops SYNs, which only a firewall "
+     "rule could do here."),
 ]
 
 
@@ -274,6 +285,106 @@ def render(results: list[Figures], *, full: bool, command: str) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------ merging into an earlier report
+
+
+def _rows(text: str) -> dict[tuple[str, str], str]:
+    """The result table's rows of a rendered report, keyed by (scenario title, backend)."""
+    rows: dict[tuple[str, str], str] = {}
+    in_table = False
+    for line in text.splitlines():
+        if line.startswith("| scenario | backend |"):
+            in_table = True
+            continue
+        if not in_table or line.startswith("| ---"):
+            continue
+        if not line.startswith("| "):
+            break
+        cells = [c.strip() for c in line.strip("|").split(" | ")]
+        rows[(cells[0], cells[1])] = line
+    return rows
+
+
+def _section(text: str, title: str) -> list[str]:
+    """The `- ...` lines of a `## title` section."""
+    lines = text.splitlines()
+    try:
+        start = lines.index(f"## {title}") + 1
+    except ValueError:
+        return []
+    out = []
+    for line in lines[start:]:
+        if line.startswith("## "):
+            break
+        if line.startswith("- "):
+            out.append(line)
+    return out
+
+
+def merge_reports(old: str, new: str, *, command: str) -> str:
+    """`new` with the result rows of `old` that `new` did not redo, in the scenarios' order.
+
+    The header keeps `old`'s command and date and says which rows `command` redid when; the pass
+    count covers every row; the error samples are the union of both.
+    """
+    old_rows, new_rows = _rows(old), _rows(new)
+    order = [(s.title, t) for s in SCENARIOS.values() for t in s.targets]
+    merged = {**old_rows, **new_rows}
+    rows = [merged[key] for key in order if key in merged]
+    passed = sum(1 for line in rows if line.rstrip().endswith("| pass |"))
+    old_head = {line.split(":", 1)[0]: line for line in old.splitlines()
+                if line.startswith("- ") and ":" in line}
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    redone = sorted({title for title, _ in new_rows})
+    out: list[str] = []
+    lines = new.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        key = line.split(":", 1)[0] if line.startswith("- ") else None
+        if key in ("- Command", "- Date") and key in old_head:
+            out.append(old_head[key])
+            if key == "- Date":
+                out.append(f"- Merged: `{command}` redid {len(new_rows)} rows on {now} ("
+                           + "; ".join(redone) + ")")
+        elif key == "- connman" and "- connman" in old_head:
+            commits = {c.strip() for h in (old_head["- connman"], line)
+                       for c in h.split("commit", 1)[1].split("(")[0].split(",")}
+            out.append(f"- connman: commit {', '.join(sorted(commits))} (each row's is in the "
+                       "JSON of `--json`)")
+        elif key == "- Result":
+            out.append(f"- Result: {passed} of {len(rows)} runs pass")
+        elif line.startswith("| scenario | backend |"):
+            out += [line, lines[i + 1], *rows]
+            i += 2
+            while i < len(lines) and lines[i].startswith("| "):
+                i += 1
+            continue
+        elif line == "## One message per error type seen" or (
+                line == "## Scenarios" and "## One message per error type seen" not in lines):
+            samples = sorted(set(_section(old, "One message per error type seen"))
+                             | set(_section(new, "One message per error type seen")))
+            labels: set[str] = set()
+            unique = []
+            for sample in samples:
+                label = sample.split("`: ", 1)[0]
+                if label not in labels:
+                    labels.add(label)
+                    unique.append(sample)
+            if unique:
+                out += ["## One message per error type seen", "", *unique, ""]
+            if line == "## One message per error type seen":
+                i += 1
+                while i < len(lines) and not lines[i].startswith("## "):
+                    i += 1
+                continue
+            out.append(line)
+        else:
+            out.append(line)
+        i += 1
+    return "\n".join(out) + ("\n" if new.endswith("\n") else "")
+
+
 SOAK = ROOT / "benchmarks" / "soak.json"
 """Written by `python benchmarks/soak.py --json benchmarks/soak.json`; rendered below if present."""
 
@@ -314,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     parser.add_argument("--base", type=Path, help="figures of an earlier run (--json): rows this "
                         "run does not redo are taken from it")
+    parser.add_argument("--merge", action="store_true", help="keep the rows of the existing "
+                        "--out file that this run does not redo (with --only/--backends)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     # As under pytest (filterwarnings = error): a driver object dropped unclosed then shows up in
@@ -338,6 +451,10 @@ def main(argv: list[str] | None = None) -> int:
         results = [merged[key] for key in order if key in merged]
     command = "python -m tests.faults.report" + (" --full" if args.full else "")
     text = render(results, full=args.full, command=command)
+    if args.merge and args.out.exists():
+        subset = "".join(f" --{k} {v}" for k, v in (("only", args.only),
+                                                      ("backends", args.backends)) if v)
+        text = merge_reports(args.out.read_text(), text, command=command + subset)
     print(f"{time.monotonic() - t0:.0f} s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

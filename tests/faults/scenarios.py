@@ -46,6 +46,7 @@ from connman.testing.servers import Server
 
 from .._targets import Ops, Target, free_port, serve
 from .app import Served, build_app
+from .frozen import freeze, thaw
 from .load import Outcome, Plan, run_load
 
 Figures = dict[str, Any]
@@ -322,11 +323,14 @@ TRANSPORT = {"ReadError", "RemoteProtocolError", "WriteError"}
 
 
 def category(o: Outcome) -> str:
-    """ok | busy | closing | server | timeout | refused | transport | other."""
+    """ok | busy | closing | unanswered | statement_timeout | server | timeout | refused |
+    transport | other."""
     if o.ok:
         return "ok"
-    if o.status == 503 and o.label in ("busy", "closing"):
+    if o.status == 503 and o.label in ("busy", "closing", "unanswered"):
         return o.label if o.retry_after else "other"
+    if o.status == 503 and o.label == "statement_timeout":
+        return "statement_timeout"
     if o.status >= 500:
         return "server" if o.label and o.label != "non-json" else "other"
     if o.status == 0:
@@ -414,12 +418,23 @@ def analyse(outs: list[Outcome], *, allowed: set[str], window: tuple[float, floa
     return fig
 
 
-def write_integrity(outs: list[Outcome], keys: set[str]) -> Figures:
-    """Acknowledged writes missing (or read back as 404), and failed writes present."""
+def write_integrity(outs: list[Outcome], keys: set[str], written: set[str] | None = None
+                    ) -> Figures:
+    """Acknowledged writes missing (or read back as 404), and failed writes present.
+
+    `written`: keys whose handler finished its insert (`Served.written`), so that a
+    `StatementTimeout` (503 without Retry-After) on one of them came from its COMMIT.
+    """
+    written = written or set()
+
+    def at_commit_error(o: Outcome) -> bool:
+        return o.label.endswith(" at commit") or (o.label == "statement_timeout"
+                                                   and o.key in written)
+
     acked = {o.key for o in outs if o.method == "POST" and o.ok}
     failed = {o.key for o in outs if o.method == "POST" and o.status >= 400
-              and not o.label.endswith(" at commit")}
-    at_commit = {o.key for o in outs if o.method == "POST" and o.label.endswith(" at commit")}
+              and not at_commit_error(o)}
+    at_commit = {o.key for o in outs if o.method == "POST" and at_commit_error(o)}
     unknown = {o.key for o in outs if o.method == "POST" and o.status == 0}
     missing_reads = {o.key for o in outs if o.method == "GET" and o.status == 404}
     return {"writes_acked": len(acked),
@@ -566,10 +581,12 @@ async def _fault_run(env: Env, rig: Rig, cfg: dict[str, Any], fault: Fault,
                 outs = await load
             fig.update(analyse(outs, allowed=allowed, window=(start, lift), served=served,
                                busy_grace=float(cfg["timeout"])))
+            if outs:
+                fig["longest_ms"] = round(max(o.t1 - o.t0 for o in outs) * 1000)
             await finish(fig, rig, manager, cfg)
         fig["open_after_close"] = await closed_count(rig)
     fig["leaked"] += fig["open_after_close"] or 0
-    fig.update(write_integrity(outs, await rig.keys()))
+    fig.update(write_integrity(outs, await rig.keys(), served.written))
     return fig
 
 
@@ -677,6 +694,91 @@ async def pgbouncer_restart(env: Env) -> Figures:
         return start, time.monotonic()
 
     return await fault_under_load(env, fault, pgbouncer=True)
+
+
+# A silent server or link: every request must still end within its bound. Gate wait, then a
+# connect or pre-ping, then the write and its COMMIT: each bounded by one of these seconds.
+SILENT_LIMITS = {"timeout": 1.0, "connect_timeout": 1.0, "statement_timeout": 1.0}
+SILENT_SLACK_S = 5.0
+"""Added to the bound: scheduling on a loaded machine and the HTTP hop, never a missing deadline."""
+
+
+def _silent_bound_ms() -> int:
+    t = SILENT_LIMITS
+    return round((t["timeout"] + t["connect_timeout"] + 2 * t["statement_timeout"]
+                  + SILENT_SLACK_S) * 1000)
+
+
+def _silent_allowed(env: Env) -> set[str]:
+    # SQL: 503 + Retry-After (CheckoutTimeout, PoolTimeout) or 503 (StatementTimeout). Mongo:
+    # PyMongo's own timeout errors escape the handler as typed 500s (mongo.py does not map them).
+    allowed = {"busy", "unanswered", "statement_timeout"}
+    return allowed | {"server"} if env.target.kind == "mongo" else allowed
+
+
+async def _silent(env: Env, fault: Fault, **kw: Any) -> Figures:
+    fig = await fault_under_load(env, fault, allowed=_silent_allowed(env),
+                                 **{"size": 2, "overflow": 6, **SILENT_LIMITS, **kw})
+    fig["bound_ms"] = _silent_bound_ms()
+    return fig
+
+
+async def frozen_server(env: Env) -> Figures:
+    """The database server's processes are frozen (SIGSTOP: sockets stay open, nothing answers),
+    then thawed (SIGCONT). `timeout`, `connect_timeout` and `statement_timeout` are 1 s: every
+    request ends within their sum (+5 s) with a 503 (+ Retry-After when nothing ran), and the next ones
+    succeed after the thaw."""
+    seconds = env.size(2.0, 5.0)
+
+    async def fault(live: Live) -> tuple[float, float]:
+        start = time.monotonic()
+        pids = freeze(live.rig.server)
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            thaw(pids)
+        return start, time.monotonic()
+
+    return await _silent(env, fault)
+
+
+async def frozen_pgbouncer(env: Env) -> Figures:
+    """PgBouncer (transaction mode) in front of PostgreSQL is frozen (SIGSTOP), then thawed; the
+    same bounds as for a frozen server."""
+    seconds = env.size(2.0, 5.0)
+
+    async def fault(live: Live) -> tuple[float, float]:
+        start = time.monotonic()
+        pids = freeze(env.servers["pgbouncer"])
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            thaw(pids)
+        return start, time.monotonic()
+
+    fig = await fault_under_load(env, fault, pgbouncer=True, allowed=_silent_allowed(env),
+                                 size=2, overflow=6, **SILENT_LIMITS)
+    fig["bound_ms"] = _silent_bound_ms()
+    return fig
+
+
+async def blackhole(env: Env) -> Figures:
+    """The link is black-holed (TcpProxy keeps every socket open and forwards nothing; new
+    connections are accepted and reach nothing), then restored; the same bounds as for a frozen
+    server."""
+    seconds = env.size(2.0, 5.0)
+
+    async def fault(live: Live) -> tuple[float, float]:
+        assert live.proxy is not None
+        start = time.monotonic()
+        live.proxy.blackhole()
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            live.proxy.restore()
+        return start, time.monotonic()
+
+    return await _silent(env, fault, proxy=True)
 
 
 async def cancellation_storm(env: Env) -> Figures:
@@ -986,6 +1088,15 @@ def _common(fig: Figures) -> list[str]:
     return problems
 
 
+def _check_bounded(fig: Figures) -> list[str]:
+    problems = _common(fig)
+    if fig.get("longest_ms") is None or fig["longest_ms"] > fig["bound_ms"]:
+        problems.append(f"longest request {fig.get('longest_ms')} ms > bound {fig['bound_ms']} ms")
+    if not fig.get("errors"):
+        problems.append("no request failed: the fault did not bite")
+    return problems
+
+
 def _check_storm(fig: Figures) -> list[str]:
     problems = _common(fig)
     if fig.get("serves_after") != 20:
@@ -1067,6 +1178,12 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              mongo_block_connection, MONGO),
     Scenario("pgbouncer_restart", "PgBouncer (transaction mode) restarted mid-load",
              pgbouncer_restart, ("postgres",), needs=("pgbouncer",)),
+    Scenario("frozen_server", "Server frozen (SIGSTOP), then thawed", frozen_server,
+             NETWORKED, check=_check_bounded),
+    Scenario("frozen_pgbouncer", "PgBouncer frozen (SIGSTOP), then thawed", frozen_pgbouncer,
+             ("postgres",), needs=("pgbouncer",), check=_check_bounded),
+    Scenario("blackhole", "Link black-holed (TcpProxy), then restored", blackhole, NETWORKED,
+             check=_check_bounded),
     Scenario("cancellation_storm", "Cancellation storm (client disconnects, cancelled waiters)",
              cancellation_storm, EVERY, check=_check_storm),
     Scenario("sustained_load", "Sustained load, concurrency 200, pool 10 + 20",
@@ -1151,6 +1268,21 @@ OBSERVATIONS: list[str] = [
     "A Mongo write is its own commit: one that fails with a network error, or whose retryable-"
     "write retry finds the document its first attempt inserted (DuplicateKeyError: SecantusDB "
     "does not de-duplicate retries as mongod does), is labelled the same way.",
+    "Frozen server / black hole: SQL requests end with 503 + Retry-After (`CheckoutTimeout`: "
+    "the pre-ping or the connect got no answer within `connect_timeout`; `PoolTimeout` behind "
+    "them) or 503 without Retry-After (`StatementTimeout`); one on a write whose insert had "
+    "finished came from its "
+    "COMMIT and is counted as a commit error (its outcome is unknown). SQLAlchemy logs "
+    "'Exception during reset or similar' at ERROR when the reset-on-return ROLLBACK of such a "
+    "connection times out; the connection is invalidated either way. Mongo requests end with "
+    "PyMongo's own timeout errors as typed 500s (`NetworkTimeout`, `ServerSelectionTimeoutError`, "
+    "`_OperationCancelled`): mongo.py does not map them to `StatementTimeout`.",
+    "Found while writing the silent-server scenarios, in the drivers: PyMongo 4.13.0's "
+    "AsyncMongoClient never recovered after one `timeoutMS` expiry (its monitor task inherits "
+    "the expired deadline, PYTHON-5406, fixed in 4.13.1: connman uses `socketTimeoutMS` there); "
+    "SQLAlchemy 2.0.30 leaves a connection open when the dialect's per-connection setup fails "
+    "(connman's setup deadline closes it); asyncpg's `terminate()` does nothing once `close()` "
+    "began, and `close()` waits for the server to hang up (connman aborts the transport).",
     "Under heavy CPU contention a response is sometimes lost between uvicorn and httpx "
     "(`ReadError`/`RemoteProtocolError` while the app's own counter shows it answered): counted "
     "as `client ...` errors but excused when the app answered every request.",

@@ -117,3 +117,48 @@ async def test_unreachable_target_resets_the_client() -> None:
                 assert await asyncio.wait_for(reader.read(1), 5) == b""
             writer.close()
         assert await asyncio.to_thread(lambda: proxy.refused) == 1
+
+
+async def test_blackhole_keeps_sockets_open_forwards_nothing_then_delivers_on_restore() -> None:
+    async with echo_server() as port:
+        with TcpProxy("127.0.0.1", port) as proxy:
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            try:
+                writer.write(b"before")
+                assert await asyncio.wait_for(reader.readexactly(6), 5) == b"before"
+                proxy.blackhole()
+                assert proxy.is_blackholed
+                assert "black hole" in repr(proxy)
+                writer.write(b"held")
+                await writer.drain()
+                with pytest.raises(TimeoutError):  # no answer, and no error either
+                    await asyncio.wait_for(reader.readexactly(4), 0.5)
+                assert not reader.at_eof()
+                # A new connection is accepted but reaches nothing.
+                late_reader, late_writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+                late_writer.write(b"late")
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(late_reader.readexactly(4), 0.5)
+                proxy.restore()
+                assert not proxy.is_blackholed
+                # What was held goes through, as TCP's retransmissions would.
+                assert await asyncio.wait_for(reader.readexactly(4), 5) == b"held"
+                assert await asyncio.wait_for(late_reader.readexactly(4), 5) == b"late"
+                late_writer.close()
+            finally:
+                writer.close()
+                with contextlib.suppress(ConnectionError):
+                    await writer.wait_closed()
+
+
+async def test_cut_during_blackhole_resets_and_restore_serves_again() -> None:
+    async with echo_server() as port:
+        with TcpProxy("127.0.0.1", port) as proxy:
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            proxy.blackhole()
+            proxy.cut()
+            with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+                await asyncio.wait_for(reader.readexactly(1), 5)
+            writer.close()
+            proxy.restore()
+            assert (await roundtrip(proxy.port))[0] == b"ping"

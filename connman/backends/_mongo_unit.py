@@ -1,0 +1,467 @@
+"""The Mongo unit of work a session yields: a database handle whose every operation the gate sees.
+
+PyMongo and Motor check a connection out per operation, so a session's one gate slot says nothing
+about what the driver holds: a `gather` of reads, a change stream, a cursor iterated by a streaming
+response after the handler returned. `MongoUnit` wraps the database and everything reached from it
+(collections, cursors, change streams) and runs each operation under a slot:
+
+- while the unit is live, its first operation in flight uses the unit's own slot; each operation
+  running at the same time (a `gather`) takes a slot of its own from the gate, FIFO, within
+  `timeout`, so an exhausted pool is connman's `PoolTimeout`, never the driver's wait queue;
+- after the unit ended, an operation takes a slot of its own for its duration (a response that
+  streams a cursor or a change stream is served under the gate); with `transaction` on, the unit's
+  session is gone and any use raises `SessionEnded`;
+- cursors and change streams are tracked: closed on the server when the unit ends by an error or a
+  cancellation (shielded), when their own iteration fails or is cancelled, and otherwise when the
+  task that ended the unit finishes (for a request: once its response was sent or abandoned).
+
+Objects are real PyMongo/Motor objects underneath; `unit.delegate` is the database itself and
+`unit.client_session` the unit's `ClientSession` (with `transaction` on) for ODMs that take one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from pymongo.errors import WaitQueueTimeoutError
+
+from .._pool import Lease, shielded
+from ..errors import ConcurrentUse, PoolClosed, PoolTimeout, SessionEnded
+
+if TYPE_CHECKING:
+    from .mongo import MongoPool
+
+logger = logging.getLogger("connman.mongo")
+
+# Cursor methods that do I/O (Motor's `to_list` returns a Future that starts at once).
+_CURSOR_OPS = frozenset({"next", "try_next", "to_list", "explain", "distinct", "__anext__"})
+# Calls that create a cursor on the server: its id is only in the reply (see `_reply_then_cancel`).
+_OPENERS = frozenset({"aggregate", "watch", "list_collections", "list_indexes",
+                      "aggregate_raw_batches", "list_search_indexes"})
+_session_cache: dict[tuple[type, str], bool] = {}
+
+
+def _takes_session(target: Any, name: str) -> bool:
+    """Whether `target.name(...)` accepts `session=` (PyMongo's signature; Motor's delegate's)."""
+    key = (type(target), name)
+    known = _session_cache.get(key)
+    if known is None:
+        # Motor's objects wrap PyMongo's (whose collections make any attribute a sub-collection).
+        motor = type(target).__module__.startswith("motor")
+        cls = type(target.delegate) if motor else type(target)
+        try:
+            known = "session" in inspect.signature(getattr(cls, name)).parameters
+        except (AttributeError, TypeError, ValueError):
+            known = False
+        _session_cache[key] = known
+    return known
+
+
+_op_cache: dict[tuple[type, str], bool] = {}
+
+
+def _is_op(func: Any, owner: Any = None, name: str = "") -> bool:
+    """Whether calling `func` starts I/O: a coroutine function, or a Motor asynchronized method."""
+    key = (type(owner), name)
+    known = _op_cache.get(key) if owner is not None else None
+    if known is None:
+        known = inspect.iscoroutinefunction(func) or bool(getattr(func, "is_async_method", False))
+        if owner is not None:
+            _op_cache[key] = known
+    return known
+
+
+class _Kinds:
+    """The driver classes a result is sorted by (imported once, lazily)."""
+
+    handles: tuple[type, ...] = ()
+    cursors: tuple[type, ...] = ()
+    streams: tuple[type, ...] = ()
+    loaded = False
+
+    @classmethod
+    def load(cls) -> None:
+        from pymongo.asynchronous.change_stream import AsyncChangeStream
+        from pymongo.asynchronous.collection import AsyncCollection
+        from pymongo.asynchronous.command_cursor import AsyncCommandCursor
+        from pymongo.asynchronous.cursor import AsyncCursor
+        from pymongo.asynchronous.database import AsyncDatabase
+
+        handles: list[type] = [AsyncDatabase, AsyncCollection]
+        cursors: list[type] = [AsyncCursor, AsyncCommandCursor]
+        streams: list[type] = [AsyncChangeStream]
+        try:
+            from motor import motor_asyncio as m
+        except ImportError:
+            pass
+        else:
+            handles += [m.AsyncIOMotorDatabase, m.AsyncIOMotorCollection]
+            cursors += [m.AsyncIOMotorCursor, m.AsyncIOMotorCommandCursor,
+                        m.AsyncIOMotorLatentCommandCursor]
+            streams += [m.AsyncIOMotorChangeStream]
+        cls.handles, cls.cursors, cls.streams = tuple(handles), tuple(cursors), tuple(streams)
+        cls.loaded = True
+
+
+class MongoUnit:
+    """One Mongo unit of work: use it as the database (`unit.orders.find_one(...)`, `unit["x"]`).
+
+    Every operation runs under a gate slot (see the module docstring); cursors it opens are closed
+    when the unit is done with them. `unit.client_session` is the unit's `ClientSession` when the
+    pool runs units in a transaction (else None); `unit.delegate` is the PyMongo/Motor database.
+    """
+
+    __slots__ = ("_busy", "_cursors", "_ended", "_idle", "_pool", "_session", "_txn", "delegate")
+
+    def __init__(self, pool: MongoPool, database: Any, session: Any, transaction: bool) -> None:
+        if not _Kinds.loaded:
+            _Kinds.load()
+        self._pool = pool
+        self.delegate = database
+        self._session = session
+        self._txn = transaction
+        self._ended = False
+        self._busy = False
+        self._idle: asyncio.Event | None = None
+        self._cursors: set[_Cursor] = set()
+
+    @property
+    def client_session(self) -> Any:
+        """The unit's `ClientSession` (in a transaction), or None; pass it to ODMs that take one."""
+        return self._session
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _wrap(self, getattr(self.delegate, name), self.delegate, name)
+
+    def __getitem__(self, name: str) -> _Handle:
+        return _Handle(self, self.delegate[name])
+
+    def __repr__(self) -> str:
+        state = "ended" if self._ended else "live"
+        return f"<MongoUnit {self._pool.name!r} {self.delegate.name!r} {state}>"
+
+    # ------------------------------------------------------------------ operations
+    def _check(self) -> None:
+        if self._ended and self._txn:
+            raise SessionEnded(
+                f"pool {self._pool.name!r}: this unit of work ended (its transaction was "
+                "committed or aborted); open a new session", pool=self._pool.name)
+
+    async def _run(self, call: Callable[[], Any], cursor: _Cursor | None = None,
+                   opens: bool = False, closing: bool = False) -> Any:
+        """Run one driver operation under a gate slot; wrap what it returns."""
+        if not closing:
+            self._check()
+        pool = self._pool
+        if cursor is not None and self._ended:
+            pool._adopt(cursor)  # closed when the task reading it ends, if not before
+        own = not self._ended and not self._busy
+        lease: Lease | None = None
+        if own:
+            self._busy = True
+        elif self._txn and not closing:
+            raise ConcurrentUse(
+                f"pool {pool.name!r}: two operations at once in one transaction; await them "
+                "one after the other", pool=pool.name)
+        else:
+            lease = await pool.acquire()
+        on_server = cursor.on_server() if cursor is not None else None
+        try:
+            if opens or (cursor is not None and not cursor.started()):
+                result = await _reply_then_cancel(call, pool.config.timeout, self)
+            else:
+                result = await call()
+        except StopAsyncIteration:
+            if cursor is not None:
+                self._forget(cursor)
+            raise
+        except BaseException as exc:
+            if cursor is not None:
+                await shielded(self._close_cursor(cursor, on_server), pool.config.timeout)
+            if isinstance(exc, WaitQueueTimeoutError):
+                # Only work outside the gate (the native client, PyMongo's own upkeep) can fill
+                # the driver's pool; the request still gets connman's typed, retryable error.
+                raise PoolTimeout(
+                    f"pool {pool.name!r}: every driver connection is in use, some outside "
+                    f"connman's sessions ({type(exc).__name__})", pool=pool.name,
+                    retry_after=pool.config.retry_after_s) from exc
+            raise
+        finally:
+            if lease is not None:
+                pool.release(lease)
+            elif own:
+                self._busy = False
+                if self._idle is not None:
+                    self._idle.set()
+        if cursor is not None:
+            if not cursor.is_open():
+                self._forget(cursor)
+            return cursor if result is cursor.delegate else _wrap_result(self, result)
+        return _wrap_result(self, result)
+
+    # ------------------------------------------------------------------ cursors
+    def _track(self, cursor: _Cursor) -> None:
+        if self._ended:
+            self._pool._adopt(cursor)
+        else:
+            self._cursors.add(cursor)
+
+    def _forget(self, cursor: _Cursor) -> None:
+        self._cursors.discard(cursor)
+        self._pool._disown(cursor)
+
+    async def _close_cursor(self, cursor: _Cursor,
+                            on_server: tuple[str, str, int] | None = None) -> None:
+        """Close one cursor on the server; the caller holds a gate slot for it, or none is needed.
+
+        `on_server` is the cursor as it was before a fetch that failed or was cancelled: the
+        driver then marks the cursor dead without telling the server, so connman does.
+        """
+        self._forget(cursor)
+        if cursor.on_server() is not None:
+            on_server = None  # the driver still knows it: its close() kills it
+        try:
+            result = cursor.delegate.close()
+            if inspect.isawaitable(result):
+                await result
+            if on_server is not None:
+                db, coll, cid = on_server
+                await self._pool.native()[db].command("killCursors", coll, cursors=[cid])
+        except Exception:
+            logger.debug("connman: pool %r: closing a cursor failed", self._pool.name,
+                         exc_info=True)
+
+    # ------------------------------------------------------------------ the end
+    async def _finish(self, error: BaseException | None) -> list[_Cursor]:
+        """Mark the unit ended; return the open cursors the caller must close or hand over."""
+        self._ended = True
+        if self._busy:
+            # An operation of this unit still runs in another task (a gather the handler left):
+            # it holds the unit's slot, so the slot is given back only once it is done.
+            self._idle = asyncio.Event()
+            await self._idle.wait()
+        cursors = [c for c in self._cursors if not c.finished()]
+        self._cursors.clear()
+        return cursors
+
+
+class _Handle:
+    """A database or collection reached from a unit: attributes and calls go through the unit."""
+
+    __slots__ = ("delegate", "unit")
+
+    def __init__(self, unit: MongoUnit, delegate: Any) -> None:
+        self.unit = unit
+        self.delegate = delegate
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _wrap(self.unit, getattr(self.delegate, name), self.delegate, name)
+
+    def __getitem__(self, name: str) -> _Handle:
+        return _Handle(self.unit, self.delegate[name])
+
+    def __eq__(self, other: object) -> bool:
+        return bool(self.delegate == getattr(other, "delegate", other))
+
+    def __hash__(self) -> int:
+        return hash(self.delegate)
+
+    def __repr__(self) -> str:
+        return f"<connman {self.delegate!r}>"
+
+
+class _Cursor:
+    """A cursor or change stream reached from a unit; each fetch is an operation under the gate."""
+
+    __slots__ = ("__weakref__", "delegate", "stream", "unit")
+
+    def __init__(self, unit: MongoUnit, delegate: Any, stream: bool) -> None:
+        self.unit = unit
+        self.delegate = delegate
+        self.stream = stream
+        unit._track(self)
+
+    def started(self) -> bool:
+        """Whether the server was asked for this cursor yet (it may hold one from then on)."""
+        d = self.delegate
+        if self.stream:
+            return getattr(d, "delegate", True) is not None  # Motor creates it on first fetch
+        try:
+            return d.cursor_id is not None
+        except Exception:  # a Motor latent cursor not started yet
+            return False
+
+    def on_server(self) -> tuple[str, str, int] | None:
+        """(database, collection, cursor id) of the server cursor, while there is one."""
+        d = self.delegate
+        d = getattr(d, "delegate", d)  # Motor wraps PyMongo's cursor (None: not started)
+        if self.stream:
+            d = getattr(d, "_cursor", None)  # PyMongo's change stream reads a command cursor
+            d = getattr(d, "delegate", d)
+        try:
+            cid = d.cursor_id
+            coll = getattr(d, "_collection", None)
+            if coll is None:
+                coll = d.collection
+            if cid and d.alive:
+                return coll.database.name, coll.name, int(cid)
+        except Exception:
+            pass
+        return None
+
+    def finished(self) -> bool:
+        """Whether this cursor can fetch nothing more (exhausted, closed or killed)."""
+        try:
+            return not self.delegate.alive
+        except Exception:
+            return False
+
+    def is_open(self) -> bool:
+        """Whether the server may hold this cursor (started, not exhausted, not closed)."""
+        d = self.delegate
+        try:
+            if not d.alive:
+                return False
+            if self.stream:
+                return True
+            cid = d.cursor_id
+        except Exception:  # a Motor latent cursor not started yet
+            return False
+        return bool(cid)
+
+    def __aiter__(self) -> _Cursor:
+        return self
+
+    async def __anext__(self) -> Any:
+        return await self.unit._run(self.delegate.__anext__, self)
+
+    async def close(self) -> None:
+        """Close the cursor on the server (under a gate slot when it holds one there)."""
+        if not self.is_open():
+            self.unit._forget(self)
+            result = self.delegate.close()
+            if inspect.isawaitable(result):
+                await result
+            return
+        await self.unit._run(lambda: self.unit._close_cursor(self), closing=True)
+
+    async def __aenter__(self) -> _Cursor:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.close()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        attr = getattr(self.delegate, name)
+        if not callable(attr):
+            return attr
+        if name in _CURSOR_OPS or _is_op(attr):
+            def op(*args: Any, **kwargs: Any) -> Awaitable[Any]:
+                return self.unit._run(lambda: attr(*args, **kwargs), self)
+            return op
+
+        def chain(*args: Any, **kwargs: Any) -> Any:
+            result = attr(*args, **kwargs)
+            return self if result is self.delegate else _wrap_result(self.unit, result)
+        return chain
+
+    def __repr__(self) -> str:
+        return f"<connman {self.delegate!r}>"
+
+
+async def _reply_then_cancel(call: Callable[[], Any], limit: float, unit: MongoUnit) -> Any:
+    """Run a call that creates a server cursor; if cancelled meanwhile, wait for its reply first.
+
+    The cursor's id is only in the reply: a request cancelled before it arrives would leave the
+    cursor open on the server (mongod keeps it 10 minutes). So the cancel waits for the reply (at
+    most `limit` seconds), the cursor is closed, and then the cancel goes on.
+    """
+    task: asyncio.Future[Any] = asyncio.ensure_future(call())
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            await shielded(asyncio.wait((task,), timeout=limit))
+        if not task.done():
+            task.cancel()
+        elif not task.cancelled() and task.exception() is None:
+            result = task.result()
+            if isinstance(result, (*_Kinds.cursors, *_Kinds.streams)):
+                with contextlib.suppress(Exception):
+                    await shielded(_close_quietly(result), limit)
+        raise
+
+
+async def _close_quietly(delegate: Any) -> None:
+    result = delegate.close()
+    if inspect.isawaitable(result):
+        await result
+
+
+def _wrap_result(unit: MongoUnit, value: Any) -> Any:
+    if isinstance(value, _Kinds.handles):
+        return _Handle(unit, value)
+    if isinstance(value, _Kinds.streams):
+        return _Cursor(unit, value, stream=True)
+    if isinstance(value, _Kinds.cursors):
+        return _Cursor(unit, value, stream=False)
+    return value
+
+
+def _wrap(unit: MongoUnit, attr: Any, owner: Any, name: str) -> Any:
+    """An attribute of a database/collection, as the unit hands it out."""
+    if not callable(attr) or isinstance(attr, _Kinds.handles):
+        return _wrap_result(unit, attr)
+    inject = unit._session is not None and _takes_session(owner, name)
+    if _is_op(attr, owner, name):
+        opens = name in _OPENERS
+        def op(*args: Any, **kwargs: Any) -> Awaitable[Any]:
+            if inject and "session" not in kwargs:
+                kwargs["session"] = unit._session
+            return unit._run(lambda: attr(*args, **kwargs), opens=opens)
+        return op
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        unit._check()
+        if inject and "session" not in kwargs:
+            kwargs["session"] = unit._session
+        return _wrap_result(unit, attr(*args, **kwargs))
+    return call
+
+
+async def close_cursors(pool: MongoPool, cursors: list[_Cursor], *, own_slot: bool) -> None:
+    """Close cursors on the server: under the caller's slot, or under one taken from the gate."""
+    if not cursors:
+        return
+    for c in cursors:
+        if not c.is_open():  # never started: nothing on the server
+            c.unit._forget(c)
+    cursors = [c for c in cursors if c.is_open()]
+    if own_slot or not cursors:
+        for c in cursors:
+            await c.unit._close_cursor(c)
+        return
+    while True:
+        try:
+            lease = await pool.acquire()
+        except PoolTimeout:
+            continue
+        except PoolClosed:  # the client is being closed: its cursors die with it
+            return
+        try:
+            for c in cursors:
+                await c.unit._close_cursor(c)
+        finally:
+            pool.release(lease)
+        return
