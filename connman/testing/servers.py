@@ -267,6 +267,8 @@ class LocalServer(Server):
         self.port = port if port is not None else free_port()
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
+        self.forced_stop = False
+        """Whether the last stop or restart had to SIGKILL a server that did not stop in time."""
         self.tmpdir: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -466,12 +468,15 @@ class LocalServer(Server):
     def _terminate(self) -> None:
         """Stop the process gracefully, SIGKILL what is left of its group, keep the temp dir."""
         proc = self._proc
+        self.forced_stop = False
         if proc is not None:
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(self._stop_signal)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=self.stop_timeout)
+                # Still running after stop_timeout: what follows is a crash, not a clean stop.
+                self.forced_stop = proc.poll() is None
             _kill_tree(proc, self.stop_timeout)  # what is left, if anything
             self._proc = None
         self._close_log()
