@@ -492,12 +492,9 @@ class Pool(abc.ABC):
         if lease.leak_timer is not None:
             lease.leak_timer.cancel()
         self.counters.bump("usage_ms", held)
-        self._active -= 1
-        self._pass_on()
         if self.hub.active:
             self._emit("checkin", held)
-        if self._idle_event is not None and self._active == 0:
-            self._idle_event.set()
+        self._unreserve()
 
     def _pass_on(self) -> None:
         while self._waiters:
@@ -522,7 +519,8 @@ class Pool(abc.ABC):
         return True
 
     def _unreserve(self) -> None:
-        """Give back a slot taken by `_reserve`; the longest waiter gets it first."""
+        """Give back a slot (`_reserve`, `probe`, or a lease's in `release`); the longest waiter
+        gets it first."""
         self._active -= 1
         self._pass_on()
         if self._idle_event is not None and self._active == 0:
@@ -545,10 +543,8 @@ class Pool(abc.ABC):
             return {"status": "down", "error": str(self._refusal())}
         if self._loop is not asyncio.get_running_loop():
             return {"status": "down", "error": str(self._wrong_loop())}
-        if self.saturated():
+        if not self._reserve():
             return {"status": "up", "saturated": True}
-        self._free -= 1
-        self._active += 1
         try:
             async with asyncio.timeout(timeout):
                 ms = await self._ping()
@@ -559,10 +555,7 @@ class Pool(abc.ABC):
             return {"status": "down",
                     "error": self.redact(f"{type(exc).__name__}: {exc}")[:300]}
         finally:
-            self._active -= 1
-            self._pass_on()
-            if self._idle_event is not None and self._active == 0:
-                self._idle_event.set()
+            self._unreserve()
         return {"status": "up", "ping_ms": round(ms, 3)}
 
     def _leaked(self, lease: Lease, stack: str) -> None:

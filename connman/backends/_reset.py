@@ -18,6 +18,7 @@ connect holds again.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 COM_RESET_CONNECTION = 0x1F
@@ -28,14 +29,19 @@ async def _asyncpg(conn: Any) -> None:
     await conn.execute("DISCARD TEMP")
 
 
+async def mysql_cursor(conn: Any) -> Any:
+    """A cursor of an aiomysql or asyncmy connection (aiomysql's `cursor()` is an awaitable,
+    asyncmy's returns the cursor itself)."""
+    cur = conn.cursor()
+    return await cur if inspect.isawaitable(cur) else cur
+
+
 async def _mysql(conn: Any) -> None:
     autocommit = bool(conn.get_autocommit())
     charset = getattr(conn, "charset", None) or getattr(conn, "_charset", None) or "utf8mb4"
     await conn._execute_command(COM_RESET_CONNECTION, b"")
     await conn._read_ok_packet()
-    cur = conn.cursor()
-    if hasattr(cur, "__await__"):  # aiomysql: an awaitable
-        cur = await cur
+    cur = await mysql_cursor(conn)
     try:
         await cur.execute(f"SET NAMES {charset}, autocommit = {int(autocommit)}")
     finally:

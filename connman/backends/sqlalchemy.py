@@ -46,7 +46,7 @@ from ..errors import (
 )
 from ..stats import EventHub
 from ._guard import EndedBind, FastConnection, ended_message
-from ._reset import FULL_RESET
+from ._reset import FULL_RESET, mysql_cursor
 
 logger = logging.getLogger("connman")
 T = TypeVar("T")
@@ -69,9 +69,7 @@ class _Probe:
 
 
 async def _mysql_select1(conn: Any) -> None:
-    cur = conn.cursor()  # aiomysql: an awaitable; asyncmy: the cursor itself
-    if inspect.isawaitable(cur):
-        cur = await cur
+    cur = await mysql_cursor(conn)
     try:
         await cur.execute("SELECT 1")
         await cur.fetchall()
