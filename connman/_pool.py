@@ -72,27 +72,33 @@ async def shielded(aw: Awaitable[T], timeout: float | None = None) -> T:
     return result
 
 
-async def finish(step: Callable[[], Awaitable[None]], timeout: float, pool: str) -> None:
+async def finish(step: Callable[[], Awaitable[None]], timeout: float, pool: str) -> bool:
     """Run a step that gives a connection back (`session.close()`), whatever happens meanwhile.
 
     The common case awaits it directly: a task, a shield and a timer per request would cost more
     than the rest of connman's work. Under cancellation it runs shielded, and a step the cancel
     interrupted is run again shielded, so the connection still goes back; there, a step stuck past
-    `timeout` (network cut) is abandoned and the driver discards that connection.
+    `timeout` (seconds; a network cut) is abandoned and the driver discards that connection.
+
+    Returns True if the step ran to its end uninterrupted, False if a cancellation cut into it
+    or it was abandoned (the caller then checks that nothing stayed checked out). Re-raises the
+    step's errors and the caller's cancellation.
     """
     try:
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             await shielded(step(), timeout)
-            return
+            return False
         try:
             await step()
         except asyncio.CancelledError:
             await shielded(step(), timeout)
             raise
+        return True
     except TimeoutError:
         logger.warning("connman: pool %r: returning a connection took over %.0fs; discarded",
                        pool, timeout)
+        return False
 
 
 def not_open_message(name: str) -> str:

@@ -457,3 +457,74 @@ async def test_after_misuse_the_server_sees_no_connection_left_in_a_transaction(
         assert "idle in transaction" not in {r["state"] for r in states}
         async with m.session("main") as s:
             assert await ops.keys(s) == set()
+
+
+# ---------------------------------------------------------------- a checkin cut short
+class StalledReset:
+    """A `reset` listener on SQLAlchemy's pool that, while armed, waits until it is cancelled:
+    a connection whose reset a cancellation interrupts (a request cancelled while its connection
+    was being rolled back on checkin, or a reset past its deadline on a silent server)."""
+
+    def __init__(self, m: ConnectionManager) -> None:
+        from sqlalchemy import event
+        from sqlalchemy.util import await_only
+
+        self.armed = False
+        self.entered = asyncio.Event()
+        self.pool: Any = m.native("main").sync_engine.pool
+
+        def on_reset(dbapi_con: Any, rec: Any, state: Any) -> None:
+            if self.armed and state.asyncio_safe and not state.terminate_only:
+                self.armed = False
+                self.entered.set()
+                await_only(asyncio.sleep(3600))
+
+        self.listener = on_reset
+        event.listen(self.pool, "reset", on_reset)
+
+    async def cancel_inside(self, body: Any) -> None:
+        """Run `body`, arm the stall, and cancel `body` once a checkin is stuck in it."""
+        self.entered.clear()
+        self.armed = True
+        task = asyncio.ensure_future(body)
+        await asyncio.wait_for(self.entered.wait(), 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+@sql_only
+@pytest.mark.parametrize("path", ["session", "commit_manual", "fast_path_discard"])
+async def test_a_checkin_cut_short_by_a_cancel_gives_the_slot_back(
+        make_manager: Make, target: Target, path: str) -> None:
+    # SQLAlchemy < 2.0.58 (its #13699) invalidated such a connection but never checked the record
+    # in: the slot was lost for the life of the process. A pool of one shows it at once.
+    m = make_manager(size=1, overflow=0, timeout=3,
+                     commit="manual" if path == "commit_manual" else "auto")
+    async with m:
+        stall = StalledReset(m)
+        if path == "fast_path_discard":
+            # A session that needs the connection the fast path holds idle discards it first
+            # (SQLAlchemy's close and reset): cancelled there.
+            async with m.connection("main") as conn:
+                assert await scalar(target, conn, "SELECT 1") == 1
+
+            async def body() -> None:
+                async with m.session("main") as s:
+                    await s.execute(text("SELECT 1"))
+        else:
+            async def body() -> None:
+                async with m.session("main") as s:
+                    await s.execute(text("SELECT 1"))
+                    if path == "commit_manual":
+                        await s.commit()
+
+        await stall.cancel_inside(body())
+        assert sql_engine_out(m) == 0
+        assert gate_violations() == []
+        for _ in range(3):  # the only slot is back, and serves
+            async with asyncio.timeout(5), m.session("main") as s:
+                assert (await s.execute(text("SELECT 1"))).scalar_one() == 1
+            async with asyncio.timeout(5), m.connection("main") as conn:
+                assert await scalar(target, conn, "SELECT 1") == 1
+        assert sql_engine_out(m) == len(getattr(m.pool("main"), "_hot", ()))

@@ -200,28 +200,41 @@ async def test_first_request_after_mongo_restart_succeeds(make_manager: Make, op
 
 
 async def kill_app_connections(target: Target) -> None:
-    """Terminate, server-side, every client connection but the killer's own."""
+    """Terminate, server-side, every client connection but the killer's own, and wait until the
+    server has ended them: both servers only signal the victim, which ends a moment later (on a
+    loaded machine, after the client's next pre-ping: a race the test must not depend on)."""
     assert target.server is not None
     if target.driver == "asyncpg":
         import asyncpg
 
+        others = ("FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                  "AND pid <> pg_backend_pid()")
         conn = await asyncpg.connect(target.server.url())
         try:
-            await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                               "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()")
+            await conn.execute(f"SELECT pg_terminate_backend(pid) {others}")
+            async with asyncio.timeout(10):
+                while await conn.fetchval(f"SELECT count(*) {others}"):
+                    await asyncio.sleep(0.02)
         finally:
             await conn.close()
         return
     import aiomysql
 
+    others = ("FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() "
+              "AND COMMAND <> 'Daemon' AND USER <> 'system user'")
     conn = await aiomysql.connect(host=target.server.host, port=target.server.port, user="root")
     try:
         async with conn.cursor() as cur:
-            await cur.execute("SELECT ID FROM information_schema.PROCESSLIST "
-                              "WHERE ID <> CONNECTION_ID() AND COMMAND <> 'Daemon' "
-                              "AND USER <> 'system user'")
+            await cur.execute(f"SELECT ID {others}")
             for (pid,) in await cur.fetchall():
                 await cur.execute(f"KILL {int(pid)}")
+            async with asyncio.timeout(10):
+                while True:
+                    await cur.execute(f"SELECT count(*) {others}")
+                    row = await cur.fetchone()
+                    if not row or not row[0]:
+                        break
+                    await asyncio.sleep(0.02)
     finally:
         conn.close()
 

@@ -28,10 +28,23 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from pymongo.errors import WaitQueueTimeoutError
+from pymongo.errors import (
+    PyMongoError,
+    ServerSelectionTimeoutError,
+    WaitQueueTimeoutError,
+    WTimeoutError,
+)
 
 from .._pool import Lease, shielded
-from ..errors import ConcurrentUse, PoolClosed, PoolTimeout, SessionEnded
+from ..errors import (
+    CheckoutTimeout,
+    ConcurrentUse,
+    ConnmanError,
+    PoolClosed,
+    PoolTimeout,
+    SessionEnded,
+    StatementTimeout,
+)
 
 if TYPE_CHECKING:
     from .mongo import MongoPool
@@ -106,6 +119,53 @@ class _Kinds:
             streams += [m.AsyncIOMotorChangeStream]
         cls.handles, cls.cursors, cls.streams = tuple(handles), tuple(cursors), tuple(streams)
         cls.loaded = True
+
+
+def typed_error(pool: MongoPool, exc: BaseException) -> ConnmanError | None:
+    """connman's typed error for a PyMongo timeout, naming the pool; None for any other error.
+
+    - `WaitQueueTimeoutError` -> `PoolTimeout`: every driver connection was in use; only work
+      outside the gate (the native client, PyMongo's own upkeep) can fill the driver's pool.
+    - `ServerSelectionTimeoutError` -> `CheckoutTimeout`: no server answered within
+      `connect_timeout` (PyMongo's `serverSelectionTimeoutMS`). Nothing was sent: when a retried
+      operation's retry finds no server, PyMongo raises the first attempt's error instead.
+    - any other timeout (`NetworkTimeout`: no reply within `statement_timeout`, PyMongo's
+      `timeoutMS`; `ExecutionTimeout`: the server's `maxTimeMS`) -> `StatementTimeout`. PyMongo
+      has closed that connection. In a transaction the unit of work is aborted; outside one, a
+      write that timed out may have been applied (its outcome is unknown, as for a COMMIT).
+    - PyMongo's `_OperationCancelled`: its monitor got no answer from the server and interrupted
+      the operations in flight -> `StatementTimeout` too (the same unknown outcome).
+    A write-concern timeout (`WTimeoutError`) is an answer, not a silent server: it stays PyMongo's.
+    """
+    if not isinstance(exc, PyMongoError) or isinstance(exc, WTimeoutError):
+        return None
+    name, cfg = pool.name, pool.config
+    why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}" if str(exc) else \
+        type(exc).__name__
+    if isinstance(exc, WaitQueueTimeoutError):
+        return PoolTimeout(
+            f"pool {name!r}: every driver connection is in use, some outside connman's "
+            f"sessions ({type(exc).__name__})", pool=name, retry_after=cfg.retry_after_s)
+    if isinstance(exc, ServerSelectionTimeoutError):
+        return CheckoutTimeout(
+            f"pool {name!r}: no server answered within connect_timeout "
+            f"({cfg.connect_timeout:g} s); nothing was sent ({why})",
+            pool=name, retry_after=cfg.retry_after_s)
+    if exc.timeout:
+        limit = (f"statement_timeout ({cfg.statement_timeout:g} s)"
+                 if cfg.statement_timeout is not None else "the driver's timeout")
+        return StatementTimeout(
+            f"pool {name!r}: an operation got no answer within {limit}; its connection was "
+            f"closed; outside a transaction a write may have been applied ({why})", pool=name)
+    if type(exc).__name__ == "_OperationCancelled":
+        # PyMongo's monitor got no answer from the server within connect_timeout and interrupted
+        # the operations on its connections (CMAP's interruptInUseConnections).
+        return StatementTimeout(
+            f"pool {name!r}: the server stopped answering (PyMongo's monitor got no reply within "
+            f"connect_timeout, {cfg.connect_timeout:g} s, and interrupted this operation); its "
+            "connection was closed; outside a transaction a write may have been applied",
+            pool=name)
+    return None
 
 
 class MongoUnit:
@@ -185,13 +245,9 @@ class MongoUnit:
         except BaseException as exc:
             if cursor is not None:
                 await shielded(self._close_cursor(cursor, on_server), pool.config.timeout)
-            if isinstance(exc, WaitQueueTimeoutError):
-                # Only work outside the gate (the native client, PyMongo's own upkeep) can fill
-                # the driver's pool; the request still gets connman's typed, retryable error.
-                raise PoolTimeout(
-                    f"pool {pool.name!r}: every driver connection is in use, some outside "
-                    f"connman's sessions ({type(exc).__name__})", pool=pool.name,
-                    retry_after=pool.config.retry_after_s) from exc
+            typed = typed_error(pool, exc)
+            if typed is not None:
+                raise typed from exc
             raise
         finally:
             if lease is not None:

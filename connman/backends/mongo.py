@@ -24,7 +24,7 @@ from .._url import url_path_database
 from ..config import PoolConfig
 from ..errors import PoolNotOpen, TransactionConflict
 from ..stats import EventHub
-from ._mongo_unit import MongoUnit, _Cursor, close_cursors
+from ._mongo_unit import MongoUnit, _Cursor, close_cursors, typed_error
 
 logger = logging.getLogger("connman.mongo")
 
@@ -471,6 +471,9 @@ class MongoPool(Pool):
                         f"pool {self.name!r}: the commit failed with a transient error "
                         f"({type(exc).__name__}); nothing was applied, retry the request",
                         pool=self.name, retry_after=self.config.retry_after_s) from exc
+                typed = typed_error(self, exc)
+                if typed is not None:
+                    raise typed from exc
                 raise
 
     async def _begin_raw(self) -> tuple[Any, Any]:

@@ -770,6 +770,9 @@ class SQLAlchemyPool(Pool):
                             if config.reset_on_return == "full" else None)
         self._silent_until = 0.0
         """Until then, closes do not wait for the server: one goodbye just went unanswered."""
+        # The records SQLAlchemy's pool has checked out (its checkout and checkin events), so
+        # that a record whose checkin a cancellation cut short can be found and given back.
+        self._out: set[Any] = set()
 
     # ------------------------------------------------------------------ lifecycle
     async def _open(self) -> None:
@@ -926,6 +929,8 @@ class SQLAlchemyPool(Pool):
         sqlite = self._sqlite
         creator = _creator(cfg.driver_name, cfg.connect_timeout)
         self._bound_calls(sync_engine)
+        out: set[Any] = set()
+        self._out = out
 
         @event.listens_for(sync_engine, "do_connect")
         def do_connect(dialect: Any, conn_rec: Any, cargs: Any, cparams: Any) -> Any:
@@ -997,11 +1002,13 @@ class SQLAlchemyPool(Pool):
             if cfg.idle is not None and last_in is not None and now - last_in > cfg.idle:
                 info["cm_reason"] = "idle_close"
                 raise sa_exc.DisconnectionError("connman: connection exceeded idle")
+            out.add(rec)
 
         @event.listens_for(pool, "checkin")
         def on_checkin(dbapi_con: Any, rec: Any) -> None:
             if rec is not None:
                 rec.info["cm_in"] = time.monotonic()
+                out.discard(rec)
 
         full_reset = self._full_reset
         if full_reset is not None:
@@ -1087,6 +1094,19 @@ class SQLAlchemyPool(Pool):
     async def _end(self, session: AsyncSession, error: BaseException | None) -> None:
         if self._binding is not None:  # connman.testing
             return await self._binding.end(session, error)
+        try:
+            clean = await self._close_unit(session, error)
+        except BaseException:
+            self._reclaim_stranded()
+            raise
+        if not clean or error is not None:
+            self._reclaim_stranded()
+
+    async def _close_unit(self, session: AsyncSession, error: BaseException | None) -> bool:
+        """Commit (`commit="auto"`) and close a session; its connections go back or are discarded.
+
+        Returns False when closing was interrupted or abandoned (see `finish`)."""
+        clean = True
         if error is not None and not isinstance(error, Exception) and self._sqlite:
             # Cancelled: SQLAlchemy invalidated the connection if a query was in flight (the
             # invalidate event interrupts it); the cursor it leaves must not keep the file open.
@@ -1106,7 +1126,7 @@ class SQLAlchemyPool(Pool):
             # close() rolls back what was not committed and returns the connection, also when
             # the request was cancelled.
             try:
-                await finish(session.close, self._finish_timeout, self.name)
+                clean = await finish(session.close, self._finish_timeout, self.name)
                 if _session_connections(sync):
                     # close() was abandoned (stuck past its deadline): discard what it held.
                     await self._force_close(sync)
@@ -1126,6 +1146,7 @@ class SQLAlchemyPool(Pool):
                 await self._close_if_disposed()
         if error is not None and _is_concurrency_error(error):
             raise self._concurrent(error) from error
+        return clean
 
     def _concurrent(self, cause: BaseException) -> ConcurrentUse:
         return ConcurrentUse(
@@ -1133,6 +1154,33 @@ class SQLAlchemyPool(Pool):
             f"({type(cause).__name__}); a session is one unit of work on one connection: await "
             "its operations in turn, or give each task its own `async with "
             f"manager.session({self.name!r})`", pool=self.name)
+
+    def _reclaim_stranded(self) -> int:
+        """Give back to SQLAlchemy's pool the records whose checkin a cancellation cut short.
+
+        SQLAlchemy before 2.0.58 (its issue #13699): when a cancellation (a request cancelled
+        while its connection was being reset, or a reset abandoned past its deadline) interrupts
+        the reset of a connection being checked in, the pool invalidates the connection but never
+        checks the record in. The slot is lost for good: `checkedout()` stays one higher and the
+        pool can open one connection fewer, for the life of the process. Such a record is
+        recognised by a closed proxy (`_counter` 0) still attached to it and no DBAPI connection;
+        it is checked in empty, as SQLAlchemy 2.0.58 does. Returns how many were given back.
+        """
+        found = 0
+        for rec in list(self._out):
+            ref = rec.fairy_ref
+            fairy = ref() if ref is not None else None
+            if (fairy is None or rec.dbapi_connection is not None
+                    or fairy._connection_record is not rec or fairy._counter > 0):
+                continue
+            fairy.dbapi_connection = None
+            fairy._connection_record = None
+            rec.checkin()
+            found += 1
+        if found:
+            logger.info("connman: pool %r: %d connection(s) whose checkin was cancelled given "
+                        "back to the pool (SQLAlchemy < 2.0.58)", self.name, found)
+        return found
 
     async def _force_close(self, sync: Any) -> None:
         """Discard the connections of a session that close() could not end.
@@ -1272,7 +1320,13 @@ class SQLAlchemyPool(Pool):
         else:
             fairy._connection_record.info["cm_reason"] = reason
             step = fairy.invalidate
-        await finish(partial(greenlet_spawn, step), self._finish_timeout, self.name)
+        try:
+            clean = await finish(partial(greenlet_spawn, step), self._finish_timeout, self.name)
+        except BaseException:
+            self._reclaim_stranded()
+            raise
+        if not clean:
+            self._reclaim_stranded()
 
     async def _end_raw(self, handle: Any, error: BaseException | None) -> None:
         if self._binding is not None:  # connman.testing
@@ -1348,7 +1402,14 @@ class SQLAlchemyPool(Pool):
             if not self._nwaiting and len(self._hot) + pool.checkedin() > size:
                 await self._trim(pool, size)
             return
-        await finish(partial(greenlet_spawn, fairy.close), self._finish_timeout, self.name)
+        try:
+            clean = await finish(partial(greenlet_spawn, fairy.close), self._finish_timeout,
+                                 self.name)
+        except BaseException:
+            self._reclaim_stranded()
+            raise
+        if not clean:
+            self._reclaim_stranded()
         await self._close_if_disposed()
 
     def is_connection_error(self, exc: BaseException) -> bool:

@@ -189,8 +189,14 @@ def build_app(manager: ConnectionManager, ops: Ops, *, cancel_on_disconnect: boo
     app.state.served = served
     session = manager.session("main")
 
+    # A Mongo write outside a transaction is its own commit: once it was sent, an error (a
+    # StatementTimeout, a broken link) leaves its outcome unknown, as a failed COMMIT does.
+    own_commit = ops.target.kind == "mongo" and not manager.pool("main").config.transaction
+
     @app.post("/items/{key}")
     async def write(key: str, unit: Any = Depends(session)) -> dict[str, str]:
+        if own_commit:
+            served.written.add(key)
         await ops.insert(unit, key)
         served.written.add(key)
         return {"key": key}
