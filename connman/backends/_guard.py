@@ -7,15 +7,22 @@
   rather than handed to the next request.
 - `EndedBind`: the bind an `AsyncSession` gets once its unit of work ended; any attempt to check a
   connection out through it raises `SessionEnded` instead of going past the gate.
+- `Deadline` and `Limit`: `statement_timeout` on a driver call (the fast path's calls here, the
+  session path's in the SQLAlchemy backend): past it the driver connection is killed, the pending
+  call fails at once, and connman raises `StatementTimeout` from that failure.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
-from ..errors import ConcurrentUse, SessionEnded
+from ..errors import ConcurrentUse, ConnmanError, SessionEnded
+
+logger = logging.getLogger("connman")
 
 _ASYNC: dict[tuple[type, str], bool] = {}
 
@@ -26,6 +33,59 @@ def _is_async_method(cls: type, name: str) -> bool:
     if known is None:
         known = _ASYNC[key] = inspect.iscoroutinefunction(getattr(cls, name, None))
     return known
+
+
+class Deadline:
+    """A timer around one driver call: once `seconds` pass, kill the driver connection."""
+
+    __slots__ = ("_handle", "fired")
+
+    def __init__(self, seconds: float, kill: Callable[[Any], None], conn: Any) -> None:
+        self.fired = False
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a close outside the loop (interpreter exit): nothing to wait for
+            self._handle: asyncio.TimerHandle | None = None
+            return
+        self._handle = loop.call_later(seconds, self._fire, kill, conn)
+
+    def _fire(self, kill: Callable[[Any], None], conn: Any) -> None:
+        self.fired = True
+        self.kill_now(kill, conn)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+
+    @staticmethod
+    def kill_now(kill: Callable[[Any], None], conn: Any) -> None:
+        """Kill `conn` at once; a failure to kill is logged, never raised."""
+        try:
+            kill(conn)
+        except Exception:
+            logger.debug("connman: killing a connection past its deadline failed", exc_info=True)
+
+
+
+def driver_timeout(exc: BaseException | None) -> bool:
+    """A driver's own deadline expired (asyncpg raises asyncio's TimeoutError, unwrapped)."""
+    return isinstance(exc, TimeoutError) and not isinstance(exc, ConnmanError)
+
+
+class Limit:
+    """`statement_timeout` for the fast path's calls: `seconds`, how to kill a driver connection,
+    and the `StatementTimeout` to raise. `native`: the driver enforces it (asyncpg's
+    `command_timeout`, which raises asyncio's `TimeoutError`); connman then only types the error
+    and kills the connection, whose protocol state is unknown."""
+
+    __slots__ = ("expired", "kill", "native", "seconds")
+
+    def __init__(self, seconds: float, kill: Callable[[Any], None],
+                 expired: Callable[[], Exception], *, native: bool) -> None:
+        self.seconds = seconds
+        self.kill = kill
+        self.expired = expired
+        self.native = native
 
 
 def ended_message(pool: str, what: str) -> str:
@@ -42,16 +102,19 @@ class FastConnection:
 
     Attribute access is delegated to the driver's connection (asyncpg, aiomysql, asyncmy,
     aiosqlite). Coroutine methods (`fetch`, `execute`, ...) are tracked: a second one started while
-    one runs raises `ConcurrentUse` before the driver sees it. After the `async with` ended every
-    access raises `SessionEnded`.
+    one runs raises `ConcurrentUse` before the driver sees it. With `statement_timeout` set, each
+    one that gets no answer within it raises `StatementTimeout` (the connection is killed and
+    discarded when the block ends). After the `async with` ended every access raises
+    `SessionEnded`.
     """
 
-    __slots__ = ("_cm_busy", "_cm_conn", "_cm_pool")
+    __slots__ = ("_cm_busy", "_cm_conn", "_cm_limit", "_cm_pool")
 
-    def __init__(self, pool: str, conn: Any) -> None:
+    def __init__(self, pool: str, conn: Any, limit: Limit | None = None) -> None:
         self._cm_pool = pool
         self._cm_conn = conn
         self._cm_busy = 0
+        self._cm_limit = limit
 
     def __getattr__(self, name: str) -> Any:
         conn = self._cm_conn
@@ -89,15 +152,32 @@ class _Tracked:
 
     async def __call__(self, *args: Any, **kwargs: Any) -> Any:
         owner = self.owner
+        conn = owner._cm_conn
+        if conn is None:  # a bound method kept from inside the block, called after it
+            raise SessionEnded(ended_message(owner._cm_pool, "fast-path connection"),
+                               pool=owner._cm_pool)
         if owner._cm_busy:
             raise ConcurrentUse(
                 f"pool {owner._cm_pool!r}: another operation is still running on this fast-path "
                 "connection; one connection runs one operation at a time: await them in turn, "
                 "or give each task its own `manager.connection(...)`", pool=owner._cm_pool)
         owner._cm_busy += 1
+        limit = owner._cm_limit
+        deadline = (Deadline(limit.seconds, limit.kill, conn)
+                    if limit is not None and not limit.native else None)
         try:
             return await self.fn(*args, **kwargs)
+        except Exception as exc:
+            if limit is not None and ((deadline is not None and deadline.fired)
+                                      or (limit.native and driver_timeout(exc))):
+                if deadline is None:
+                    # asyncpg gave up waiting; the server may still run the query: kill it.
+                    Deadline.kill_now(limit.kill, conn)
+                raise limit.expired() from exc
+            raise
         finally:
+            if deadline is not None:
+                deadline.cancel()
             owner._cm_busy -= 1
 
 

@@ -45,7 +45,9 @@ from ..errors import (
     StatementTimeout,
 )
 from ..stats import EventHub
-from ._guard import EndedBind, FastConnection, ended_message
+from ._guard import Deadline as _Deadline
+from ._guard import EndedBind, FastConnection, Limit, ended_message
+from ._guard import driver_timeout as _driver_timeout
 from ._reset import FULL_RESET, mysql_cursor
 
 logger = logging.getLogger("connman")
@@ -224,32 +226,6 @@ _KILL: dict[str, Callable[[Any], None]] = {
 _EMULATED_STATEMENT_TIMEOUT = ("aiomysql", "asyncmy", "aiosqlite")
 
 
-class _Deadline:
-    """A timer around one driver call: once `seconds` pass, kill the driver connection."""
-
-    __slots__ = ("_handle", "fired")
-
-    def __init__(self, seconds: float, kill: Callable[[Any], None], conn: Any) -> None:
-        self.fired = False
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # a close outside the loop (interpreter exit): nothing to wait for
-            self._handle: asyncio.TimerHandle | None = None
-            return
-        self._handle = loop.call_later(seconds, self._fire, kill, conn)
-
-    def _fire(self, kill: Callable[[Any], None], conn: Any) -> None:
-        self.fired = True
-        try:
-            kill(conn)
-        except Exception:
-            logger.debug("connman: killing a connection past its deadline failed", exc_info=True)
-
-    def cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-
-
 def _call_within(seconds: float, kill: Callable[[Any], None], conn: Any,
                  expired: Callable[[], Exception], call: Callable[[], T]) -> T:
     """Run `call()` (a driver call, in SQLAlchemy's greenlet); past `seconds`, kill `conn`.
@@ -270,11 +246,6 @@ def _call_within(seconds: float, kill: Callable[[Any], None], conn: Any,
         raise
     finally:
         deadline.cancel()
-
-
-def _driver_timeout(exc: BaseException | None) -> bool:
-    """A driver's own deadline expired (asyncpg raises asyncio's TimeoutError, unwrapped)."""
-    return isinstance(exc, TimeoutError) and not isinstance(exc, ConnmanError)
 
 
 def _driver_conn(conn: Any) -> Any:
@@ -770,6 +741,13 @@ class SQLAlchemyPool(Pool):
                             if config.reset_on_return == "full" else None)
         self._silent_until = 0.0
         """Until then, closes do not wait for the server: one goodbye just went unanswered."""
+        kill = _KILL.get(config.driver_name)
+        # `statement_timeout` on the fast path's calls (the MySQL drivers' cursors, asyncpg's
+        # methods; aiosqlite's queries run on its thread through objects the proxy does not see).
+        self._fast_limit = (
+            Limit(config.statement_timeout, kill, self._statement_expired,
+                  native=config.driver_name == "asyncpg")
+            if config.statement_timeout is not None and kill is not None else None)
         # The records SQLAlchemy's pool has checked out (its checkout and checkin events), so
         # that a record whose checkin a cancellation cut short can be found and given back.
         self._out: set[Any] = set()
@@ -1216,7 +1194,7 @@ class SQLAlchemyPool(Pool):
         if self._binding is not None:  # connman.testing: a savepoint on the test's connection
             return await self._binding.begin_raw()
         fairy, conn = await self._checkout_raw()
-        proxy = FastConnection(self.name, conn)
+        proxy = FastConnection(self.name, conn, self._fast_limit)
         return (fairy, proxy), proxy
 
     async def _checkout_raw(self) -> tuple[Any, Any]:
