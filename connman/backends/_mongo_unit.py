@@ -121,11 +121,21 @@ class _Kinds:
         cls.loaded = True
 
 
-def typed_error(pool: MongoPool, exc: BaseException) -> ConnmanError | None:
+# The writes PyMongo retries once (retryable writes): a retry's error may hide a first attempt.
+_RETRIED_WRITES = frozenset({
+    "insert_one", "insert_many", "update_one", "update_many", "replace_one", "delete_one",
+    "delete_many", "find_one_and_update", "find_one_and_replace", "find_one_and_delete",
+    "bulk_write"})
+
+
+def typed_error(pool: MongoPool, exc: BaseException, *,
+                retried_write: bool = False) -> ConnmanError | None:
     """connman's typed error for a PyMongo timeout, naming the pool; None for any other error.
 
     - `WaitQueueTimeoutError` -> `PoolTimeout`: every driver connection was in use; only work
       outside the gate (the native client, PyMongo's own upkeep) can fill the driver's pool.
+      On a write PyMongo retries (`retried_write`) -> `StatementTimeout`: PyMongo raises the
+      retry's checkout error, and the first attempt may have been applied.
     - `ServerSelectionTimeoutError` -> `CheckoutTimeout`: no server answered within
       `connect_timeout` (PyMongo's `serverSelectionTimeoutMS`). Nothing was sent: when a retried
       operation's retry finds no server, PyMongo raises the first attempt's error instead.
@@ -142,6 +152,12 @@ def typed_error(pool: MongoPool, exc: BaseException) -> ConnmanError | None:
     name, cfg = pool.name, pool.config
     why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}" if str(exc) else \
         type(exc).__name__
+    if isinstance(exc, WaitQueueTimeoutError) and retried_write:
+        # PyMongo raises the retry's checkout error as is, not the first attempt's: that
+        # attempt may have been applied.
+        return StatementTimeout(
+            f"pool {name!r}: a retried write could not get a driver connection in time; its "
+            f"first attempt may have been applied ({why})", pool=name)
     if isinstance(exc, WaitQueueTimeoutError):
         return PoolTimeout(
             f"pool {name!r}: every driver connection is in use, some outside connman's "
@@ -215,7 +231,8 @@ class MongoUnit:
                 "committed or aborted); open a new session", pool=self._pool.name)
 
     async def _run(self, call: Callable[[], Any], cursor: _Cursor | None = None,
-                   opens: bool = False, closing: bool = False) -> Any:
+                   opens: bool = False, closing: bool = False,
+                   retried_write: bool = False) -> Any:
         """Run one driver operation under a gate slot; wrap what it returns."""
         if not closing:
             self._check()
@@ -245,7 +262,7 @@ class MongoUnit:
         except BaseException as exc:
             if cursor is not None:
                 await shielded(self._close_cursor(cursor, on_server), pool.config.timeout)
-            typed = typed_error(pool, exc)
+            typed = typed_error(pool, exc, retried_write=retried_write)
             if typed is not None:
                 raise typed from exc
             raise
@@ -485,7 +502,8 @@ def _wrap(unit: MongoUnit, attr: Any, owner: Any, name: str) -> Any:
         def op(*args: Any, **kwargs: Any) -> Awaitable[Any]:
             if inject and "session" not in kwargs:
                 kwargs["session"] = unit._session
-            return unit._run(lambda: attr(*args, **kwargs), opens=opens)
+            return unit._run(lambda: attr(*args, **kwargs), opens=opens,
+                             retried_write=name in _RETRIED_WRITES)
         return op
 
     def call(*args: Any, **kwargs: Any) -> Any:
