@@ -126,6 +126,8 @@ class FastConnection:
         attr = getattr(conn, name)
         if _is_async_method(type(conn), name):
             return _Tracked(self, attr)
+        if name in _AIOSQLITE_RESULTS and _is_aiosqlite(conn):
+            return _ResultMaker(self, attr)
         if name == "cursor":
             return _CursorMaker(self, attr)
         return attr
@@ -179,6 +181,63 @@ class _Tracked:
             if deadline is not None:
                 deadline.cancel()
             owner._cm_busy -= 1
+
+
+# aiosqlite's methods that return its `Result` (awaitable, and an async context manager that
+# closes the cursor) rather than being coroutine functions.
+_AIOSQLITE_RESULTS = frozenset({"execute", "executemany", "executescript", "execute_fetchall",
+                                "execute_insert", "cursor"})
+
+
+def _is_aiosqlite(conn: Any) -> bool:
+    return type(conn).__module__.startswith("aiosqlite")
+
+
+class _ResultMaker:
+    """An aiosqlite `Result`-returning method of a `FastConnection`: tracked and bounded as a
+    coroutine method, its cursor tracked too."""
+
+    __slots__ = ("fn", "owner")
+
+    def __init__(self, owner: FastConnection, fn: Callable[..., Any]) -> None:
+        self.owner = owner
+        self.fn = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> _BoundResult:
+        return _BoundResult(self.owner, self.fn, args, kwargs)
+
+
+class _BoundResult:
+    """`await conn.execute(...)` or `async with conn.execute(...) as cursor` on aiosqlite."""
+
+    __slots__ = ("_cursor", "args", "fn", "kwargs", "owner")
+
+    def __init__(self, owner: FastConnection, fn: Callable[..., Any], args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> None:
+        self.owner = owner
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self._cursor: Any = None
+
+    async def _run(self) -> Any:
+        async def call() -> Any:
+            return await self.fn(*self.args, **self.kwargs)
+        made = await _Tracked(self.owner, call)()
+        if hasattr(made, "fetchall") and _is_async_method(type(made), "fetchall"):
+            self._cursor = made
+            return TrackedCursor(self.owner, made)
+        return made
+
+    def __await__(self) -> Any:
+        return self._run().__await__()
+
+    async def __aenter__(self) -> Any:
+        return await self._run()
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        if self._cursor is not None:
+            await self._cursor.close()
 
 
 class _CursorMaker:

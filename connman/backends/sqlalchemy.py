@@ -734,7 +734,8 @@ class SQLAlchemyPool(Pool):
         self._sqlite = config.driver_name == "aiosqlite"
         self._autocommit = config.commit == "auto"
         # Drivers whose every query the fast path's proxy sees (asyncpg's connection methods,
-        # the MySQL drivers' cursors); aiosqlite's go through result objects it does not track.
+        # the MySQL drivers' cursors); aiosqlite's `execute` calls are seen, but not the rows an
+        # `async for` over its cursor reads on its thread.
         self._tracked = config.driver_name != "aiosqlite"
         self._binding: TestBinding | None = None
         self._full_reset = (FULL_RESET.get(config.driver_name)
@@ -837,6 +838,40 @@ class SQLAlchemyPool(Pool):
                 logger.debug("connman: pool %r: killing a connection failed", self.name,
                              exc_info=True)
 
+    def _refuse_overlapping_executes(self, dialect: Any) -> None:
+        """Refuse a statement on a connection that is running another: `ConcurrentUse`.
+
+        Two tasks on one session (`gather` over one `AsyncSession`) send their statements on
+        one connection. SQLAlchemy's asyncio adapters queue them on a mutex and aiosqlite runs
+        them one after the other on its thread, so some drivers would not even fail; the session's
+        state is shared all the same. Detected here for every driver, before the driver sees the
+        second statement. (Units of work joined to a test's outer connection are serialised by
+        `TestBinding`, so they never overlap here.)
+        """
+        running: set[int] = set()
+        name = self.name
+
+        def guarded(call: Callable[..., Any]) -> Callable[..., Any]:
+            def run(cursor: Any, *args: Any) -> Any:
+                key = id(getattr(cursor, "_adapt_connection", cursor))
+                if key in running:
+                    raise ConcurrentUse(
+                        f"pool {name!r}: two tasks used one session at the same time (a "
+                        "statement was sent while another was running on its connection); a "
+                        "session is one unit of work on one connection: await its operations "
+                        f"in turn, or give each task its own `async with manager.session({name!r})`",
+                        pool=name)
+                running.add(key)
+                try:
+                    return call(cursor, *args)
+                finally:
+                    running.discard(key)
+            return run
+
+        dialect.do_execute = guarded(dialect.do_execute)
+        dialect.do_execute_no_params = guarded(dialect.do_execute_no_params)
+        dialect.do_executemany = guarded(dialect.do_executemany)
+
     def _bound_calls(self, sync_engine: Any) -> None:
         """Put a deadline on every driver call that waits for the server's answer.
 
@@ -846,10 +881,11 @@ class SQLAlchemyPool(Pool):
         pre-ping `CheckoutTimeout`; either way the connection is invalidated (discarded).
         """
         cfg = self.config
+        dialect = sync_engine.dialect
+        self._refuse_overlapping_executes(dialect)
         kill = _KILL.get(cfg.driver_name)
         if kill is None:
             return
-        dialect = sync_engine.dialect
         seconds = cfg.statement_timeout
         if seconds is not None and cfg.driver_name in _EMULATED_STATEMENT_TIMEOUT:
             _bound_statements(sync_engine, dialect, seconds, kill, self._statement_expired)
@@ -1103,6 +1139,10 @@ class SQLAlchemyPool(Pool):
 
         Returns False when closing was interrupted or abandoned (see `finish`)."""
         clean = True
+        if isinstance(error, ConcurrentUse):
+            # Another task may still be running a statement on this session's connection:
+            # discard it (which interrupts that statement) rather than give it back busy.
+            await self._force_close(session.sync_session)
         if error is not None and not isinstance(error, Exception) and self._sqlite:
             # Cancelled: SQLAlchemy invalidated the connection if a query was in flight (the
             # invalidate event interrupts it); the cursor it leaves must not keep the file open.
@@ -1332,8 +1372,8 @@ class SQLAlchemyPool(Pool):
             # An operation is still running on it (a task the `async with` did not wait for), or
             # may be: aiosqlite queues queries on its thread through objects the proxy does not
             # see, so an error exit could leave one queued. Its state is unknown: terminate it,
-            # never hand it out again busy.
-            self._terminate(fairy, "close")
+            # never hand it out again busy. One that timed out counts as lost, as elsewhere.
+            self._terminate(fairy, "lost" if isinstance(error, StatementTimeout) else "close")
             return
         await self._checkin_raw(fairy, error)
 

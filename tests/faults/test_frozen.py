@@ -349,3 +349,32 @@ async def test_sqlite_statement_timeout_interrupts_the_query(target: Target) -> 
         assert manager.stats("main")["connections_lost"] == 1  # discarded, not reused
         async with manager.session("main") as unit:
             assert (await unit.execute(text("SELECT 1"))).scalar() == 1
+
+
+@only(kinds=("sql",), exclude=("postgres", "mysql-aiomysql", "mysql-asyncmy"))
+@pytest.mark.parametrize("shape", ["await", "async_with", "fetchall"])
+async def test_sqlite_fast_path_statement_timeout_interrupts_the_query(
+        target: Target, shape: str) -> None:
+    manager = ConnectionManager({"main": target.config(statement_timeout=0.5, size=1,
+                                                       overflow=0)})
+    runaway = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
+               "SELECT count(*) FROM c")
+    async with manager:
+        t0 = time.monotonic()
+        with pytest.raises(StatementTimeout, match="'main'"):
+            async with manager.connection("main") as conn:
+                if shape == "await":
+                    await conn.execute_fetchall(runaway)
+                elif shape == "async_with":
+                    async with conn.execute(runaway) as cursor:
+                        await cursor.fetchall()
+                else:
+                    cursor = await conn.execute(runaway)
+                    await cursor.fetchall()
+        assert time.monotonic() - t0 < 0.5 + SLACK
+        assert checked_out(manager) == (0, 0)
+        assert manager.stats("main")["connections_lost"] == 1  # discarded, not reused
+        async with manager.connection("main") as conn:
+            async with conn.execute("SELECT 1") as cursor:
+                assert await cursor.fetchone() == (1,)
+            assert await conn.execute_fetchall("SELECT 2") == [(2,)]
