@@ -156,8 +156,9 @@ def typed_error(pool: MongoPool, exc: BaseException, *,
         # PyMongo raises the retry's checkout error as is, not the first attempt's: that
         # attempt may have been applied.
         return StatementTimeout(
-            f"pool {name!r}: a retried write could not get a driver connection in time; its "
-            f"first attempt may have been applied ({why})", pool=name)
+            f"pool {name!r}: a write PyMongo retries could not get a driver connection in "
+            "time; if that was its retry, the first attempt may have been applied (PyMongo does "
+            f"not say which): its outcome is unknown ({why})", pool=name)
     if isinstance(exc, WaitQueueTimeoutError):
         return PoolTimeout(
             f"pool {name!r}: every driver connection is in use, some outside connman's "
