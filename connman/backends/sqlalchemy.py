@@ -95,6 +95,31 @@ def _interrupt_sqlite(conn: Any) -> None:
         raw.interrupt()
 
 
+def _mysql_hung_up(conn: Any) -> bool:
+    """aiomysql or asyncmy: closed, or its stream saw EOF / its transport is closing."""
+    if getattr(conn, "connected", True) is False or getattr(conn, "closed", False) is True:
+        return True
+    reader = getattr(conn, "_reader", None)
+    if reader is not None and getattr(reader, "_eof", False):
+        return True
+    transport = getattr(conn, "_transport", None)
+    if transport is None:
+        writer = getattr(conn, "_writer", None)
+        transport = getattr(writer, "transport", None)
+    return transport is not None and bool(transport.is_closing())
+
+
+# Without I/O: has the server hung up on this driver connection (its socket saw EOF or was
+# closed)? asyncpg marks the connection closed when its socket is lost; the MySQL drivers only
+# notice at their next read, but their stream or transport knows at once.
+_HUNG_UP: dict[str, Callable[[Any], bool]] = {
+    "asyncpg": lambda c: bool(c.is_closed()),
+    "aiomysql": _mysql_hung_up,
+    "asyncmy": _mysql_hung_up,
+    "aiosqlite": lambda c: c._connection is None,
+}
+
+
 _PROBES: dict[str, _Probe] = {
     "asyncpg": _Probe(lambda c: c.is_closed(), lambda c: c.is_in_transaction(),
                       lambda c: c.execute("ROLLBACK"), lambda c: c.fetchval("SELECT 1")),
@@ -891,12 +916,16 @@ class SQLAlchemyPool(Pool):
             _bound_statements(sync_engine, dialect, seconds, kill, self._statement_expired)
         ping, close = dialect.do_ping, dialect.do_close
         recent = self._recent
+        hung_up = _HUNG_UP.get(cfg.driver_name)
 
         def do_ping(dbapi_conn: Any) -> bool:
             # HikariCP's aliveBypassWindowMs: a connection checked in within the last
             # ALIVE_BYPASS_S was alive then; one round trip fewer per unit of work in a burst.
+            # Unless its server hung up since (a restart): then the ping runs, fails at once,
+            # and SQLAlchemy replaces the pool's connections, as without the bypass.
             last_in = recent.get(id(dbapi_conn))
-            if last_in is not None and time.monotonic() - last_in < ALIVE_BYPASS_S:
+            if (last_in is not None and time.monotonic() - last_in < ALIVE_BYPASS_S
+                    and hung_up is not None and not hung_up(_driver_conn(dbapi_conn))):
                 return True
             return bool(_call_within(cfg.connect_timeout, kill, _driver_conn(dbapi_conn),
                                      self._ping_expired, partial(ping, dbapi_conn)))
@@ -1270,7 +1299,8 @@ class SQLAlchemyPool(Pool):
         """Why a fast-path connection cannot be handed out as is (None: it can)."""
         probe = self._probe
         assert probe is not None
-        if probe.closed(conn):
+        hung_up = _HUNG_UP.get(self.config.driver_name)
+        if probe.closed(conn) or (hung_up is not None and hung_up(conn)):
             return "lost"
         rec = fairy._connection_record
         now = time.monotonic()
