@@ -720,8 +720,9 @@ def _silent_bound_ms() -> int:
 
 
 def _silent_allowed(env: Env) -> set[str]:
-    # SQL: 503 + Retry-After (CheckoutTimeout, PoolTimeout) or 503 (StatementTimeout). Mongo:
-    # PyMongo's own timeout errors escape the handler as typed 500s (mongo.py does not map them).
+    # 503 + Retry-After (CheckoutTimeout, PoolTimeout) or 503 (StatementTimeout), Mongo too
+    # (connman types PyMongo's timeouts). Mongo may still see a 500 from a connection PyMongo
+    # found reset when the link came back (AutoReconnect), which no timeout describes.
     allowed = {"busy", "unanswered", "statement_timeout"}
     return allowed | {"server"} if env.target.kind == "mongo" else allowed
 
@@ -1284,9 +1285,13 @@ OBSERVATIONS: list[str] = [
     "finished came from its "
     "COMMIT and is counted as a commit error (its outcome is unknown). SQLAlchemy logs "
     "'Exception during reset or similar' at ERROR when the reset-on-return ROLLBACK of such a "
-    "connection times out; the connection is invalidated either way. Mongo requests end with "
-    "PyMongo's own timeout errors as typed 500s (`NetworkTimeout`, `ServerSelectionTimeoutError`, "
-    "`_OperationCancelled`): mongo.py does not map them to `StatementTimeout`.",
+    "connection times out; the connection is invalidated either way (SQLAlchemy before 2.0.58 "
+    "then never checked the record in when a cancellation cut the reset: connman gives such a "
+    "slot back). Mongo requests end the same way: connman types PyMongo's timeouts "
+    "(`NetworkTimeout`, `_OperationCancelled` -> `StatementTimeout`; "
+    "`ServerSelectionTimeoutError` -> `CheckoutTimeout`; `WaitQueueTimeoutError` -> "
+    "`PoolTimeout`, or `StatementTimeout` on a write PyMongo retries); a Mongo write's "
+    "`StatementTimeout` has an unknown outcome and is counted as a commit error.",
     "Found while writing the silent-server scenarios, in the drivers: PyMongo 4.13.0's "
     "AsyncMongoClient never recovered after one `timeoutMS` expiry (its monitor task inherits "
     "the expired deadline, PYTHON-5406, fixed in 4.13.1: connman uses `socketTimeoutMS` there); "
