@@ -20,6 +20,7 @@ from connman import ConnectionManager
 
 from ._targets import Ops, Target, server_connections, wait_for_count
 from .conftest import only
+from .test_semantics import eventually
 
 Make = Callable[..., ConnectionManager]
 SIZE, OVERFLOW = 2, 4
@@ -102,15 +103,6 @@ async def _driver_sleep(target: Target, conn: Any, seconds: float) -> None:
         async with conn.cursor() as cur:
             await cur.execute(f"SELECT SLEEP({seconds})")
         await conn.rollback()
-
-
-async def eventually(check: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
 
 
 async def app_connections(target: Target, app_name: str) -> int | None:

@@ -66,7 +66,6 @@ class Deadline:
             logger.debug("connman: killing a connection past its deadline failed", exc_info=True)
 
 
-
 def driver_timeout(exc: BaseException | None) -> bool:
     """A driver's own deadline expired (asyncpg raises asyncio's TimeoutError, unwrapped)."""
     return isinstance(exc, TimeoutError) and not isinstance(exc, ConnmanError)
@@ -221,9 +220,7 @@ class _BoundResult:
         self._cursor: Any = None
 
     async def _run(self) -> Any:
-        async def call() -> Any:
-            return await self.fn(*self.args, **self.kwargs)
-        made = await _Tracked(self.owner, call)()
+        made = await _Tracked(self.owner, self.fn)(*self.args, **self.kwargs)
         if hasattr(made, "fetchall") and _is_async_method(type(made), "fetchall"):
             self._cursor = made
             return TrackedCursor(self.owner, made)

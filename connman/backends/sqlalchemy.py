@@ -109,23 +109,15 @@ def _mysql_hung_up(conn: Any) -> bool:
     return transport is not None and bool(transport.is_closing())
 
 
-# Without I/O: has the server hung up on this driver connection (its socket saw EOF or was
-# closed)? asyncpg marks the connection closed when its socket is lost; the MySQL drivers only
-# notice at their next read, but their stream or transport knows at once.
-_HUNG_UP: dict[str, Callable[[Any], bool]] = {
-    "asyncpg": lambda c: bool(c.is_closed()),
-    "aiomysql": _mysql_hung_up,
-    "asyncmy": _mysql_hung_up,
-    "aiosqlite": lambda c: c._connection is None,
-}
-
-
+# `closed`: without I/O, is the connection closed or has its server hung up (its socket saw EOF)?
+# asyncpg marks the connection closed when its socket is lost; the MySQL drivers only notice at
+# their next read, but their stream or transport knows at once.
 _PROBES: dict[str, _Probe] = {
     "asyncpg": _Probe(lambda c: c.is_closed(), lambda c: c.is_in_transaction(),
                       lambda c: c.execute("ROLLBACK"), lambda c: c.fetchval("SELECT 1")),
-    "aiomysql": _Probe(lambda c: c.closed, lambda c: c.get_transaction_status(),
+    "aiomysql": _Probe(_mysql_hung_up, lambda c: c.get_transaction_status(),
                        lambda c: c.rollback(), _mysql_select1),
-    "asyncmy": _Probe(lambda c: not c.connected, lambda c: c.get_transaction_status(),
+    "asyncmy": _Probe(_mysql_hung_up, lambda c: c.get_transaction_status(),
                       lambda c: c.rollback(), _mysql_select1),
     "aiosqlite": _Probe(lambda c: c._connection is None, lambda c: c.in_transaction,
                         lambda c: c.rollback(), _sqlite_select1),
@@ -768,8 +760,8 @@ class SQLAlchemyPool(Pool):
         self._silent_until = 0.0
         """Until then, closes do not wait for the server: one goodbye just went unanswered."""
         kill = _KILL.get(config.driver_name)
-        # `statement_timeout` on the fast path's calls (the MySQL drivers' cursors, asyncpg's
-        # methods; aiosqlite's queries run on its thread through objects the proxy does not see).
+        # `statement_timeout` on the fast path's calls (asyncpg's methods, the MySQL drivers'
+        # cursors, aiosqlite's execute calls and cursors).
         self._fast_limit = (
             Limit(config.statement_timeout, kill, self._statement_expired,
                   native=config.driver_name == "asyncpg")
@@ -906,17 +898,16 @@ class SQLAlchemyPool(Pool):
         pre-ping `CheckoutTimeout`; either way the connection is invalidated (discarded).
         """
         cfg = self.config
-        dialect = sync_engine.dialect
-        self._refuse_overlapping_executes(dialect)
         kill = _KILL.get(cfg.driver_name)
         if kill is None:
             return
+        dialect = sync_engine.dialect
         seconds = cfg.statement_timeout
         if seconds is not None and cfg.driver_name in _EMULATED_STATEMENT_TIMEOUT:
             _bound_statements(sync_engine, dialect, seconds, kill, self._statement_expired)
         ping, close = dialect.do_ping, dialect.do_close
         recent = self._recent
-        hung_up = _HUNG_UP.get(cfg.driver_name)
+        probe = self._probe
 
         def do_ping(dbapi_conn: Any) -> bool:
             # HikariCP's aliveBypassWindowMs: a connection checked in within the last
@@ -925,7 +916,7 @@ class SQLAlchemyPool(Pool):
             # and SQLAlchemy replaces the pool's connections, as without the bypass.
             last_in = recent.get(id(dbapi_conn))
             if (last_in is not None and time.monotonic() - last_in < ALIVE_BYPASS_S
-                    and hung_up is not None and not hung_up(_driver_conn(dbapi_conn))):
+                    and probe is not None and not probe.closed(_driver_conn(dbapi_conn))):
                 return True
             return bool(_call_within(cfg.connect_timeout, kill, _driver_conn(dbapi_conn),
                                      self._ping_expired, partial(ping, dbapi_conn)))
@@ -983,6 +974,7 @@ class SQLAlchemyPool(Pool):
         sqlite = self._sqlite
         creator = _creator(cfg.driver_name, cfg.connect_timeout)
         self._recent = {}
+        self._refuse_overlapping_executes(sync_engine.dialect)
         self._bound_calls(sync_engine)
         out: set[Any] = set()
         self._out = out
@@ -1247,6 +1239,17 @@ class SQLAlchemyPool(Pool):
                         "back to the pool (SQLAlchemy < 2.0.58)", self.name, found)
         return found
 
+    async def _finish_checkin(self, step: Callable[[], Any]) -> None:
+        """Run a fast-path connection's `close()`/`invalidate()` in SQLAlchemy's greenlet (see
+        `finish`); if a cancellation or the deadline cut into it, give back a stranded record."""
+        try:
+            clean = await finish(partial(greenlet_spawn, step), self._finish_timeout, self.name)
+        except BaseException:
+            self._reclaim_stranded()
+            raise
+        if not clean:
+            self._reclaim_stranded()
+
     async def _force_close(self, sync: Any) -> None:
         """Discard the connections of a session that close() could not end.
 
@@ -1299,8 +1302,7 @@ class SQLAlchemyPool(Pool):
         """Why a fast-path connection cannot be handed out as is (None: it can)."""
         probe = self._probe
         assert probe is not None
-        hung_up = _HUNG_UP.get(self.config.driver_name)
-        if probe.closed(conn) or (hung_up is not None and hung_up(conn)):
+        if probe.closed(conn):
             return "lost"
         rec = fairy._connection_record
         now = time.monotonic()
@@ -1386,13 +1388,7 @@ class SQLAlchemyPool(Pool):
         else:
             fairy._connection_record.info["cm_reason"] = reason
             step = fairy.invalidate
-        try:
-            clean = await finish(partial(greenlet_spawn, step), self._finish_timeout, self.name)
-        except BaseException:
-            self._reclaim_stranded()
-            raise
-        if not clean:
-            self._reclaim_stranded()
+        await self._finish_checkin(step)
 
     async def _end_raw(self, handle: Any, error: BaseException | None) -> None:
         if self._binding is not None:  # connman.testing
@@ -1468,14 +1464,7 @@ class SQLAlchemyPool(Pool):
             if not self._nwaiting and len(self._hot) + pool.checkedin() > size:
                 await self._trim(pool, size)
             return
-        try:
-            clean = await finish(partial(greenlet_spawn, fairy.close), self._finish_timeout,
-                                 self.name)
-        except BaseException:
-            self._reclaim_stranded()
-            raise
-        if not clean:
-            self._reclaim_stranded()
+        await self._finish_checkin(fairy.close)
         await self._close_if_disposed()
 
     def is_connection_error(self, exc: BaseException) -> bool:
