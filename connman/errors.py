@@ -28,6 +28,56 @@ class ConnmanError(Exception):
         super().__init__(message)
         self.pool = pool
 
+    def __str__(self) -> str:
+        # A class made by `keep_driver_class` also derives from the driver's error, whose own
+        # `__str__` (SQLAlchemy's statement dump, PyMongo's reply) comes later in the MRO.
+        return str(self.args[0]) if self.args else ""
+
+
+_MIXED: dict[tuple[type[BaseException], type[BaseException]], type[BaseException] | None] = {}
+
+
+def keep_driver_class(error: ConnmanError, cause: BaseException) -> ConnmanError:
+    """Return `error` as an instance of both its own class and `type(cause)`, with `cause` as
+    its `__cause__`.
+
+    Adopting connman must not change what an app's own `except` clauses catch: an app that
+    catches `sqlalchemy.exc.OperationalError` or `pymongo.errors.PyMongoError` around its calls
+    still catches connman's `StatementTimeout`, `PoolUnavailable`, ... raised for that driver
+    error, while `except StatementTimeout` (or any `ConnmanError`) catches it too. The new
+    instance carries the driver error's attributes (`orig`, `code`, `details`, error labels) and
+    connman's (`pool`, `retry_after`); `str()` is connman's message, which names the pool.
+
+    The combined class is made once per pair and cached. Where Python cannot combine the two
+    classes (an instance layout conflict between two built-in bases), `error` is returned as it
+    is, with `cause` as its `__cause__`.
+    """
+    own, driver = type(error), type(cause)
+    if isinstance(error, driver):
+        error.__cause__ = cause
+        return error
+    key = (own, driver)
+    if key not in _MIXED:
+        try:
+            _MIXED[key] = type(own.__name__, (own, driver), {
+                "__module__": own.__module__,
+                "__qualname__": own.__qualname__,
+                "__doc__": own.__doc__,
+            })
+        except TypeError:
+            _MIXED[key] = None
+    mixed = _MIXED[key]
+    if mixed is None:
+        error.__cause__ = cause
+        return error
+    combined = mixed.__new__(mixed)  # neither class's __init__: both states are copied below
+    combined.args = error.args
+    combined.__dict__.update(cause.__dict__)
+    combined.__dict__.update(error.__dict__)
+    combined.__cause__ = cause
+    combined.__traceback__ = error.__traceback__
+    return combined  # type: ignore[return-value]
+
 
 class ConfigurationError(ConnmanError, ValueError):
     """A pool's configuration is invalid; the message names the pool and the field."""
