@@ -9,18 +9,21 @@ from .errors import (
     CheckoutTimeout,
     ConcurrentUse,
     ConfigurationError,
+    ConnectionLost,
     ConnmanError,
     MissingDependency,
     PoolClosed,
     PoolNotOpen,
     PoolStartupError,
     PoolTimeout,
+    ServerUnavailable,
     SessionEnded,
     StatementTimeout,
     TooManyWaiters,
     TransactionConflict,
     UnknownPool,
     WrongEventLoop,
+    keep_driver_class,
 )
 from .manager import ConnectionManager, SessionProvider
 from .stats import COUNTER_KEYS, EVENT_NAMES, GAUGE_KEYS, STAT_KEYS, PoolEvent
@@ -39,6 +42,7 @@ __all__ = [
     "CheckoutTimeout",
     "ConcurrentUse",
     "ConfigurationError",
+    "ConnectionLost",
     # manager
     "ConnectionManager",
     "ConnmanError",
@@ -52,6 +56,7 @@ __all__ = [
     "PoolStartupError",
     "PoolTimeout",
     "SecretURL",
+    "ServerUnavailable",
     "SessionEnded",
     "SessionProvider",
     "StatementTimeout",
@@ -59,6 +64,7 @@ __all__ = [
     "TransactionConflict",
     "UnknownPool",
     "WrongEventLoop",
+    "keep_driver_class",
     "load_settings",
     "mask_url",
 ]

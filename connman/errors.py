@@ -6,18 +6,21 @@ __all__ = [
     "CheckoutTimeout",
     "ConcurrentUse",
     "ConfigurationError",
+    "ConnectionLost",
     "ConnmanError",
     "MissingDependency",
     "PoolClosed",
     "PoolNotOpen",
     "PoolStartupError",
     "PoolTimeout",
+    "ServerUnavailable",
     "SessionEnded",
     "StatementTimeout",
     "TooManyWaiters",
     "TransactionConflict",
     "UnknownPool",
     "WrongEventLoop",
+    "keep_driver_class",
 ]
 
 
@@ -164,5 +167,41 @@ class TransactionConflict(ConnmanError):
     whole unit again may succeed. FastAPI answers 503 with `Retry-After` (seconds)."""
 
     def __init__(self, message: str, *, pool: str, retry_after: int = 1) -> None:
+        super().__init__(message, pool=pool)
+        self.retry_after = retry_after
+
+
+class ServerUnavailable(ConnmanError):
+    """The pool's server could not take this request and nothing of it was applied, so a retry
+    is safe: FastAPI answers 503 with `Retry-After` (seconds).
+
+    `kind` says why, classified from the driver's error code, never its message text:
+    `"unreachable"` (connection refused, no route, the server is restarting), `"full"` (the
+    server's connection limit: PostgreSQL SQLSTATE 53300, MySQL 1040/1203), `"read_only"` (a
+    demoted primary: SQLSTATE 25006, MySQL 1290/1792, Mongo `NotPrimaryError`), `"locked"` (SQLite
+    waited `timeout` for another writer's lock), `"down"` (a pool that could not open is still
+    trying in the background). `since` is the wall-clock time (`time.time()`, seconds) the pool
+    first saw it so, when known. The driver's error is the `__cause__`.
+    """
+
+    def __init__(self, message: str, *, pool: str, kind: str, retry_after: int = 1,
+                 since: float | None = None) -> None:
+        super().__init__(message, pool=pool)
+        self.kind = kind
+        self.retry_after = retry_after
+        self.since = since
+
+
+class ConnectionLost(ConnmanError):
+    """The server ended this unit's connection while it was in use (a terminated backend,
+    `idle_in_transaction_session_timeout`, a restart, a reset socket); the connection was
+    discarded.
+
+    `retry_after` (seconds) is set when nothing of the unit can have been applied (the server
+    rolled the open transaction back), and None when the outcome is unknown (the connection was
+    lost during COMMIT); FastAPI answers 503, with `Retry-After` only in the first case.
+    """
+
+    def __init__(self, message: str, *, pool: str, retry_after: int | None = None) -> None:
         super().__init__(message, pool=pool)
         self.retry_after = retry_after

@@ -15,9 +15,11 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from .errors import (
     CheckoutTimeout,
+    ConnectionLost,
     PoolClosed,
     PoolNotOpen,
     PoolTimeout,
+    ServerUnavailable,
     StatementTimeout,
     TransactionConflict,
 )
@@ -49,6 +51,13 @@ def unavailable_from(exc: BaseException) -> HTTPException | None:
     if isinstance(exc, PoolTimeout):
         return HTTPException(503, detail=f"database pool {exc.pool!r} is busy",
                              headers={"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, ServerUnavailable):
+        return HTTPException(503, detail=f"database pool {exc.pool!r} is unavailable: {exc.kind}",
+                             headers={"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, ConnectionLost):
+        headers = None if exc.retry_after is None else {"Retry-After": str(exc.retry_after)}
+        return HTTPException(503, detail=f"database pool {exc.pool!r}: the server ended the "
+                             "connection", headers=headers)
     if isinstance(exc, TransactionConflict):
         return HTTPException(503, detail=f"database pool {exc.pool!r}: transaction conflict, retry",
                              headers={"Retry-After": str(exc.retry_after)})
@@ -79,6 +88,8 @@ def add_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(PoolClosed, _handle)
     app.add_exception_handler(TransactionConflict, _handle)
     app.add_exception_handler(StatementTimeout, _handle)
+    app.add_exception_handler(ServerUnavailable, _handle)
+    app.add_exception_handler(ConnectionLost, _handle)
 
 
 def health_router(manager: ConnectionManager, *, prefix: str = "/health",
