@@ -29,6 +29,8 @@ COUNTER_KEYS = (
     "requests_errors",          # sessions refused: timeouts, too many waiters, pool closed
     "requests_timeouts",        # sessions that waited `timeout` and got PoolTimeout
     "requests_rejected",        # sessions refused at once by `max_waiting` (TooManyWaiters)
+    "requests_unavailable",     # requests that ended in ServerUnavailable (refused, full, locked, ...)
+    "requests_lost",            # requests whose connection the server ended (ConnectionLost)
     "usage_ms",                 # total time connections were held by sessions
     "connections_num",          # connection attempts made to the server
     "connections_ms",           # total time spent establishing connections

@@ -113,6 +113,8 @@ EXPECTED_COUNTERS = {
     "requests_errors": "connman_requests_errors",
     "requests_timeouts": "connman_requests_timeouts",
     "requests_rejected": "connman_requests_rejected",
+    "requests_unavailable": "connman_requests_unavailable",
+    "requests_lost": "connman_requests_lost",
     "usage_ms": "connman_usage_seconds",
     "connections_num": "connman_connections_num",
     "connections_ms": "connman_connections_seconds",

@@ -28,6 +28,8 @@ STAT_HELP: dict[str, str] = {
     "requests_errors": "Sessions refused: timeouts, too many waiters, pool closed.",
     "requests_timeouts": "Sessions that waited the pool timeout and got PoolTimeout.",
     "requests_rejected": "Sessions refused at once by max_waiting (TooManyWaiters).",
+    "requests_unavailable": "Requests that ended in ServerUnavailable (refused, full, locked, read-only).",
+    "requests_lost": "Requests whose connection the server ended (ConnectionLost).",
     "usage_ms": "Time connections were held by sessions.",
     "connections_num": "Connection attempts made to the server.",
     "connections_ms": "Time spent establishing connections.",
