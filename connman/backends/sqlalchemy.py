@@ -18,6 +18,7 @@ import contextlib
 import inspect
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
@@ -39,16 +40,22 @@ from ..errors import (
     CheckoutTimeout,
     ConcurrentUse,
     ConfigurationError,
+    ConnectionLost,
     ConnmanError,
     PoolTimeout,
+    ServerUnavailable,
     SessionEnded,
     StatementTimeout,
 )
 from ..stats import EventHub
+from . import _outage
 from ._guard import Deadline as _Deadline
 from ._guard import EndedBind, FastConnection, Limit, ended_message
 from ._guard import driver_timeout as _driver_timeout
 from ._reset import FULL_RESET, mysql_cursor
+from .drivers import asyncpg as _asyncpg
+from .drivers import mysql as _mysql
+from .drivers import sqlite as _sqlite
 
 logger = logging.getLogger("connman")
 T = TypeVar("T")
@@ -87,39 +94,17 @@ async def _sqlite_select1(conn: Any) -> None:
         await cur.close()
 
 
-def _interrupt_sqlite(conn: Any) -> None:
-    # sqlite3's interrupt() is safe from any thread: the query running in aiosqlite's thread stops
-    # at once instead of holding the connection (and its file lock) until it completes.
-    raw = getattr(conn, "_connection", None)
-    if raw is not None:
-        raw.interrupt()
-
-
-def _mysql_hung_up(conn: Any) -> bool:
-    """aiomysql or asyncmy: closed, or its stream saw EOF / its transport is closing."""
-    if getattr(conn, "connected", True) is False or getattr(conn, "closed", False) is True:
-        return True
-    reader = getattr(conn, "_reader", None)
-    if reader is not None and getattr(reader, "_eof", False):
-        return True
-    transport = getattr(conn, "_transport", None)
-    if transport is None:
-        writer = getattr(conn, "_writer", None)
-        transport = getattr(writer, "transport", None)
-    return transport is not None and bool(transport.is_closing())
-
-
 # `closed`: without I/O, is the connection closed or has its server hung up (its socket saw EOF)?
 # asyncpg marks the connection closed when its socket is lost; the MySQL drivers only notice at
 # their next read, but their stream or transport knows at once.
 _PROBES: dict[str, _Probe] = {
     "asyncpg": _Probe(lambda c: c.is_closed(), lambda c: c.is_in_transaction(),
                       lambda c: c.execute("ROLLBACK"), lambda c: c.fetchval("SELECT 1")),
-    "aiomysql": _Probe(_mysql_hung_up, lambda c: c.get_transaction_status(),
+    "aiomysql": _Probe(_mysql.hung_up, lambda c: c.get_transaction_status(),
                        lambda c: c.rollback(), _mysql_select1),
-    "asyncmy": _Probe(_mysql_hung_up, lambda c: c.get_transaction_status(),
+    "asyncmy": _Probe(_mysql.hung_up, lambda c: c.get_transaction_status(),
                       lambda c: c.rollback(), _mysql_select1),
-    "aiosqlite": _Probe(lambda c: c._connection is None, lambda c: c.in_transaction,
+    "aiosqlite": _Probe(_sqlite.closed, lambda c: c.in_transaction,
                         lambda c: c.rollback(), _sqlite_select1),
 }
 
@@ -212,31 +197,12 @@ def _aiosqlite_connect(*args: Any, **kw: Any) -> Any:
 # the pending call then fails at once, and connman raises its typed error from that failure.
 
 
-def _abort_transport(conn: Any) -> None:
-    # aiomysql keeps its transport on `_writer`, asyncmy on `_transport`: abort() drops the socket
-    # now, where their close() would first wait to flush what a frozen peer does not read.
-    transport = getattr(conn, "_transport", None)
-    if transport is None:
-        transport = getattr(getattr(conn, "_writer", None), "transport", None)
-    if transport is not None:
-        transport.abort()
-    conn.close()
-
-
-def _kill_asyncpg(conn: Any) -> None:
-    conn.terminate()
-    # terminate() does nothing once close() has begun, and close() then waits for the server to
-    # hang up: abort the transport as well, so that wait ends too.
-    transport = getattr(conn, "_transport", None)
-    if transport is not None:
-        transport.abort()
-
-
+# How to drop a driver connection now, without a word to the server (the driver modules).
 _KILL: dict[str, Callable[[Any], None]] = {
-    "asyncpg": _kill_asyncpg,
-    "aiomysql": _abort_transport,
-    "asyncmy": _abort_transport,
-    "aiosqlite": _interrupt_sqlite,
+    "asyncpg": _asyncpg.kill,
+    "aiomysql": _mysql.kill,
+    "asyncmy": _mysql.kill,
+    "aiosqlite": _sqlite.interrupt,
 }
 
 # Drivers whose statements connman bounds itself (asyncpg's `command_timeout` is native).
@@ -771,6 +737,12 @@ class SQLAlchemyPool(Pool):
         self._out: set[Any] = set()
         self._recent: dict[int, float] = {}
         """When each open driver connection (by id) was last checked in: the pre-ping bypass."""
+        self._stale_before = 0.0
+        """Connections opened before then (`time.time()`) are discarded at their next checkout:
+        their server refused a write as read-only (a demoted primary)."""
+        self._committed: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+        """Tasks whose current unit of work sent a COMMIT: a connection it loses later may have
+        applied something, so its `ConnectionLost` gets no `Retry-After`."""
 
     # ------------------------------------------------------------------ lifecycle
     async def _open(self) -> None:
@@ -965,6 +937,54 @@ class SQLAlchemyPool(Pool):
             ctx.invalidate_pool_on_disconnect = False
             return replace
 
+    def _typed_errors(self, sync_engine: Any) -> None:
+        """Raise a server's failure as connman's typed error, still of SQLAlchemy's class.
+
+        Runs after `_bound_calls`' handler (which types statement timeouts). A refused, full or
+        read-only server is `ServerUnavailable`, a connection the server ended in use is
+        `ConnectionLost` (see `_outage`); each keeps the class of SQLAlchemy's exception (or of
+        the driver's, for errors SQLAlchemy does not wrap). A read-only refusal discards the
+        connection and, lazily at their next checkout, every connection opened before it.
+        """
+        committed = self._committed
+
+        @event.listens_for(sync_engine, "commit")
+        def on_commit(conn: Any) -> None:
+            task = asyncio.current_task()
+            if task is not None:
+                committed.add(task)
+
+        @event.listens_for(sync_engine, "handle_error")
+        def typed(ctx: Any) -> Exception | None:
+            if ctx.is_pre_ping:
+                return None  # SQLAlchemy reconnects; a failed reconnect is typed in do_connect
+            wrapper = ctx.sqlalchemy_exception
+            # `chained_exception` (public) is only set once an earlier handler returned one.
+            error = getattr(ctx, "chained_exception", None) or ctx.original_exception
+            if isinstance(error, ConnmanError):
+                # Typed already (do_connect, a statement deadline): keep SQLAlchemy's class too,
+                # or the driver's when SQLAlchemy did not wrap it.
+                cause = wrapper if wrapper is not None else error.__cause__
+                if cause is None or isinstance(cause, ConnmanError):
+                    return None
+                return _outage.driver_classed(error, cause)
+            phase: _outage.Phase = ("connect" if ctx.connection is None else
+                                    "commit" if ctx.statement is None else "statement")
+            typed = _outage.typed_error(self, ctx.original_exception, phase, wrapper)
+            if typed is None:
+                return None
+            if isinstance(typed, ConnectionLost) or (
+                    isinstance(typed, ServerUnavailable) and typed.kind == "read_only"):
+                ctx.is_disconnect = True  # never hand this connection out again
+                if isinstance(typed, sa_exc.DBAPIError):
+                    typed.connection_invalidated = True
+            if isinstance(typed, ServerUnavailable) and typed.kind == "read_only":
+                self._stale_before = time.time()
+                ctx.invalidate_pool_on_disconnect = False  # done lazily by _stale_before
+                logger.warning("connman: pool %r: the server refused a write as read-only; "
+                               "discarding the pool's connections to it", self.name)
+            return typed
+
     # ------------------------------------------------------------------ events -> stats
     def _install_events(self, engine: AsyncEngine) -> None:
         sync_engine = engine.sync_engine
@@ -976,6 +996,7 @@ class SQLAlchemyPool(Pool):
         self._recent = {}
         self._refuse_overlapping_executes(sync_engine.dialect)
         self._bound_calls(sync_engine)
+        self._typed_errors(sync_engine)
         out: set[Any] = set()
         self._out = out
 
@@ -991,6 +1012,9 @@ class SQLAlchemyPool(Pool):
                 self.counters.add("connections_errors")
                 if _driver_timeout(exc):
                     raise self._connect_expired() from exc
+                typed = _outage.typed_error(self, exc, "connect")
+                if typed is not None:
+                    raise typed from exc
                 raise
             finally:
                 elapsed_ms = (time.monotonic() - t0) * 1000
@@ -1040,6 +1064,11 @@ class SQLAlchemyPool(Pool):
         @event.listens_for(pool, "checkout")
         def on_checkout(dbapi_con: Any, rec: Any, proxy: Any) -> None:
             info = rec.info
+            if self._stale_before > rec.starttime:
+                # Opened before the server refused a write as read-only (a demoted primary):
+                # reconnect, through the pool's URL, to whichever server is primary now.
+                info["cm_reason"] = "lost"
+                raise sa_exc.DisconnectionError("connman: connection to a read-only server")
             now = time.monotonic()
             deadline = info.get("cm_deadline")
             if deadline is not None and now >= deadline:
@@ -1084,7 +1113,7 @@ class SQLAlchemyPool(Pool):
                 # Invalidated mid-query (a cancelled request): stop the query, so the close that
                 # follows runs now rather than after it, and the file handle goes with it.
                 try:
-                    _interrupt_sqlite(getattr(dbapi_con, "driver_connection", dbapi_con))
+                    _sqlite.interrupt(getattr(dbapi_con, "driver_connection", dbapi_con))
                 except Exception:
                     logger.debug("connman: pool %r: interrupt failed", self.name, exc_info=True)
 
@@ -1108,6 +1137,8 @@ class SQLAlchemyPool(Pool):
         if self._binding is not None:  # connman.testing: join the test's outer transaction
             return await self._binding.begin()
         assert self._sessionmaker is not None
+        if self._committed:
+            self._committed.discard(asyncio.current_task())  # type: ignore[arg-type]
         if self._hot and self._active + len(self._hot) > self.config.max_size:
             # This session's slot would need a connection the fast path holds idle.
             await self._discard(self._hot.pop(0)[0], reason=None)
@@ -1147,13 +1178,26 @@ class SQLAlchemyPool(Pool):
     async def _end(self, session: AsyncSession, error: BaseException | None) -> None:
         if self._binding is not None:  # connman.testing
             return await self._binding.end(session, error)
+        if error is not None:
+            self._typed_end(error)
         try:
             clean = await self._close_unit(session, error)
-        except BaseException:
+        except BaseException as exc:
             self._reclaim_stranded()
+            if exc is not error:
+                self._typed_end(exc)
             raise
         if not clean or error is not None:
             self._reclaim_stranded()
+
+    def _typed_end(self, error: BaseException) -> None:
+        """Count a unit that ended in a typed server failure; a connection lost after the unit
+        sent a COMMIT may have applied something: no `Retry-After` then."""
+        if isinstance(error, ConnectionLost) and error.retry_after is not None:
+            task = asyncio.current_task()
+            if task is not None and task in self._committed:
+                error.retry_after = None
+        _outage.count(self, error)
 
     async def _close_unit(self, session: AsyncSession, error: BaseException | None) -> bool:
         """Commit (`commit="auto"`) and close a session; its connections go back or are discarded.
@@ -1283,7 +1327,16 @@ class SQLAlchemyPool(Pool):
     async def _begin_raw(self) -> tuple[Any, Any]:
         if self._binding is not None:  # connman.testing: a savepoint on the test's connection
             return await self._binding.begin_raw()
-        fairy, conn = await self._checkout_raw()
+        try:
+            fairy, conn = await self._checkout_raw()
+        except Exception as exc:
+            # A refused connect is typed in do_connect; this types what fails after it (the
+            # dialect's setup queries, a pooler that refuses at the first query).
+            typed = _outage.typed_error(self, exc, "connect")
+            _outage.count(self, typed or exc)
+            if typed is not None:
+                raise typed from exc
+            raise
         proxy = FastConnection(self.name, conn, self._fast_limit)
         return (fairy, proxy), proxy
 
@@ -1312,8 +1365,8 @@ class SQLAlchemyPool(Pool):
         cfg = self.config
         if cfg.idle is not None and now - since > cfg.idle:
             return "idle_close"
-        if fairy._pool._invalidate_time > rec.starttime:
-            return "lost"  # SQLAlchemy saw the server go away meanwhile
+        if fairy._pool._invalidate_time > rec.starttime or self._stale_before > rec.starttime:
+            return "lost"  # SQLAlchemy saw the server go away meanwhile, or turn read-only
         if cfg.pre_ping and now - since > ALIVE_BYPASS_S:
             return "ping"  # not used lately: let SQLAlchemy's checkout ping it
         return None
@@ -1394,6 +1447,30 @@ class SQLAlchemyPool(Pool):
         if self._binding is not None:  # connman.testing
             return await self._binding.end_raw(handle, error)
         fairy, proxy = handle
+        typed = (_outage.typed_error(self, error, "statement")
+                 if isinstance(error, Exception) else None)
+        if typed is None:
+            _outage.count(self, error)  # a typed error the driver module did not need to type
+            return await self._end_raw_untyped(fairy, proxy, error)
+        if isinstance(typed, ConnectionLost):
+            # The fast path has no unit-wide transaction (asyncpg autocommits each statement
+            # outside `conn.transaction()`; the others' `commit()` is the app's): whether
+            # something was applied before the loss is unknown.
+            typed.retry_after = None
+        _outage.count(self, typed)
+        if isinstance(typed, ConnectionLost) or (isinstance(typed, ServerUnavailable)
+                                                 and typed.kind == "read_only"):
+            if isinstance(typed, ServerUnavailable):
+                self._stale_before = time.time()
+                logger.warning("connman: pool %r: the server refused a write as read-only; "
+                               "discarding the pool's connections to it", self.name)
+            proxy._cm_detach()
+            self._terminate(fairy, "lost")  # never handed out again
+        else:
+            await self._end_raw_untyped(fairy, proxy, error)
+        raise typed from error
+
+    async def _end_raw_untyped(self, fairy: Any, proxy: Any, error: BaseException | None) -> None:
         if proxy._cm_detach() or (isinstance(error, Exception) and not self._tracked):
             # An operation is still running on it (a task the `async with` did not wait for), or
             # may be: aiosqlite queues queries on its thread through objects the proxy does not
@@ -1469,6 +1546,10 @@ class SQLAlchemyPool(Pool):
 
     def is_connection_error(self, exc: BaseException) -> bool:
         """A DBAPI error that invalidated the connection, or could not make one."""
+        if isinstance(exc, ServerUnavailable):
+            return exc.kind in ("unreachable", "full")
+        if isinstance(exc, ConnectionLost):
+            return True
         if isinstance(exc, sa_exc.DBAPIError):
             return bool(exc.connection_invalidated) or isinstance(
                 exc, (sa_exc.OperationalError, sa_exc.InterfaceError))

@@ -1,0 +1,119 @@
+"""What connman knows about each SQL driver, one module per driver, behind one small interface.
+
+Each module `connman.backends.drivers.<module>` defines `classify(exc) -> Kind | None`: how a
+server failed a request, read from the driver's error *code* (a PostgreSQL SQLSTATE, a MySQL error
+number, a SQLite result code, an `OSError`'s errno), never from its message text. Modules may also
+hold the driver's other internals (kill a connection without I/O, tell that its server hung up,
+interrupt a statement); each private attribute they reach is listed in the module's docstring
+with why, and `tests/test_drivers.py` fails if it disappears.
+
+`classify(driver, exc)` dispatches by driver name (`PoolConfig.driver_name`) and looks through
+SQLAlchemy's wrapping: `DBAPIError.orig` and `__cause__` chains.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import socket
+from collections.abc import Callable, Iterator
+from typing import Literal
+
+__all__ = ["KINDS", "Kind", "classified", "classify", "os_kind"]
+
+Kind = Literal["unreachable", "full", "read_only", "locked", "lost", "ended"]
+"""How a server failed a request:
+
+- `unreachable`: no connection could be made (refused, no route, the server is starting or
+  shutting down); nothing ran.
+- `full`: the server refused a new connection at its connection limit; nothing ran.
+- `read_only`: the server refused a write because it is read-only now (a demoted primary).
+- `locked`: the database waited its lock timeout for another writer (SQLite); the statement did
+  not run.
+- `lost`: the connection broke while in use (reset, closed mid-statement).
+- `ended`: the server ended the session on purpose (terminated backend, idle-in-transaction
+  timeout, shutdown).
+"""
+KINDS: tuple[Kind, ...] = ("unreachable", "full", "read_only", "locked", "lost", "ended")
+
+# driver name (PoolConfig.driver_name) -> module of this package
+_MODULES = {
+    "asyncpg": "asyncpg",
+    "aiomysql": "mysql",
+    "asyncmy": "mysql",
+    "aiosqlite": "sqlite",
+    "psycopg": "psycopg",
+}
+_CLASSIFIERS: dict[str, Callable[[BaseException], Kind | None] | None] = {}
+
+_UNREACHABLE_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH,
+                                 errno.EHOSTDOWN, errno.ENETDOWN, errno.EADDRNOTAVAIL,
+                                 errno.ENOENT})  # ENOENT: a Unix socket that is not there
+_LOST_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ESHUTDOWN})
+
+
+def os_kind(exc: BaseException) -> Kind | None:
+    """The kind of an OS-level socket error: refused/no route/unknown host -> `unreachable`,
+    reset/broken pipe -> `lost`; None for anything else (a timeout included: connman's deadlines
+    type those)."""
+    if isinstance(exc, socket.gaierror):
+        return "unreachable"
+    if not isinstance(exc, OSError) or isinstance(exc, TimeoutError):
+        return None
+    if isinstance(exc, ConnectionRefusedError) or exc.errno in _UNREACHABLE_ERRNOS:
+        return "unreachable"
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)) or (
+            exc.errno in _LOST_ERRNOS):
+        return "lost"
+    return None
+
+
+def _classifier(driver: str) -> Callable[[BaseException], Kind | None] | None:
+    if driver not in _CLASSIFIERS:
+        module = _MODULES.get(driver)
+        fn: Callable[[BaseException], Kind | None] | None = None
+        if module is not None:
+            try:
+                fn = importlib.import_module(f"{__name__}.{module}").classify
+            except ImportError:  # the driver (or its module) is not installed
+                fn = None
+        _CLASSIFIERS[driver] = fn
+    return _CLASSIFIERS[driver]
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc`, then what it wraps: SQLAlchemy's `orig` and the `__cause__` chain (depth-first)."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo and len(seen) < 16:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        cause, orig = e.__cause__, getattr(e, "orig", None)
+        if cause is not None:
+            todo.append(cause)
+        if isinstance(orig, BaseException):
+            todo.append(orig)  # popped first: the driver's error SQLAlchemy wrapped
+
+
+def classified(driver: str, exc: BaseException) -> tuple[Kind, BaseException] | None:
+    """Like `classify`, with the error in the chain that gave the answer (the driver's own)."""
+    fn = _classifier(driver)
+    for e in _chain(exc):
+        kind = fn(e) if fn is not None else os_kind(e)
+        if kind is not None:
+            return kind, e
+    return None
+
+
+def classify(driver: str, exc: BaseException) -> Kind | None:
+    """How the server failed a request, from a driver's error (or SQLAlchemy's wrapper of it).
+
+    Returns a `Kind`, or None when `exc` is not a server failure connman types (a syntax error,
+    a constraint violation, an authentication failure, a timeout). `driver` is the pool's
+    `PoolConfig.driver_name`; an unknown driver classifies OS-level socket errors only.
+    """
+    found = classified(driver, exc)
+    return found[0] if found is not None else None

@@ -1,0 +1,69 @@
+"""asyncpg: error classification, and killing a connection without I/O.
+
+Classified by SQLSTATE (`PostgresError.sqlstate`, which SQLAlchemy's adapted error copies):
+
+| SQLSTATE | name | kind |
+| --- | --- | --- |
+| 53300 | too_many_connections | full |
+| 53400 | configuration_limit_exceeded | full |
+| 57P03 | cannot_connect_now (starting up, shutting down, in recovery) | unreachable |
+| 08001, 08004 | unable to establish / connection rejected | unreachable |
+| 25006 | read_only_sql_transaction | read_only |
+| 57P01, 57P02, 57P04 | admin_shutdown (terminated backend), crash_shutdown, database_dropped | ended |
+| 25P03, 57P05 | idle_in_transaction_session_timeout, idle_session_timeout | ended |
+| other 08xxx | connection_exception (08003: closed mid-operation; PgBouncer's 08P01) | lost |
+
+and OS errors by errno (`connman.backends.drivers.os_kind`): a refused connect is `unreachable`.
+
+Private attributes reached (each checked by tests/test_drivers.py on both dependency sets):
+
+- `Connection._transport`: `kill()` aborts it after `terminate()`, because `terminate()` does
+  nothing once a graceful `close()` has begun, and that close waits for a server that may never
+  answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import Kind, os_kind
+
+__all__ = ["classify", "closed", "kill"]
+
+_BY_SQLSTATE: dict[str, Kind] = {
+    "53300": "full",
+    "53400": "full",
+    "57P03": "unreachable",
+    "08001": "unreachable",
+    "08004": "unreachable",
+    "25006": "read_only",
+    "57P01": "ended",
+    "57P02": "ended",
+    "57P04": "ended",
+    "25P03": "ended",
+    "57P05": "ended",
+}
+
+
+def classify(exc: BaseException) -> Kind | None:
+    """The kind of one asyncpg (or SQLAlchemy-adapted asyncpg) error; None if not a server failure."""
+    code = getattr(exc, "sqlstate", None)  # public on asyncpg's errors; absent on others
+    if isinstance(code, str) and code:
+        kind = _BY_SQLSTATE.get(code)
+        if kind is None and code.startswith("08"):
+            kind = "lost"
+        return kind
+    return os_kind(exc)
+
+
+def closed(conn: Any) -> bool:
+    """Whether the connection is closed or its server hung up (asyncpg marks it at once)."""
+    return bool(conn.is_closed())
+
+
+def kill(conn: Any) -> None:
+    """Drop the connection now, without a word to the server."""
+    conn.terminate()
+    transport = conn._transport
+    if transport is not None:
+        transport.abort()

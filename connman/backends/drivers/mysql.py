@@ -1,0 +1,95 @@
+"""aiomysql and asyncmy (MySQL, MariaDB): error classification, hang-up check, kill.
+
+Classified by the MySQL error number (`args[0]` of the drivers' `MySQLError`s):
+
+| code | name | kind |
+| --- | --- | --- |
+| 1040 | ER_CON_COUNT_ERROR (too many connections) | full |
+| 1203 | ER_TOO_MANY_USER_CONNECTIONS (max_user_connections) | full |
+| 2002, 2003, 2005 | CR_CONNECTION_ERROR, CR_CONN_HOST_ERROR, CR_UNKNOWN_HOST | unreachable |
+| 3032 | ER_SERVER_OFFLINE_MODE | unreachable |
+| 1290 | ER_OPTION_PREVENTS_STATEMENT (`--read-only`) | read_only |
+| 1792, 1836 | ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION, ER_READ_ONLY_MODE | read_only |
+| 2006, 2013, 2055 | CR_SERVER_GONE_ERROR, CR_SERVER_LOST, CR_SERVER_LOST_EXTENDED | lost |
+| 1053, 1927, 4031 | ER_SERVER_SHUTDOWN, ER_CONNECTION_KILLED, ER_CLIENT_INTERACTION_TIMEOUT | ended |
+
+and OS errors by errno (`connman.backends.drivers.os_kind`).
+
+Note 1290 also answers other server options that refuse a statement (`--secure-file-priv`,
+`--skip-grant-tables`); `--read-only` is the one a running app meets.
+
+Private attributes reached (each checked by tests/test_drivers.py on both dependency sets):
+
+- aiomysql, asyncmy < 0.2.10: `Connection._reader`, `Connection._writer` (asyncio streams), and
+  asyncio's `StreamReader._eof`: the stream saw the server hang up before the driver reads it
+  (its public `at_eof()` is False while an unread goodbye packet, such as error 4031, is buffered).
+- asyncmy >= 0.2.10: `Connection._transport` (it has no streams).
+  The transport is how a connection is dropped now (`abort()`): `close()` would first flush to a
+  peer that may not read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import Kind, os_kind
+
+__all__ = ["classify", "hung_up", "kill", "transport"]
+
+_BY_CODE: dict[int, Kind] = {
+    1040: "full",
+    1203: "full",
+    2002: "unreachable",
+    2003: "unreachable",
+    2005: "unreachable",
+    3032: "unreachable",
+    1290: "read_only",
+    1792: "read_only",
+    1836: "read_only",
+    2006: "lost",
+    2013: "lost",
+    2055: "lost",
+    1053: "ended",
+    1927: "ended",
+    4031: "ended",
+}
+_MODULES = ("pymysql.", "aiomysql.", "asyncmy.")
+
+
+def classify(exc: BaseException) -> Kind | None:
+    """The kind of one aiomysql/asyncmy (PyMySQL) error; None if not a server failure."""
+    if isinstance(exc, OSError):
+        return os_kind(exc)
+    if type(exc).__module__.startswith(_MODULES) and exc.args and isinstance(exc.args[0], int):
+        return _BY_CODE.get(exc.args[0])
+    return None
+
+
+def transport(conn: Any) -> Any:
+    """The connection's asyncio transport (None once closed)."""
+    if hasattr(type(conn), "_transport") or "_transport" in getattr(conn, "__dict__", ()):
+        return conn._transport  # asyncmy >= 0.2.10
+    writer = conn._writer  # aiomysql, asyncmy < 0.2.10
+    return writer.transport if writer is not None else None
+
+
+def hung_up(conn: Any) -> bool:
+    """Without I/O: closed, or its server hung up (the stream saw EOF, the transport closes)."""
+    if hasattr(conn, "connected"):  # asyncmy
+        if conn.connected is False:
+            return True
+    elif conn.closed:  # aiomysql
+        return True
+    reader = conn._reader if hasattr(conn, "_reader") else None
+    if reader is not None and reader._eof:
+        return True
+    t = transport(conn)
+    return t is not None and bool(t.is_closing())
+
+
+def kill(conn: Any) -> None:
+    """Drop the connection now (abort its transport), then let the driver mark it closed."""
+    t = transport(conn)
+    if t is not None:
+        t.abort()
+    conn.close()
