@@ -5,7 +5,8 @@ Classified by the MySQL error number (`args[0]` of the drivers' `MySQLError`s):
 | code | name | kind |
 | --- | --- | --- |
 | 1040 | ER_CON_COUNT_ERROR (too many connections) | full |
-| 1203 | ER_TOO_MANY_USER_CONNECTIONS (max_user_connections) | full |
+| 1203 | ER_TOO_MANY_USER_CONNECTIONS (global max_user_connections) | full |
+| 1226 | ER_USER_LIMIT_REACHED (the user's MAX_USER_CONNECTIONS) | full |
 | 2002, 2003, 2005 | CR_CONNECTION_ERROR, CR_CONN_HOST_ERROR, CR_UNKNOWN_HOST | unreachable |
 | 3032 | ER_SERVER_OFFLINE_MODE | unreachable |
 | 1290 | ER_OPTION_PREVENTS_STATEMENT (`--read-only`) | read_only |
@@ -39,6 +40,7 @@ __all__ = ["classify", "hung_up", "kill", "transport"]
 _BY_CODE: dict[int, Kind] = {
     1040: "full",
     1203: "full",
+    1226: "full",
     2002: "unreachable",
     2003: "unreachable",
     2005: "unreachable",
@@ -84,7 +86,8 @@ def hung_up(conn: Any) -> bool:
     if reader is not None and reader._eof:
         return True
     t = transport(conn)
-    return t is not None and bool(t.is_closing())
+    # No transport: closed (asyncmy < 0.2.10 keeps `connected` True after close()).
+    return t is None or bool(t.is_closing())
 
 
 def kill(conn: Any) -> None:

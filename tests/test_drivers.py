@@ -1,0 +1,173 @@
+"""The driver modules (`connman.backends.drivers`): their contract with each driver's internals,
+and their classification of the drivers' real errors, on both dependency sets.
+
+Each private attribute a driver module reaches is checked here on a live connection: a driver
+release that renames it fails this file instead of making connman silently wrong.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connman.backends.drivers import asyncpg as pg_driver
+from connman.backends.drivers import classify, os_kind
+from connman.backends.drivers import mysql as mysql_driver
+from connman.backends.drivers import sqlite as sqlite_driver
+from connman.testing.servers import Server
+
+from .test_semantics import eventually
+
+
+async def _mysql_connect(driver: str, server: Server, **kw: Any) -> Any:
+    if driver == "aiomysql":
+        import aiomysql
+
+        return await aiomysql.connect(host=server.host, port=server.port, user="root",
+                                      db="connman", **kw)
+    import asyncmy
+
+    return await asyncmy.connect(host=server.host, port=server.port, user="root",
+                                 database="connman", **kw)
+
+
+async def _mysql_scalar(conn: Any, sql: str) -> Any:
+    from connman.backends._reset import mysql_cursor
+
+    cur = await mysql_cursor(conn)
+    try:
+        await cur.execute(sql)
+        row = await cur.fetchone()
+    finally:
+        await cur.close()
+    return row[0]
+
+
+async def _mysql_execute(conn: Any, sql: str) -> None:
+    from connman.backends._reset import mysql_cursor
+
+    cur = await mysql_cursor(conn)
+    try:
+        await cur.execute(sql)
+    finally:
+        await cur.close()
+
+
+# ------------------------------------------------------------------ contracts: private reaches
+@pytest.mark.postgres
+async def test_asyncpg_transport_is_there_and_kill_drops_the_connection(
+        postgres_server: Server) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(postgres_server.url())
+    transport = conn._transport  # the reach: must exist and be an asyncio transport
+    assert hasattr(transport, "abort") and not transport.is_closing()
+    assert not pg_driver.closed(conn)
+    pg_driver.kill(conn)
+    assert pg_driver.closed(conn)
+    assert transport.is_closing()
+
+
+@pytest.mark.mysql
+@pytest.mark.parametrize("driver", ["aiomysql", "asyncmy"])
+async def test_mysql_transport_and_stream_reaches_hold(driver: str, mysql_server: Server) -> None:
+    conn = await _mysql_connect(driver, mysql_server)
+    try:
+        transport = mysql_driver.transport(conn)
+        assert transport is not None and hasattr(transport, "abort")
+        assert not transport.is_closing()
+        if hasattr(conn, "_reader"):  # aiomysql, asyncmy < 0.2.10: asyncio's StreamReader
+            assert conn._reader is not None and conn._reader._eof is False
+            assert conn._writer is not None and conn._writer.transport is transport
+        else:  # asyncmy >= 0.2.10: the transport only
+            assert driver == "asyncmy" and conn._transport is transport
+        assert mysql_driver.hung_up(conn) is False
+        # The server hangs up (KILL from another connection): seen without any I/O of ours.
+        conn_id = await _mysql_scalar(conn, "SELECT CONNECTION_ID()")
+        other = await _mysql_connect(driver, mysql_server)
+        try:
+            await _mysql_execute(other, f"KILL {conn_id}")
+        finally:
+            other.close()
+        assert await eventually(lambda: mysql_driver.hung_up(conn), timeout=10.0)
+    finally:
+        mysql_driver.kill(conn)
+    assert mysql_driver.hung_up(conn)
+
+
+async def test_aiosqlite_connection_reach_holds(tmp_path: Path) -> None:
+    import aiosqlite
+
+    conn = await aiosqlite.connect(str(tmp_path / "c.db"))
+    assert isinstance(conn._connection, sqlite3.Connection)
+    assert not sqlite_driver.closed(conn)
+    sqlite_driver.interrupt(conn)  # nothing runs: a no-op, and the connection stays usable
+    async with conn.execute("SELECT 1") as cur:
+        assert (await cur.fetchone()) == (1,)
+    await conn.close()
+    assert sqlite_driver.closed(conn)
+    sqlite_driver.interrupt(conn)  # closed: a no-op
+
+
+# ------------------------------------------------------------------ classification
+def test_os_errors_are_classified_by_errno() -> None:
+    assert os_kind(ConnectionRefusedError(111, "refused")) == "unreachable"
+    assert os_kind(OSError(113, "no route")) == "unreachable"
+    assert os_kind(ConnectionResetError(104, "reset")) == "lost"
+    assert os_kind(TimeoutError()) is None
+    assert os_kind(ValueError("x")) is None
+
+
+def test_classify_looks_through_sqlalchemy_and_cause_chains() -> None:
+    import asyncpg
+    from sqlalchemy import exc as sa_exc
+
+    driver_error = asyncpg.exceptions.TooManyConnectionsError("too many")
+    wrapped = sa_exc.DBAPIError("SELECT 1", None, driver_error)  # type: ignore[arg-type]
+    assert classify("asyncpg", wrapped) == "full"
+    outer = RuntimeError("outer")
+    outer.__cause__ = asyncpg.exceptions.ReadOnlySQLTransactionError("read only")
+    assert classify("asyncpg", outer) == "read_only"
+    assert classify("asyncpg", asyncpg.exceptions.UniqueViolationError("dup")) is None
+    assert classify("asyncpg", asyncpg.exceptions.AdminShutdownError("bye")) == "ended"
+    assert classify("asyncpg", asyncpg.exceptions.ConnectionDoesNotExistError("x")) == "lost"
+    assert classify("asyncpg", asyncpg.exceptions.CannotConnectNowError("x")) == "unreachable"
+    # An unknown driver still classifies socket errors.
+    assert classify("nodriver", ConnectionRefusedError(111, "refused")) == "unreachable"
+
+
+@pytest.mark.parametrize("driver", ["aiomysql", "asyncmy"])
+def test_mysql_codes(driver: str) -> None:
+    if driver == "aiomysql":
+        from pymysql.err import InternalError, OperationalError
+    else:
+        from asyncmy.errors import InternalError, OperationalError  # type: ignore[no-redef]
+    cases = {1040: "full", 1203: "full", 1226: "full", 2003: "unreachable", 1290: "read_only",
+             1792: "read_only", 2013: "lost", 2006: "lost", 4031: "ended", 1927: "ended"}
+    for code, kind in cases.items():
+        assert classify(driver, OperationalError(code, "x")) == kind, code
+    assert classify(driver, InternalError(1062, "duplicate")) is None
+    assert classify(driver, OSError(111, "refused")) == "unreachable"
+
+
+def test_sqlite_busy_is_locked_by_its_result_code(tmp_path: Path) -> None:
+    path = str(tmp_path / "l.db")
+    a = sqlite3.connect(path, timeout=0, isolation_level=None)
+    b = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        a.execute("CREATE TABLE t (x int)")
+        a.execute("BEGIN IMMEDIATE")
+        a.execute("INSERT INTO t VALUES (1)")
+        with pytest.raises(sqlite3.OperationalError) as info:
+            b.execute("BEGIN IMMEDIATE")
+        assert info.value.sqlite_errorcode & 0xFF == sqlite_driver.SQLITE_BUSY
+        assert classify("aiosqlite", info.value) == "locked"
+        with pytest.raises(sqlite3.OperationalError) as other:
+            b.execute("SELECT * FROM no_such_table")
+        assert classify("aiosqlite", other.value) is None
+    finally:
+        a.close()
+        b.close()
