@@ -64,7 +64,8 @@ async def test_asyncpg_transport_is_there_and_kill_drops_the_connection(
 
     conn = await asyncpg.connect(postgres_server.url())
     transport = conn._transport  # the reach: must exist and be an asyncio transport
-    assert hasattr(transport, "abort") and not transport.is_closing()
+    assert hasattr(transport, "abort")
+    assert not transport.is_closing()
     assert not pg_driver.closed(conn)
     pg_driver.kill(conn)
     assert pg_driver.closed(conn)
@@ -77,13 +78,17 @@ async def test_mysql_transport_and_stream_reaches_hold(driver: str, mysql_server
     conn = await _mysql_connect(driver, mysql_server)
     try:
         transport = mysql_driver.transport(conn)
-        assert transport is not None and hasattr(transport, "abort")
+        assert transport is not None
+        assert hasattr(transport, "abort")
         assert not transport.is_closing()
         if hasattr(conn, "_reader"):  # aiomysql, asyncmy < 0.2.10: asyncio's StreamReader
-            assert conn._reader is not None and conn._reader._eof is False
-            assert conn._writer is not None and conn._writer.transport is transport
+            assert conn._reader is not None
+            assert conn._reader._eof is False
+            assert conn._writer is not None
+            assert conn._writer.transport is transport
         else:  # asyncmy >= 0.2.10: the transport only
-            assert driver == "asyncmy" and conn._transport is transport
+            assert driver == "asyncmy"
+            assert conn._transport is transport
         assert mysql_driver.hung_up(conn) is False
         # The server hangs up (KILL from another connection): seen without any I/O of ours.
         conn_id = await _mysql_scalar(conn, "SELECT CONNECTION_ID()")

@@ -50,14 +50,20 @@ def _reason(pool: Pool, source: BaseException) -> str:
 
 
 def typed_error(pool: Pool, exc: BaseException, phase: Phase,
-                wrap: BaseException | None = None) -> ConnmanError | None:
+                wrap: BaseException | None = None, *,
+                disconnected: bool = False) -> ConnmanError | None:
     """The typed error for a driver error `exc` of `pool`, or None if it is no server failure.
 
-    `wrap`: the exception whose class the result keeps (default `exc`). Never raises.
+    `wrap`: the exception whose class the result keeps (default `exc`). `disconnected`: the
+    connection is known to be gone (SQLAlchemy's `is_disconnect`, a closed driver connection),
+    so an error without a code of its own (asyncpg's "connection is closed") is `lost`.
+    Never raises.
     """
     if isinstance(exc, ConnmanError):
         return None
     found = classified(pool.config.driver_name, exc)
+    if found is None and disconnected:
+        found = ("lost", exc)
     if found is None:
         return None
     kind, source = found

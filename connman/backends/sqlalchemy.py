@@ -970,7 +970,8 @@ class SQLAlchemyPool(Pool):
                 return _outage.driver_classed(error, cause)
             phase: _outage.Phase = ("connect" if ctx.connection is None else
                                     "commit" if ctx.statement is None else "statement")
-            typed = _outage.typed_error(self, ctx.original_exception, phase, wrapper)
+            typed = _outage.typed_error(self, ctx.original_exception, phase, wrapper,
+                                        disconnected=ctx.is_disconnect and phase != "connect")
             if typed is None:
                 return None
             if isinstance(typed, ConnectionLost) or (
@@ -1447,10 +1448,19 @@ class SQLAlchemyPool(Pool):
         if self._binding is not None:  # connman.testing
             return await self._binding.end_raw(handle, error)
         fairy, proxy = handle
-        typed = (_outage.typed_error(self, error, "statement")
-                 if isinstance(error, Exception) else None)
+        typed = None
+        if isinstance(error, Exception):
+            probe = self._probe
+            gone = probe is not None and probe.closed(fairy.driver_connection)
+            typed = _outage.typed_error(self, error, "statement", disconnected=gone)
         if typed is None:
-            _outage.count(self, error)  # a typed error the driver module did not need to type
+            if (isinstance(error, ConnectionLost) or (isinstance(error, ServerUnavailable)
+                                                      and error.kind == "read_only")) and (
+                    error.pool == self.name):
+                # Typed already (by an inner unit of this pool): discard this connection too.
+                proxy._cm_detach()
+                self._terminate(fairy, "lost")
+                return None
             return await self._end_raw_untyped(fairy, proxy, error)
         if isinstance(typed, ConnectionLost):
             # The fast path has no unit-wide transaction (asyncpg autocommits each statement
