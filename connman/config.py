@@ -235,6 +235,13 @@ class PoolConfig(BaseModel):
             if not (self.database or url_path_database(self.url.get_secret_value())):
                 raise FieldError("database",
                                  "no database: set 'database' or put it in the URL path")
+        if self.external_pooler is not None and self.reset_on_return == "full":
+            raise FieldError("reset_on_return", "'full' cannot work behind a transaction-mode "
+                             f"pooler (external_pooler={self.external_pooler!r}): the COMMIT "
+                             "hands the server connection back to the pooler before any reset "
+                             "runs, so the reset lands on another client's session; keep "
+                             "'rollback' and use transaction-scoped state (SET LOCAL, "
+                             "pg_advisory_xact_lock, ON COMMIT DROP)")
         for replica in self.replicas:
             if backend != "sqlalchemy":
                 raise FieldError("replicas", "'replicas' applies to SQL pools; for Mongo use a "

@@ -21,9 +21,16 @@ from fastapi import Depends, FastAPI
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
-from connman import ConnectionLost, ConnectionManager, ConnmanError, ServerUnavailable
+from connman import (
+    ConfigurationError,
+    ConnectionLost,
+    ConnectionManager,
+    ConnmanError,
+    ServerUnavailable,
+)
+from connman.backends._pooler import session_state
 from connman.testing.proxy import TcpProxy
-from connman.testing.servers import MariaDBServer, PostgresServer, Server
+from connman.testing.servers import MariaDBServer, PgBouncerServer, PostgresServer, Server
 
 from .test_semantics import eventually
 
@@ -481,3 +488,106 @@ async def test_read_only_mariadb_is_a_typed_503_and_its_connections_are_replaced
         await as_root("SET GLOBAL read_only = 0")
         await as_root(f"DROP TABLE {user}")
         root.close()
+
+
+# ------------------------------------------------------------------ PgBouncer (transaction mode)
+@pytest.fixture(scope="module")
+def own_pgbouncer(own_postgres: PostgresServer) -> Iterator[PgBouncerServer]:
+    # A client queued for a server connection waits `query_wait_timeout` (120 s by default)
+    # before PgBouncer answers that the server is gone: shorter here, as an app behind PgBouncer
+    # should set it (or connman's `statement_timeout`).
+    bouncer = PgBouncerServer(own_postgres, settings={"query_wait_timeout": "2"}).start()
+    yield bouncer
+    bouncer.stop()
+
+
+@pytest.mark.postgres
+async def test_killed_server_behind_pgbouncer_is_a_typed_503_and_the_pool_heals(
+        own_pgbouncer: PgBouncerServer, own_postgres: PostgresServer,
+        managers: list[ConnectionManager]) -> None:
+    m = ConnectionManager({"main": {"url": own_pgbouncer.url(driver="asyncpg"), "size": 2,
+                                    "overflow": 1, "timeout": 3, "connect_timeout": 3,
+                                    "external_pooler": "pgbouncer"}})
+    managers.append(m)
+    transport = httpx.ASGITransport(app=app_for(m))
+    async with m, httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+        assert (await client.get("/q")).status_code == 200
+        await asyncio.to_thread(own_postgres.kill)
+        try:
+            # PgBouncer stays up and answers for the server: every request is a typed 503.
+            answers = [await client.get("/q") for _ in range(3)]
+            assert [r.status_code for r in answers] == [503, 503, 503]
+            for _ in range(2):
+                with pytest.raises((ServerUnavailable, ConnectionLost)) as info:
+                    await session_execute(m, "SELECT 1")
+                assert keeps_driver_class(info.value)
+                with pytest.raises((ServerUnavailable, ConnectionLost)):
+                    await fast_execute(m, "asyncpg", "SELECT 1")
+        finally:
+            await asyncio.to_thread(own_postgres.start)
+        deadline = asyncio.get_running_loop().time() + 20
+        while (await client.get("/q")).status_code != 200:
+            assert asyncio.get_running_loop().time() < deadline, "the pool did not heal"
+            await asyncio.sleep(0.1)
+        await fast_execute(m, "asyncpg", "SELECT 1")
+        stats = m.stats("main")
+        assert stats["requests_unavailable"] + stats["requests_lost"] >= 7
+
+
+def test_full_reset_behind_a_transaction_pooler_is_refused_at_configuration() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        ConnectionManager({"main": {"url": "postgresql+asyncpg://u@h/db",
+                                    "external_pooler": "pgbouncer", "reset_on_return": "full"}})
+    message = str(info.value)
+    assert "'main'" in message
+    assert "reset_on_return" in message
+    assert "pooler" in message
+
+
+@pytest.mark.parametrize(("sql", "flagged"), [
+    ("SET statement_timeout = '5s'", True),
+    ("  /* c */ set search_path TO x", True),
+    ("SET LOCAL statement_timeout = '5s'", False),
+    ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", False),
+    ("SELECT set_config('app.user', 'x', false)", True),
+    ("SELECT set_config('app.user', 'x', true)", False),
+    ("SELECT pg_advisory_lock(1)", True),
+    ("SELECT pg_try_advisory_lock_shared(1)", True),
+    ("SELECT pg_advisory_xact_lock(1)", False),
+    ("CREATE TEMP TABLE t (a int)", True),
+    ("CREATE TEMPORARY TABLE t (a int) ON COMMIT DROP", False),
+    ("LISTEN channel", True),
+    ("SELECT 'SET x'", False),
+])
+def test_session_state_forms(sql: str, flagged: bool) -> None:
+    assert (session_state(sql) is not None) is flagged
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("path", ["session", "fast"])
+async def test_session_state_behind_pgbouncer_is_warned_once_per_pool(
+        path: str, pgbouncer_server: Server, managers: list[ConnectionManager],
+        caplog: pytest.LogCaptureFixture) -> None:
+    m = ConnectionManager({"main": {"url": pgbouncer_server.url(driver="asyncpg"), "size": 1,
+                                    "overflow": 0, "external_pooler": "pgbouncer"}})
+    managers.append(m)
+
+    async def run(sql: str) -> None:
+        if path == "session":
+            await session_execute(m, sql)
+        else:
+            await fast_execute(m, "asyncpg", sql)
+
+    async with m:
+        with caplog.at_level("WARNING", logger="connman"):
+            await run("SET LOCAL statement_timeout = '5s'")
+            await run("SELECT pg_advisory_xact_lock(7)")
+            assert not [r for r in caplog.records if "external_pooler" in r.getMessage()]
+            await run("SET statement_timeout = '5s'")
+            await run("SELECT pg_advisory_unlock_all()")
+            await run("SELECT pg_advisory_lock(7)")
+            await run("SELECT pg_advisory_unlock(7)")
+        warned = [r.getMessage() for r in caplog.records if "external_pooler" in r.getMessage()]
+    assert len(warned) == 1
+    assert "'main'" in warned[0]
+    assert "SET LOCAL" in warned[0]

@@ -107,13 +107,16 @@ class FastConnection:
     `SessionEnded`.
     """
 
-    __slots__ = ("_cm_busy", "_cm_conn", "_cm_limit", "_cm_pool")
+    __slots__ = ("_cm_busy", "_cm_check", "_cm_conn", "_cm_limit", "_cm_pool")
 
-    def __init__(self, pool: str, conn: Any, limit: Limit | None = None) -> None:
+    def __init__(self, pool: str, conn: Any, limit: Limit | None = None,
+                 check: Callable[[object], None] | None = None) -> None:
         self._cm_pool = pool
         self._cm_conn = conn
         self._cm_busy = 0
         self._cm_limit = limit
+        self._cm_check = check
+        """Called with each tracked call's first argument (the SQL text), if set."""
 
     def __getattr__(self, name: str) -> Any:
         conn = self._cm_conn
@@ -162,6 +165,8 @@ class _Tracked:
                 f"pool {owner._cm_pool!r}: another operation is still running on this fast-path "
                 "connection; one connection runs one operation at a time: await them in turn, "
                 "or give each task its own `manager.connection(...)`", pool=owner._cm_pool)
+        if owner._cm_check is not None and args:
+            owner._cm_check(args[0])
         owner._cm_busy += 1
         limit = owner._cm_limit
         deadline = (Deadline(limit.seconds, limit.kill, conn)

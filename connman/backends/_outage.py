@@ -59,8 +59,8 @@ def typed_error(pool: Pool, exc: BaseException, phase: Phase,
     so an error without a code of its own (asyncpg's "connection is closed") is `lost`.
     Never raises.
     """
-    if isinstance(exc, ConnmanError):
-        return None
+    if isinstance(exc, ConnmanError) or not isinstance(exc, Exception):
+        return None  # typed already; a cancellation stays one
     found = classified(pool.config.driver_name, exc)
     if found is None and disconnected:
         found = ("lost", exc)

@@ -52,6 +52,7 @@ from . import _outage
 from ._guard import Deadline as _Deadline
 from ._guard import EndedBind, FastConnection, Limit, ended_message
 from ._guard import driver_timeout as _driver_timeout
+from ._pooler import PoolerGuard
 from ._reset import FULL_RESET, mysql_cursor
 from .drivers import asyncpg as _asyncpg
 from .drivers import mysql as _mysql
@@ -737,6 +738,9 @@ class SQLAlchemyPool(Pool):
         self._out: set[Any] = set()
         self._recent: dict[int, float] = {}
         """When each open driver connection (by id) was last checked in: the pre-ping bypass."""
+        self._pooler = (PoolerGuard(name, config.external_pooler)
+                        if config.external_pooler is not None else None)
+        """Warns once about session-level state behind a transaction-mode pooler."""
         self._stale_before = 0.0
         """Connections opened before then (`time.time()`) are discarded at their next checkout:
         their server refused a write as read-only (a demoted primary)."""
@@ -956,8 +960,10 @@ class SQLAlchemyPool(Pool):
 
         @event.listens_for(sync_engine, "handle_error")
         def typed(ctx: Any) -> Exception | None:
-            if ctx.is_pre_ping:
-                return None  # SQLAlchemy reconnects; a failed reconnect is typed in do_connect
+            if ctx.is_pre_ping or not isinstance(ctx.original_exception, Exception):
+                # Pre-ping: SQLAlchemy reconnects (a failed reconnect is typed in do_connect).
+                # A cancellation stays a cancellation.
+                return None
             wrapper = ctx.sqlalchemy_exception
             # `chained_exception` (public) is only set once an earlier handler returned one.
             error = getattr(ctx, "chained_exception", None) or ctx.original_exception
@@ -998,6 +1004,11 @@ class SQLAlchemyPool(Pool):
         self._refuse_overlapping_executes(sync_engine.dialect)
         self._bound_calls(sync_engine)
         self._typed_errors(sync_engine)
+        guard = self._pooler
+        if guard is not None:
+            @event.listens_for(sync_engine, "before_cursor_execute")
+            def pooler_check(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+                guard.check(statement)
         out: set[Any] = set()
         self._out = out
 
@@ -1338,7 +1349,8 @@ class SQLAlchemyPool(Pool):
             if typed is not None:
                 raise typed from exc
             raise
-        proxy = FastConnection(self.name, conn, self._fast_limit)
+        proxy = FastConnection(self.name, conn, self._fast_limit,
+                               self._pooler.check if self._pooler is not None else None)
         return (fairy, proxy), proxy
 
     async def _checkout_raw(self) -> tuple[Any, Any]:
