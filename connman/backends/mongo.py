@@ -22,9 +22,10 @@ from pymongo.errors import OperationFailure, PyMongoError
 from .._pool import Pool, jittered_lifetime, shielded
 from .._url import url_path_database
 from ..config import PoolConfig
-from ..errors import PoolNotOpen, TransactionConflict
+from ..errors import ConnectionLost, PoolNotOpen, ServerUnavailable
 from ..stats import EventHub
-from ._mongo_unit import MongoUnit, _Cursor, close_cursors, typed_error
+from ._mongo_errors import conflict, transient, typed_error
+from ._mongo_unit import MongoUnit, _Cursor, close_cursors
 
 logger = logging.getLogger("connman.mongo")
 
@@ -242,11 +243,6 @@ def _retiring_checkin(pool: Any, listener: _CMAPListener) -> Any:
     return checkin_sync
 
 
-def _transient(error: BaseException) -> bool:
-    """Whether a driver error carries the `TransientTransactionError` label."""
-    return isinstance(error, PyMongoError) and error.has_error_label("TransientTransactionError")
-
-
 def _limit_of(status: Any) -> int | None:
     """The connection limit in a `serverStatus` reply.
 
@@ -446,11 +442,11 @@ class MongoPool(Pool):
                     await session.abort_transaction()
                 except PyMongoError:
                     logger.debug("connman: pool %r: abort failed", self.name, exc_info=True)
-                if _transient(error):
-                    raise TransactionConflict(
-                        f"pool {self.name!r}: the transaction was aborted by a transient error "
-                        f"({type(error).__name__}); nothing was applied, retry the request",
-                        pool=self.name, retry_after=self.config.retry_after_s) from error
+                # A typed outage that already says "nothing applied, retry" stays as it is.
+                settled = isinstance(error, ServerUnavailable) or (
+                    isinstance(error, ConnectionLost) and error.retry_after is not None)
+                if transient(error) and not settled:
+                    raise conflict(self, error, at_commit=False)
         finally:
             await session.end_session()
 
@@ -467,11 +463,8 @@ class MongoPool(Pool):
                         and getattr(exc, "code", None) != 50):  # MaxTimeMSExpired: no retry
                     continue
                 if exc.has_error_label("TransientTransactionError"):
-                    raise TransactionConflict(
-                        f"pool {self.name!r}: the commit failed with a transient error "
-                        f"({type(exc).__name__}); nothing was applied, retry the request",
-                        pool=self.name, retry_after=self.config.retry_after_s) from exc
-                typed = typed_error(self, exc)
+                    raise conflict(self, exc, at_commit=True) from exc
+                typed = typed_error(self, exc, op="commitTransaction", at_commit=True)
                 if typed is not None:
                     raise typed from exc
                 raise
