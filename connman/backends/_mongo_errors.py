@@ -15,6 +15,7 @@ from pymongo.errors import (
     AutoReconnect,
     NetworkTimeout,
     NotPrimaryError,
+    OperationFailure,
     PyMongoError,
     ServerSelectionTimeoutError,
     WaitQueueTimeoutError,
@@ -34,7 +35,8 @@ from ..errors import (
 )
 from ..stats import PoolStats
 
-__all__ = ["READS", "RETRIED_WRITES", "app_deadline", "conflict", "transient", "typed_error"]
+__all__ = ["READS", "RETRIED_WRITES", "app_deadline", "conflict", "handshake_refusal", "one_line",
+           "transient", "typed_error"]
 
 # The writes PyMongo retries once (retryable writes): a retry's error may hide a first attempt.
 RETRIED_WRITES = frozenset({
@@ -93,6 +95,37 @@ def _why(exc: BaseException) -> str:
     text = str(exc).splitlines()[0][:160] if str(exc) else ""
     text = text.split(", full error:")[0]
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def one_line(exc: PyMongoError) -> PyMongoError:
+    """`exc`'s class with a one-line message: without the server's raw reply (`full error`:
+    `$clusterTime` and its signature bytes) or the topology description PyMongo appends."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    for tail in (", full error:", ", Timeout:", ", Topology Description:"):
+        text = text.split(tail)[0]
+    code = getattr(exc, "code", None)
+    if isinstance(exc, OperationFailure):
+        if exc.details:
+            text = f"{text} ({exc.details.get('codeName') or 'code'} {code})"
+        return OperationFailure(text, code=code)
+    try:
+        return type(exc)(text)
+    except Exception:
+        return PyMongoError(text)
+
+
+def handshake_refusal(client: Any) -> PyMongoError | None:
+    """The error a server answered the connection handshake with (authentication failed), read
+    from the client's public topology description; None while there is none."""
+    try:
+        description = getattr(client, "delegate", client).topology_description
+        servers = list(description.server_descriptions().values())
+    except Exception:
+        return None
+    for sd in servers:
+        if isinstance(sd.error, OperationFailure):
+            return one_line(sd.error)
+    return None
 
 
 def _topology(pool: _Pool) -> str:

@@ -24,10 +24,11 @@ from .._url import url_path_database
 from ..config import PoolConfig
 from ..errors import ConnectionLost, PoolNotOpen, ServerUnavailable
 from ..stats import EventHub
-from ._mongo_errors import conflict, transient, typed_error
+from ._mongo_errors import conflict, handshake_refusal, one_line, transient, typed_error
 from ._mongo_unit import MongoUnit, _Cursor, close_cursors
 
 logger = logging.getLogger("connman.mongo")
+_AUTHENTICATION_FAILED = 18  # the server's error code for a failed handshake authentication
 
 
 def client_options(name: str, config: PoolConfig) -> dict[str, Any]:
@@ -288,7 +289,7 @@ class MongoPool(Pool):
             self._client = AsyncMongoClient(url, event_listeners=listeners, **self._options)
         self._db = self._client[self._database]
         t0 = time.monotonic()
-        await self._read_limit()
+        await self._first_contact()
         await self._warm(self.config.connect_timeout - (time.monotonic() - t0))
         self._hook_checkins()
 
@@ -327,11 +328,34 @@ class MongoPool(Pool):
         finally:
             listener.changed = None
 
+    async def _first_contact(self) -> None:
+        """The first command, watched: a server that answers the handshake with an error (a
+        failed authentication) ends the open at once instead of after `connect_timeout` of
+        PyMongo's retries, and PyMongo's raw reply (`$clusterTime`, signature bytes) is never
+        quoted: the error is one line naming the cause.
+        """
+        task = asyncio.ensure_future(self._read_limit())
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=0.05)
+                refused = handshake_refusal(self._client)
+                if refused is not None and not task.done():
+                    raise refused
+            task.result()
+        except PyMongoError as exc:
+            raise one_line(exc) from None
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task})
+
     async def _read_limit(self) -> None:
         try:
             status = await self._client.admin.command("serverStatus")
-        except OperationFailure:  # not authorised to read it: a ping warms the connection
-            await self._client.admin.command("ping")
+        except OperationFailure as exc:
+            if exc.code == _AUTHENTICATION_FAILED:  # not a missing privilege: the open fails
+                raise
+            await self._client.admin.command("ping")  # not authorised to read it: a ping warms
             return
         self.connection_limit = _limit_of(status)
 
