@@ -528,3 +528,40 @@ async def test_concurrent_transfers_over_http_conserve_the_total(
         assert got == expected  # exactly the 200s were applied
         assert codes.count(200) >= 1
         await client.connman.accounts.drop()
+
+
+# ---------------------------------------------------------------------------- forgetting session=
+
+
+@mongo_only
+async def test_a_call_that_forgets_session_joins_only_inside_unit_bind(
+        coll: str, make_manager: Make, target: Target) -> None:
+    """What Beanie does when `session=` is forgotten: a call on the client outside the unit."""
+    m = make_manager(transaction=True)
+    async with m, admin(target) as client:
+        await client.connman.create_collection(coll)
+        outside = m.native("main").connman[coll]
+        with pytest.raises(Abort):
+            async with m.session("main") as db:
+                await outside.insert_one({"_id": "forgotten"})  # no session=: not in the unit
+                raise Abort
+        assert await client.connman[coll].count_documents({"_id": "forgotten"}) == 1
+        async with m.session("main") as db:
+            bindable = hasattr(db.client_session, "bind")
+            if not bindable:  # Motor, PyMongo < 4.17: refused, saying what to do instead
+                with pytest.raises(TypeError, match=r"session=unit\.client_session"):
+                    db.bind()
+        if bindable:
+            with pytest.raises(Abort):
+                async with m.session("main") as db:
+                    async with db.bind():
+                        await outside.insert_one({"_id": "bound"})
+                        assert await outside.count_documents({"_id": "bound"}) == 1
+                    assert db.client_session.in_transaction  # still the unit's
+                    raise Abort
+            assert await client.connman[coll].count_documents({"_id": "bound"}) == 0
+            async with m.session("main") as db, db.bind():
+                await outside.insert_one({"_id": "bound"})
+            assert await client.connman[coll].count_documents({"_id": "bound"}) == 1
+        async with make_manager() as plain, plain.session("main") as db, db.bind():
+            pass  # no transaction: nothing to bind, the block runs as is

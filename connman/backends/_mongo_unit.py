@@ -199,6 +199,27 @@ class MongoUnit:
             raise ValueError(f"pool {self._pool.name!r}: a database name is a non-empty string")
         return _Handle(self, self.delegate.client[name])
 
+    def bind(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """`async with unit.bind():` every operation of the pool's client in the block joins the
+        unit's transaction without `session=`: an ODM's (Beanie's) and `manager.native(name)`'s
+        too, so a forgotten `session=` cannot run outside the transaction.
+
+        PyMongo's `ClientSession.bind()` (PyMongo >= 4.17, driver `pymongo`); the unit's session
+        stays the unit's (it ends with the unit). Without `transaction` there is no session to
+        bind: the block runs as is. Raises `TypeError` on Motor or PyMongo < 4.17 (pass
+        `session=unit.client_session` there).
+        """
+        session = self._session
+        if session is None:
+            return contextlib.nullcontext()
+        bind = getattr(session, "bind", None)
+        if bind is None:
+            raise TypeError(
+                f"pool {self._pool.name!r}: binding the unit's session needs PyMongo >= 4.17 and "
+                "driver 'pymongo'; pass session=unit.client_session to each call instead")
+        cm: contextlib.AbstractAsyncContextManager[Any] = bind(end_session=False)
+        return cm
+
     def _retarget(self, name: str) -> None:
         """Make this unit's database `name` (`manager.session(..., database=name)`); no I/O."""
         self.delegate = self.database(name).delegate
