@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pydantic import ValidationError
 
@@ -19,6 +19,9 @@ from ._pool import Pool, not_open_message
 from .config import ConnmanSettings, PoolConfig, load_settings, validate_pools
 from .errors import ConfigurationError, PoolNotOpen, PoolStartupError, UnknownPool, WrongEventLoop
 from .stats import EventHub, PoolEvent
+
+if TYPE_CHECKING:
+    from .backends.mongo import MongoPool
 
 __all__ = ["ConnectionManager", "ReplicaRouter", "SessionProvider"]
 
@@ -291,6 +294,16 @@ class ConnectionManager:
                 raise PoolNotOpen(not_open_message(str(name)), pool=str(name)) from None
             known = ", ".join(repr(n) for n in self._pools)
             raise UnknownPool(f"no pool named {name!r}; known pools: {known}", pool=str(name)) from None
+
+    def mongo_pool(self, name: str) -> MongoPool:
+        """Pool `name`, typed as a Mongo pool (`.database`, `.database_name`, `.native()`).
+
+        Raises `TypeError` for a SQL pool, and as `pool(name)` for an unknown name.
+        """
+        pool = self.pool(name)
+        if pool.backend != "mongo":
+            raise TypeError(f"pool {pool.name!r} is a {pool.backend} pool, not a Mongo pool")
+        return cast("MongoPool", pool)
 
     def session(self, name: str, *, readonly: bool = False,
                 scope: Literal["function", "request"] = "function",

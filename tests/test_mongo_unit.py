@@ -565,3 +565,39 @@ async def test_a_call_that_forgets_session_joins_only_inside_unit_bind(
             assert await client.connman[coll].count_documents({"_id": "bound"}) == 1
         async with make_manager() as plain, plain.session("main") as db, db.bind():
             pass  # no transaction: nothing to bind, the block runs as is
+
+
+# ---------------------------------------------------------------------------- opening
+
+
+@mongo_only
+async def test_a_failed_authentication_fails_the_open_at_once_in_one_line(target: Target) -> None:
+    from connman import PoolStartupError
+    from connman.testing import MongoWireServer
+
+    with MongoWireServer(options=["--auth"]) as server:
+        url = server.url(database="app").replace("mongodb://", "mongodb://app:s3cret-pw@")
+        m = ConnectionManager({"docs": {"url": url, "driver": target.driver,
+                                        "connect_timeout": 30.0}})
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        with pytest.raises(PoolStartupError) as info:
+            await m.open()
+        took = loop.time() - t0
+    text = str(info.value)
+    assert "'docs'" in text
+    assert "authentication failed" in text
+    assert "AuthenticationFailed" in text
+    assert "\n" not in text
+    assert "s3cret-pw" not in text
+    assert "$clusterTime" not in text
+    assert "signature" not in text
+    assert took < 15.0  # not PyMongo's server-selection wait of connect_timeout (30 s)
+
+
+def test_mongo_pool_is_the_typed_accessor(tmp_path: Any) -> None:
+    m = ConnectionManager({"docs": "mongodb://127.0.0.1:1/app",
+                           "sql": f"sqlite+aiosqlite:///{tmp_path}/x.db"})
+    assert m.mongo_pool("docs").database_name == "app"
+    with pytest.raises(TypeError, match="'sql'"):
+        m.mongo_pool("sql")
