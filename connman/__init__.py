@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._pool import Pool
 from ._url import SecretURL, mask_url
 from .config import PRESETS, ConnmanSettings, PoolConfig, load_settings
@@ -48,6 +50,7 @@ __all__ = [
     "ConnmanError",
     "ConnmanSettings",
     "MissingDependency",
+    "MongoUnit",
     "Pool",
     "PoolClosed",
     "PoolConfig",
@@ -69,7 +72,22 @@ __all__ = [
     "mask_url",
 ]
 
+if TYPE_CHECKING:
+    from .backends._mongo_unit import MongoUnit
+
+
+def __getattr__(name: str) -> Any:
+    # `MongoUnit` needs PyMongo (the `mongo` extra): imported when first asked for.
+    if name == "MongoUnit":
+        from .backends._mongo_unit import MongoUnit
+
+        return MongoUnit
+    raise AttributeError(f"module 'connman' has no attribute {name!r}")
+
+
 for _name in __all__:
+    if _name == "MongoUnit":
+        continue
     _obj = globals()[_name]
     if isinstance(_obj, type):
         _obj.__module__ = "connman"

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pydantic import ValidationError
 
@@ -19,6 +19,9 @@ from ._pool import Pool, not_open_message
 from .config import ConnmanSettings, PoolConfig, load_settings, validate_pools
 from .errors import ConfigurationError, PoolNotOpen, PoolStartupError, UnknownPool, WrongEventLoop
 from .stats import EventHub, PoolEvent
+
+if TYPE_CHECKING:
+    from .backends.mongo import MongoPool
 
 __all__ = ["ConnectionManager", "ReplicaRouter", "SessionProvider"]
 
@@ -42,6 +45,15 @@ def _make_pool(name: str, config: PoolConfig, hub: EventHub) -> Pool:
         return MongoPool(name, config, hub)
     except ValueError as exc:
         raise ConfigurationError(f"pool {name!r}: {exc}", pool=name, field="database") from None
+
+
+@asynccontextmanager
+async def _on_database(opener: Callable[[], AbstractAsyncContextManager[Any]],
+                       database: str) -> AsyncIterator[Any]:
+    """A Mongo unit of work on another database of the pool's client (`session(database=)`)."""
+    async with opener() as unit:
+        unit._retarget(database)
+        yield unit
 
 
 class ReplicaRouter:
@@ -176,7 +188,7 @@ class ConnectionManager:
         self.replicas = replicas
         self._pools: dict[str, Pool] = {}
         self._routers: dict[str, ReplicaRouter] = {}
-        self._providers: dict[tuple[str, bool, str], SessionProvider] = {}
+        self._providers: dict[tuple[str, bool, str, str | None], SessionProvider] = {}
         # on_connect hooks registered before the pools exist (pools read at open()).
         self._pending_hooks: list[tuple[str, Callable[[Any, Any], None]]] = []
         self._source: Callable[[], PoolsMapping] | None = None
@@ -215,7 +227,7 @@ class ConnectionManager:
                                 f"{e['msg']}" for e in errors)
             raise ConfigurationError(f"the pools could not be read: {exc.title}: {details}",
                                      field="pools") from None
-        wanted = sorted({name for name, _, _ in self._providers}
+        wanted = sorted({name for name, _, _, _ in self._providers}
                         | {name.lower() for name, _ in self._pending_hooks})
         if not pools:
             variables = ", ".join(f"CONNMAN_POOLS__{n.upper()}__URL" for n in wanted)
@@ -232,9 +244,9 @@ class ConnectionManager:
         hooks, self._pending_hooks = self._pending_hooks, []
         for name, fn in hooks:
             self.on_connect(name, fn)
-        for (name, readonly, _), provider in self._providers.items():
+        for (name, readonly, _, database), provider in self._providers.items():
             provider.name = self._pools[name].name
-            provider._open_unit = self._unit_opener(name, readonly)
+            provider._open_unit = self._unit_opener(name, readonly, database)
 
     @classmethod
     def from_settings(cls, settings: ConnmanSettings | None = None, *,
@@ -283,8 +295,19 @@ class ConnectionManager:
             known = ", ".join(repr(n) for n in self._pools)
             raise UnknownPool(f"no pool named {name!r}; known pools: {known}", pool=str(name)) from None
 
+    def mongo_pool(self, name: str) -> MongoPool:
+        """Pool `name`, typed as a Mongo pool (`.database`, `.database_name`, `.native()`).
+
+        Raises `TypeError` for a SQL pool, and as `pool(name)` for an unknown name.
+        """
+        pool = self.pool(name)
+        if pool.backend != "mongo":
+            raise TypeError(f"pool {pool.name!r} is a {pool.backend} pool, not a Mongo pool")
+        return cast("MongoPool", pool)
+
     def session(self, name: str, *, readonly: bool = False,
-                scope: Literal["function", "request"] = "function") -> SessionProvider:
+                scope: Literal["function", "request"] = "function",
+                database: str | None = None) -> SessionProvider:
         """A unit of work on pool `name`: `Depends(...)` in FastAPI, or `async with` anywhere.
 
         SQL: an `AsyncSession` (expire_on_commit=False), committed on success, rolled back on
@@ -296,17 +319,19 @@ class ConnectionManager:
         `"request"` keeps it open until the response has been sent, for a `StreamingResponse`
         body that reads through it; its commit then happens after the response.
         A session used after its unit of work ended raises `SessionEnded`.
+        `database` (Mongo pools): the unit is that database of the pool's client instead of the
+        configured one (a database per tenant), under the same gate and transaction.
         Raises `PoolTimeout` / `TooManyWaiters` when no connection frees in time, `PoolNotOpen`
         when the pools were never opened (the app's lifespan did not run).
 
-        The provider is one object per name (in any case), `readonly` and `scope`:
+        The provider is one object per name (in any case), `readonly`, `scope` and `database`:
         `app.dependency_overrides[manager.session("main")]` replaces it in every route that
         depends on it (docs/testing.md). On a manager whose pools are read at `open()`, an unknown
         `name` is reported by `open()`; otherwise by this call (`UnknownPool`).
         """
         if scope not in ("function", "request"):
             raise ValueError(f"scope must be 'function' or 'request', not {scope!r}")
-        key = (name.lower() if isinstance(name, str) else name, readonly, scope)
+        key = (name.lower() if isinstance(name, str) else name, readonly, scope, database)
         provider = self._providers.get(key)
         if provider is None:
             if self.deferred:
@@ -314,16 +339,22 @@ class ConnectionManager:
                 provider = self._providers[key] = SessionProvider(key[0], opener, scope)
             else:
                 pool = self.pool(name)
-                provider = SessionProvider(pool.name, self._unit_opener(pool.name, readonly),
-                                           scope)
+                provider = SessionProvider(
+                    pool.name, self._unit_opener(pool.name, readonly, database), scope)
                 self._providers[key] = provider
         return provider
 
-    def _unit_opener(self, name: str, readonly: bool
+    def _unit_opener(self, name: str, readonly: bool, database: str | None = None
                      ) -> Callable[[], AbstractAsyncContextManager[Any]]:
         pool = self.pool(name)
         router = self._routers.get(pool.name) if readonly else None
-        return router.session if router is not None else pool.session
+        opener = router.session if router is not None else pool.session
+        if database is None:
+            return opener
+        if pool.backend != "mongo" or not isinstance(database, str) or not database:
+            raise ConfigurationError(f"pool {pool.name!r}: database= takes a database name, for "
+                                     "a Mongo pool", pool=pool.name, field="database")
+        return partial(_on_database, opener, database)
 
     def _not_open_yet(self, name: str) -> AbstractAsyncContextManager[Any]:
         raise PoolNotOpen(not_open_message(name), pool=name)

@@ -25,54 +25,81 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
-
-from pymongo.errors import (
-    PyMongoError,
-    ServerSelectionTimeoutError,
-    WaitQueueTimeoutError,
-    WTimeoutError,
-)
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any, Protocol
 
 from .._pool import Lease, shielded
-from ..errors import (
-    CheckoutTimeout,
-    ConcurrentUse,
-    ConnmanError,
-    PoolClosed,
-    PoolTimeout,
-    SessionEnded,
-    StatementTimeout,
-)
+from ..config import PoolConfig
+from ..errors import ConcurrentUse, PoolClosed, PoolTimeout, SessionEnded
+from ..stats import PoolStats
+from ._mongo_errors import RETRIED_WRITES, typed_error
 
-if TYPE_CHECKING:
-    from .mongo import MongoPool
+__all__ = ["MongoUnit", "close_cursors"]
 
 logger = logging.getLogger("connman.mongo")
+
+
+class UnitPool(Protocol):
+    """What a unit needs of its pool (`MongoPool`); a protocol, so this module imports no pool."""
+
+    name: str
+    config: PoolConfig
+    counters: PoolStats
+
+    async def acquire(self) -> Lease: ...
+    def release(self, lease: Lease) -> None: ...
+    def native(self) -> Any: ...
+    def _adopt(self, cursor: _Cursor, task: asyncio.Task[Any] | None = None) -> None: ...
+    def _disown(self, cursor: _Cursor) -> None: ...
+
 
 # Cursor methods that do I/O (Motor's `to_list` returns a Future that starts at once).
 _CURSOR_OPS = frozenset({"next", "try_next", "to_list", "explain", "distinct", "__anext__"})
 # Calls that create a cursor on the server: its id is only in the reply (see `_reply_then_cancel`).
+# Whatever the driver, the unit returns a cursor that can be awaited (PyMongo's shape) and
+# iterated, `to_list`-ed or entered (Motor's).
 _OPENERS = frozenset({"aggregate", "watch", "list_collections", "list_indexes",
                       "aggregate_raw_batches", "list_search_indexes"})
-_session_cache: dict[tuple[type, str], bool] = {}
+
+# Which calls take `session=`, by the kind of object they are called on. PyMongo 4.13-4.20 name it
+# in their signatures except `find`, `find_one` and `find_raw_batches` (through `**kwargs`); Motor
+# forwards `**kwargs` to PyMongo. An explicit table rather than signatures read at run time, and
+# tests/test_mongo_unit.py checks it against both drivers' signatures on both dependency sets.
+SESSION_CALLS: dict[str, frozenset[str]] = {
+    "collection": frozenset({
+        "find", "find_one", "find_raw_batches", "aggregate", "aggregate_raw_batches", "watch",
+        "distinct", "count_documents", "bulk_write", "insert_one", "insert_many", "update_one",
+        "update_many", "replace_one", "delete_one", "delete_many", "find_one_and_delete",
+        "find_one_and_replace", "find_one_and_update", "create_index", "create_indexes",
+        "drop_index", "drop_indexes", "list_indexes", "index_information", "drop", "rename",
+        "options", "create_search_index", "create_search_indexes", "drop_search_index",
+        "list_search_indexes", "update_search_index"}),
+    "database": frozenset({
+        "aggregate", "command", "cursor_command", "create_collection", "drop_collection",
+        "list_collection_names", "list_collections", "validate_collection", "watch",
+        "dereference"}),
+    "client": frozenset({
+        "bulk_write", "drop_database", "list_database_names", "list_databases", "server_info",
+        "watch"}),
+}
+# Take `session=` but never run inside a transaction on any MongoDB server: a change stream.
+# In a transaction unit they run outside it (a read: nothing of the unit escapes).
+OUTSIDE_TRANSACTION = frozenset({"watch"})
+# The client's calls a unit refuses: they would close or bypass the pool's client.
+_CLIENT_REFUSED = frozenset({"close", "aclose", "start_session", "bind", "aconnect"})
 
 
-def _takes_session(target: Any, name: str) -> bool:
-    """Whether `target.name(...)` accepts `session=` (PyMongo's signature; Motor's delegate's)."""
-    key = (type(target), name)
-    known = _session_cache.get(key)
-    if known is None:
-        # Motor's objects wrap PyMongo's (whose collections make any attribute a sub-collection).
-        motor = type(target).__module__.startswith("motor")
-        cls = type(target.delegate) if motor else type(target)
-        try:
-            known = "session" in inspect.signature(getattr(cls, name)).parameters
-        except (AttributeError, TypeError, ValueError):
-            known = False
-        _session_cache[key] = known
-    return known
+def _kind(owner: Any) -> str:
+    if isinstance(owner, _Kinds.collections):
+        return "collection"
+    if isinstance(owner, _Kinds.databases):
+        return "database"
+    return "client" if isinstance(owner, _Kinds.clients) else ""
+
+
+def _takes_session(owner: Any, name: str) -> bool:
+    """Whether `owner.name(...)` accepts `session=` on this driver (the table above)."""
+    return name in SESSION_CALLS.get(_kind(owner), frozenset())
 
 
 _op_cache: dict[tuple[type, str], bool] = {}
@@ -92,6 +119,9 @@ def _is_op(func: Any, owner: Any = None, name: str = "") -> bool:
 class _Kinds:
     """The driver classes a result is sorted by (imported once, lazily)."""
 
+    collections: tuple[type, ...] = ()
+    databases: tuple[type, ...] = ()
+    clients: tuple[type, ...] = ()
     handles: tuple[type, ...] = ()
     cursors: tuple[type, ...] = ()
     streams: tuple[type, ...] = ()
@@ -104,8 +134,11 @@ class _Kinds:
         from pymongo.asynchronous.command_cursor import AsyncCommandCursor
         from pymongo.asynchronous.cursor import AsyncCursor
         from pymongo.asynchronous.database import AsyncDatabase
+        from pymongo.asynchronous.mongo_client import AsyncMongoClient
 
-        handles: list[type] = [AsyncDatabase, AsyncCollection]
+        collections: list[type] = [AsyncCollection]
+        databases: list[type] = [AsyncDatabase]
+        clients: list[type] = [AsyncMongoClient]
         cursors: list[type] = [AsyncCursor, AsyncCommandCursor]
         streams: list[type] = [AsyncChangeStream]
         try:
@@ -113,89 +146,33 @@ class _Kinds:
         except ImportError:
             pass
         else:
-            handles += [m.AsyncIOMotorDatabase, m.AsyncIOMotorCollection]
+            collections.append(m.AsyncIOMotorCollection)
+            databases.append(m.AsyncIOMotorDatabase)
+            clients.append(m.AsyncIOMotorClient)
             cursors += [m.AsyncIOMotorCursor, m.AsyncIOMotorCommandCursor,
                         m.AsyncIOMotorLatentCommandCursor]
-            streams += [m.AsyncIOMotorChangeStream]
-        cls.handles, cls.cursors, cls.streams = tuple(handles), tuple(cursors), tuple(streams)
+            streams.append(m.AsyncIOMotorChangeStream)
+        cls.collections, cls.databases, cls.clients = (
+            tuple(collections), tuple(databases), tuple(clients))
+        cls.handles = (*cls.databases, *cls.collections)
+        cls.cursors, cls.streams = tuple(cursors), tuple(streams)
         cls.loaded = True
-
-
-# The writes PyMongo retries once (retryable writes): a retry's error may hide a first attempt.
-_RETRIED_WRITES = frozenset({
-    "insert_one", "insert_many", "update_one", "update_many", "replace_one", "delete_one",
-    "delete_many", "find_one_and_update", "find_one_and_replace", "find_one_and_delete",
-    "bulk_write"})
-
-
-def typed_error(pool: MongoPool, exc: BaseException, *,
-                retried_write: bool = False) -> ConnmanError | None:
-    """connman's typed error for a PyMongo timeout, naming the pool; None for any other error.
-
-    - `WaitQueueTimeoutError` -> `PoolTimeout`: every driver connection was in use; only work
-      outside the gate (the native client, PyMongo's own upkeep) can fill the driver's pool.
-      On a write PyMongo retries (`retried_write`) -> `StatementTimeout`: PyMongo raises the
-      retry's checkout error, and the first attempt may have been applied.
-    - `ServerSelectionTimeoutError` -> `CheckoutTimeout`: no server answered within
-      `connect_timeout` (PyMongo's `serverSelectionTimeoutMS`). Nothing was sent: when a retried
-      operation's retry finds no server, PyMongo raises the first attempt's error instead.
-    - any other timeout (`NetworkTimeout`: no reply within `statement_timeout`, PyMongo's
-      `timeoutMS`; `ExecutionTimeout`: the server's `maxTimeMS`) -> `StatementTimeout`. PyMongo
-      has closed that connection. In a transaction the unit of work is aborted; outside one, a
-      write that timed out may have been applied (its outcome is unknown, as for a COMMIT).
-    - PyMongo's `_OperationCancelled`: its monitor got no answer from the server and interrupted
-      the operations in flight -> `StatementTimeout` too (the same unknown outcome).
-    A write-concern timeout (`WTimeoutError`) is an answer, not a silent server: it stays PyMongo's.
-    """
-    if not isinstance(exc, PyMongoError) or isinstance(exc, WTimeoutError):
-        return None
-    name, cfg = pool.name, pool.config
-    why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}" if str(exc) else \
-        type(exc).__name__
-    if isinstance(exc, WaitQueueTimeoutError) and retried_write:
-        # PyMongo raises the retry's checkout error as is, not the first attempt's: that
-        # attempt may have been applied.
-        return StatementTimeout(
-            f"pool {name!r}: a write PyMongo retries could not get a driver connection in "
-            "time; if that was its retry, the first attempt may have been applied (PyMongo does "
-            f"not say which): its outcome is unknown ({why})", pool=name)
-    if isinstance(exc, WaitQueueTimeoutError):
-        return PoolTimeout(
-            f"pool {name!r}: every driver connection is in use, some outside connman's "
-            f"sessions ({type(exc).__name__})", pool=name, retry_after=cfg.retry_after_s)
-    if isinstance(exc, ServerSelectionTimeoutError):
-        return CheckoutTimeout(
-            f"pool {name!r}: no server answered within connect_timeout "
-            f"({cfg.connect_timeout:g} s); nothing was sent ({why})",
-            pool=name, retry_after=cfg.retry_after_s)
-    if exc.timeout:
-        limit = (f"statement_timeout ({cfg.statement_timeout:g} s)"
-                 if cfg.statement_timeout is not None else "the driver's timeout")
-        return StatementTimeout(
-            f"pool {name!r}: an operation got no answer within {limit}; its connection was "
-            f"closed; outside a transaction a write may have been applied ({why})", pool=name)
-    if type(exc).__name__ == "_OperationCancelled":
-        # PyMongo's monitor got no answer from the server within connect_timeout and interrupted
-        # the operations on its connections (CMAP's interruptInUseConnections).
-        return StatementTimeout(
-            f"pool {name!r}: the server stopped answering (PyMongo's monitor got no reply within "
-            f"connect_timeout, {cfg.connect_timeout:g} s, and interrupted this operation); its "
-            "connection was closed; outside a transaction a write may have been applied",
-            pool=name)
-    return None
 
 
 class MongoUnit:
     """One Mongo unit of work: use it as the database (`unit.orders.find_one(...)`, `unit["x"]`).
 
     Every operation runs under a gate slot (see the module docstring); cursors it opens are closed
-    when the unit is done with them. `unit.client_session` is the unit's `ClientSession` when the
+    when the unit is done with them; with `transaction: true`, every call that takes `session=`
+    gets the unit's (`SESSION_CALLS`). `unit.client_session` is the unit's `ClientSession` when the
     pool runs units in a transaction (else None); `unit.delegate` is the PyMongo/Motor database.
+    `unit.database(name)` and `unit.client[name]` are other databases of the same client, under
+    the same gate and transaction.
     """
 
     __slots__ = ("_busy", "_cursors", "_ended", "_idle", "_pool", "_session", "_txn", "delegate")
 
-    def __init__(self, pool: MongoPool, database: Any, session: Any, transaction: bool) -> None:
+    def __init__(self, pool: UnitPool, database: Any, session: Any, transaction: bool) -> None:
         if not _Kinds.loaded:
             _Kinds.load()
         self._pool = pool
@@ -211,6 +188,41 @@ class MongoUnit:
     def client_session(self) -> Any:
         """The unit's `ClientSession` (in a transaction), or None; pass it to ODMs that take one."""
         return self._session
+
+    def database(self, name: str) -> _Handle:
+        """Database `name` of the pool's client, as this unit: same gate slot, same transaction
+        (a transaction may span databases), same cursor cleanup. No I/O.
+
+        (A collection called "database" stays reachable as `unit["database"]`.)
+        """
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"pool {self._pool.name!r}: a database name is a non-empty string")
+        return _Handle(self, self.delegate.client[name])
+
+    def bind(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """`async with unit.bind():` every operation of the pool's client in the block joins the
+        unit's transaction without `session=`: an ODM's (Beanie's) and `manager.native(name)`'s
+        too, so a forgotten `session=` cannot run outside the transaction.
+
+        PyMongo's `ClientSession.bind()` (PyMongo >= 4.17, driver `pymongo`); the unit's session
+        stays the unit's (it ends with the unit). Without `transaction` there is no session to
+        bind: the block runs as is. Raises `TypeError` on Motor or PyMongo < 4.17 (pass
+        `session=unit.client_session` there).
+        """
+        session = self._session
+        if session is None:
+            return contextlib.nullcontext()
+        bind = getattr(session, "bind", None)
+        if bind is None:
+            raise TypeError(
+                f"pool {self._pool.name!r}: binding the unit's session needs PyMongo >= 4.17 and "
+                "driver 'pymongo'; pass session=unit.client_session to each call instead")
+        cm: contextlib.AbstractAsyncContextManager[Any] = bind(end_session=False)
+        return cm
+
+    def _retarget(self, name: str) -> None:
+        """Make this unit's database `name` (`manager.session(..., database=name)`); no I/O."""
+        self.delegate = self.database(name).delegate
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
@@ -232,8 +244,7 @@ class MongoUnit:
                 "committed or aborted); open a new session", pool=self._pool.name)
 
     async def _run(self, call: Callable[[], Any], cursor: _Cursor | None = None,
-                   opens: bool = False, closing: bool = False,
-                   retried_write: bool = False) -> Any:
+                   opens: bool = False, closing: bool = False, op: str = "") -> Any:
         """Run one driver operation under a gate slot; wrap what it returns."""
         if not closing:
             self._check()
@@ -263,7 +274,9 @@ class MongoUnit:
         except BaseException as exc:
             if cursor is not None:
                 await shielded(self._close_cursor(cursor, on_server), pool.config.timeout)
-            typed = typed_error(pool, exc, retried_write=retried_write)
+            typed = typed_error(pool, exc, op=op or ("next" if cursor is not None else ""),
+                                retried_write=op in RETRIED_WRITES,
+                                in_transaction=self._session is not None)
             if typed is not None:
                 raise typed from exc
             raise
@@ -415,8 +428,12 @@ class _Cursor:
     def __aiter__(self) -> _Cursor:
         return self
 
+    def __await__(self) -> Generator[Any, None, _Cursor]:
+        """`await cursor` is the cursor itself: PyMongo's awaited shape on Motor's cursors."""
+        return _itself(self).__await__()
+
     async def __anext__(self) -> Any:
-        return await self.unit._run(self.delegate.__anext__, self)
+        return await self.unit._run(self.delegate.__anext__, self, op="next")
 
     async def close(self) -> None:
         """Close the cursor on the server (under a gate slot when it holds one there)."""
@@ -442,7 +459,7 @@ class _Cursor:
             return attr
         if name in _CURSOR_OPS or _is_op(attr):
             def op(*args: Any, **kwargs: Any) -> Awaitable[Any]:
-                return self.unit._run(lambda: attr(*args, **kwargs), self)
+                return self.unit._run(lambda: attr(*args, **kwargs), self, op=name)
             return op
 
         def chain(*args: Any, **kwargs: Any) -> Any:
@@ -452,6 +469,10 @@ class _Cursor:
 
     def __repr__(self) -> str:
         return f"<connman {self.delegate!r}>"
+
+
+async def _itself(cursor: _Cursor) -> _Cursor:
+    return cursor
 
 
 async def _reply_then_cancel(call: Callable[[], Any], limit: float, unit: MongoUnit) -> Any:
@@ -490,21 +511,44 @@ def _wrap_result(unit: MongoUnit, value: Any) -> Any:
         return _Cursor(unit, value, stream=True)
     if isinstance(value, _Kinds.cursors):
         return _Cursor(unit, value, stream=False)
+    if isinstance(value, _Kinds.clients):
+        return _ClientHandle(unit, value)
     return value
 
 
+def _estimated_count(owner: Any) -> Callable[..., Any]:
+    """`estimated_document_count` inside a transaction: PyMongo refuses it a session and the
+    server the `count` command, so the unit counts with `count_documents({})` in the transaction
+    (exact, and it sees the unit's own writes; it scans instead of reading the metadata)."""
+    def count(comment: Any = None, **kwargs: Any) -> Any:
+        if comment is not None:
+            kwargs["comment"] = comment
+        return owner.count_documents({}, **kwargs)
+    return count
+
+
 def _wrap(unit: MongoUnit, attr: Any, owner: Any, name: str) -> Any:
-    """An attribute of a database/collection, as the unit hands it out."""
-    if not callable(attr) or isinstance(attr, _Kinds.handles):
+    """An attribute of a database/collection/client, as the unit hands it out."""
+    if not callable(attr) or isinstance(attr, (*_Kinds.handles, *_Kinds.clients)):
         return _wrap_result(unit, attr)
-    inject = unit._session is not None and _takes_session(owner, name)
-    if _is_op(attr, owner, name):
-        opens = name in _OPENERS
+    session = unit._session
+    inject = (session is not None and name not in OUTSIDE_TRANSACTION
+              and _takes_session(owner, name))
+    is_op = _is_op(attr, owner, name)
+    if session is not None and name == "estimated_document_count" and _kind(owner):
+        attr, inject = _estimated_count(owner), True
+    if is_op:
+        if name in _OPENERS:
+            def opener(*args: Any, **kwargs: Any) -> _PendingCursor:
+                if inject and "session" not in kwargs:
+                    kwargs["session"] = unit._session
+                return _PendingCursor(unit, lambda: attr(*args, **kwargs), name)
+            return opener
+
         def op(*args: Any, **kwargs: Any) -> Awaitable[Any]:
             if inject and "session" not in kwargs:
                 kwargs["session"] = unit._session
-            return unit._run(lambda: attr(*args, **kwargs), opens=opens,
-                             retried_write=name in _RETRIED_WRITES)
+            return unit._run(lambda: attr(*args, **kwargs), op=name)
         return op
 
     def call(*args: Any, **kwargs: Any) -> Any:
@@ -515,7 +559,92 @@ def _wrap(unit: MongoUnit, attr: Any, owner: Any, name: str) -> Any:
     return call
 
 
-async def close_cursors(pool: MongoPool, cursors: list[_Cursor], *, own_slot: bool) -> None:
+class _ClientHandle:
+    """The pool's client reached from a unit (`unit.client`): its databases are the unit's.
+
+    `client[name]`, `client.name` and `client.get_database(name)` give database handles under
+    the unit's gate slot and transaction; its calls that take a session get the unit's. Closing
+    the client or starting sessions of its own is refused: use `manager.native(name)`.
+    """
+
+    __slots__ = ("delegate", "unit")
+
+    def __init__(self, unit: MongoUnit, delegate: Any) -> None:
+        self.unit = unit
+        self.delegate = delegate
+
+    def __getitem__(self, name: str) -> _Handle:
+        return _Handle(self.unit, self.delegate[name])
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if name in _CLIENT_REFUSED:
+            pool = self.unit._pool.name
+            raise TypeError(
+                f"pool {pool!r}: `{name}` on a unit's client is refused: the client is the pool's "
+                f"(use manager.native({pool!r}) for the client itself, outside the gate)")
+        return _wrap(self.unit, getattr(self.delegate, name), self.delegate, name)
+
+    def __repr__(self) -> str:
+        return f"<connman {self.delegate!r}>"
+
+
+class _PendingCursor:
+    """A cursor-returning call not yet sent (PyMongo's `aggregate`, `watch`, `list_*`).
+
+    Both shapes work on both drivers: `await` it for the cursor (PyMongo's shape), or use it as
+    the cursor at once, as Motor's code does (`async for`, `to_list`, `next`, `async with`).
+    """
+
+    __slots__ = ("_call", "_cursor", "_op", "unit")
+
+    def __init__(self, unit: MongoUnit, call: Callable[[], Any], op: str) -> None:
+        self.unit = unit
+        self._call = call
+        self._op = op
+        self._cursor: Any = None
+
+    async def _open(self) -> Any:
+        if self._cursor is None:
+            self._cursor = await self.unit._run(self._call, opens=True, op=self._op)
+        return self._cursor
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._open().__await__()
+
+    def __aiter__(self) -> _PendingCursor:
+        return self
+
+    async def __anext__(self) -> Any:
+        return await (await self._open()).__anext__()
+
+    async def __aenter__(self) -> Any:
+        return await self._open()
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the cursor (nothing to do if it was never opened)."""
+        if self._cursor is not None:
+            await self._cursor.close()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if self._cursor is not None:
+            return getattr(self._cursor, name)
+
+        async def op(*args: Any, **kwargs: Any) -> Any:
+            return await getattr(await self._open(), name)(*args, **kwargs)
+        return op
+
+    def __repr__(self) -> str:
+        return f"<connman pending {self._op}()>"
+
+
+async def close_cursors(pool: UnitPool, cursors: list[_Cursor], *, own_slot: bool) -> None:
     """Close cursors on the server: under the caller's slot, or under one taken from the gate."""
     if not cursors:
         return

@@ -22,11 +22,13 @@ from pymongo.errors import OperationFailure, PyMongoError
 from .._pool import Pool, jittered_lifetime, shielded
 from .._url import url_path_database
 from ..config import PoolConfig
-from ..errors import PoolNotOpen, TransactionConflict
+from ..errors import ConnectionLost, PoolNotOpen, ServerUnavailable
 from ..stats import EventHub
-from ._mongo_unit import MongoUnit, _Cursor, close_cursors, typed_error
+from ._mongo_errors import conflict, handshake_refusal, one_line, transient, typed_error
+from ._mongo_unit import MongoUnit, _Cursor, close_cursors
 
 logger = logging.getLogger("connman.mongo")
+_AUTHENTICATION_FAILED = 18  # the server's error code for a failed handshake authentication
 
 
 def client_options(name: str, config: PoolConfig) -> dict[str, Any]:
@@ -242,11 +244,6 @@ def _retiring_checkin(pool: Any, listener: _CMAPListener) -> Any:
     return checkin_sync
 
 
-def _transient(error: BaseException) -> bool:
-    """Whether a driver error carries the `TransientTransactionError` label."""
-    return isinstance(error, PyMongoError) and error.has_error_label("TransientTransactionError")
-
-
 def _limit_of(status: Any) -> int | None:
     """The connection limit in a `serverStatus` reply.
 
@@ -292,7 +289,7 @@ class MongoPool(Pool):
             self._client = AsyncMongoClient(url, event_listeners=listeners, **self._options)
         self._db = self._client[self._database]
         t0 = time.monotonic()
-        await self._read_limit()
+        await self._first_contact()
         await self._warm(self.config.connect_timeout - (time.monotonic() - t0))
         self._hook_checkins()
 
@@ -331,11 +328,34 @@ class MongoPool(Pool):
         finally:
             listener.changed = None
 
+    async def _first_contact(self) -> None:
+        """The first command, watched: a server that answers the handshake with an error (a
+        failed authentication) ends the open at once instead of after `connect_timeout` of
+        PyMongo's retries, and PyMongo's raw reply (`$clusterTime`, signature bytes) is never
+        quoted: the error is one line naming the cause.
+        """
+        task = asyncio.ensure_future(self._read_limit())
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=0.05)
+                refused = handshake_refusal(self._client)
+                if refused is not None and not task.done():
+                    raise refused
+            task.result()
+        except PyMongoError as exc:
+            raise one_line(exc) from None
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task})
+
     async def _read_limit(self) -> None:
         try:
             status = await self._client.admin.command("serverStatus")
-        except OperationFailure:  # not authorised to read it: a ping warms the connection
-            await self._client.admin.command("ping")
+        except OperationFailure as exc:
+            if exc.code == _AUTHENTICATION_FAILED:  # not a missing privilege: the open fails
+                raise
+            await self._client.admin.command("ping")  # not authorised to read it: a ping warms
             return
         self.connection_limit = _limit_of(status)
 
@@ -446,11 +466,11 @@ class MongoPool(Pool):
                     await session.abort_transaction()
                 except PyMongoError:
                     logger.debug("connman: pool %r: abort failed", self.name, exc_info=True)
-                if _transient(error):
-                    raise TransactionConflict(
-                        f"pool {self.name!r}: the transaction was aborted by a transient error "
-                        f"({type(error).__name__}); nothing was applied, retry the request",
-                        pool=self.name, retry_after=self.config.retry_after_s) from error
+                # A typed outage that already says "nothing applied, retry" stays as it is.
+                settled = isinstance(error, ServerUnavailable) or (
+                    isinstance(error, ConnectionLost) and error.retry_after is not None)
+                if transient(error) and not settled:
+                    raise conflict(self, error, at_commit=False)
         finally:
             await session.end_session()
 
@@ -467,11 +487,8 @@ class MongoPool(Pool):
                         and getattr(exc, "code", None) != 50):  # MaxTimeMSExpired: no retry
                     continue
                 if exc.has_error_label("TransientTransactionError"):
-                    raise TransactionConflict(
-                        f"pool {self.name!r}: the commit failed with a transient error "
-                        f"({type(exc).__name__}); nothing was applied, retry the request",
-                        pool=self.name, retry_after=self.config.retry_after_s) from exc
-                typed = typed_error(self, exc)
+                    raise conflict(self, exc, at_commit=True) from exc
+                typed = typed_error(self, exc, op="commitTransaction", at_commit=True)
                 if typed is not None:
                     raise typed from exc
                 raise

@@ -98,11 +98,9 @@ def point(manager: ConnectionManager, name: str, url: str | None = None, **field
                    for i, rc in enumerate(config.replica_configs())]
         pools.update((p.name, p) for p in readers)
         routers[key] = ReplicaRouter(pool, readers)
-    for (pname, readonly, _scope), provider in manager._providers.items():
-        if pname != key:
-            continue
-        router = routers.get(key) if readonly else None
-        provider._open_unit = router.session if router is not None else pool.session
+    for (pname, readonly, _scope, database), provider in manager._providers.items():
+        if pname == key:
+            provider._open_unit = manager._unit_opener(key, readonly, database)
 
 
 def _fields_of(raw: Any) -> dict[str, Any]:

@@ -151,7 +151,7 @@ def _configured(manager: ConnectionManager) -> dict[str, PoolConfig]:
     returns now (the environment, `.env`, the app's settings object)."""
     m: Any = manager
     if getattr(m, "deferred", False):
-        names = {name for name, _, _ in m._providers} | {n.lower() for n, _ in m._pending_hooks}
+        names = {key[0] for key in m._providers} | {n.lower() for n, _ in m._pending_hooks}
         try:
             found = validate_pools(m._source() or {})
         except ConnmanError:
