@@ -114,6 +114,7 @@ class SessionProvider:
         self._open_unit = open_unit
         self._stack: contextvars.ContextVar[tuple[AbstractAsyncContextManager[Any], ...]] = (
             contextvars.ContextVar(f"connman_session_{name}", default=()))
+        self._fastapi_dependency: Callable[..., AsyncIterator[Any]] | None = None
 
     # -- async with manager.session("main") as db:
     async def __aenter__(self) -> Any:
@@ -128,17 +129,15 @@ class SessionProvider:
         return await stack[-1].__aexit__(*exc_info)
 
     # -- Depends(manager.session("main"))
-    async def _dependency(self) -> AsyncIterator[Any]:
-        from .fastapi import unavailable_from
+    @property
+    def _dependency(self) -> Callable[..., AsyncIterator[Any]]:
+        """The generator dependency FastAPI runs (`connman.fastapi.session_dependency`), made
+        once per provider so FastAPI's per-request dependency cache sees one callable."""
+        if self._fastapi_dependency is None:
+            from .fastapi import session_dependency
 
-        try:
-            async with self._open_unit() as unit:
-                yield unit
-        except Exception as exc:
-            http = unavailable_from(exc)
-            if http is None:
-                raise
-            raise http from exc
+            self._fastapi_dependency = session_dependency(self)
+        return self._fastapi_dependency
 
     @property
     def __signature__(self) -> inspect.Signature:
@@ -436,10 +435,17 @@ class ConnectionManager:
 
     @asynccontextmanager
     async def lifespan(self, app: Any = None) -> AsyncIterator[dict[str, Any]]:
-        """A FastAPI/Starlette lifespan: open all pools at startup, drain and close at shutdown."""
+        """A FastAPI/Starlette lifespan: open all pools at startup, drain and close at shutdown.
+
+        The app's `@app.on_event("startup")` handlers, which FastAPI skips when a lifespan is
+        set, run once the pools are open, and its `"shutdown"` handlers before they close.
+        """
+        from ._app import run_event_handlers
+
         await self.open()
         try:
-            yield {"connman": self}
+            async with run_event_handlers(app):
+                yield {"connman": self}
         finally:
             await self.close()
 
