@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -117,7 +118,8 @@ def session_dependency(provider: SessionProvider) -> Callable[..., AsyncIterator
     return unit_of_work
 
 
-_REFUSED_ROUTES: set[tuple[str, str]] = set()
+# The routes each provider refused and logged, so a reconnecting client does not flood the log.
+_REFUSED_ROUTES: weakref.WeakKeyDictionary[SessionProvider, set[str]] = weakref.WeakKeyDictionary()
 
 
 def _refuse_websocket(provider: SessionProvider, scope: MutableMapping[str, Any]
@@ -130,8 +132,9 @@ def _refuse_websocket(provider: SessionProvider, scope: MutableMapping[str, Any]
         "socket's whole life; open one per message instead: `async with "
         f"manager.session({provider.name!r}) as db:` inside the receive loop "
         "(docs/semantics.md, \"WebSockets\")", pool=provider.name)
-    if (provider.name, route) not in _REFUSED_ROUTES:  # once per route, not per reconnect
-        _REFUSED_ROUTES.add((provider.name, route))
+    logged = _REFUSED_ROUTES.setdefault(provider, set())
+    if route not in logged:
+        logged.add(route)
         logger.error("connman: %s", error)
     refusal: HTTPException | WebSocketException
     if "websocket.http.response" in scope.get("extensions", {}):
