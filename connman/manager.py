@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from ._pool import Pool, not_open_message
-from .config import ConnmanSettings, PoolConfig, load_settings, validate_pools
+from .config import ConnmanSettings, PoolConfig, load_settings, settings_pools, validate_pools
 from .errors import ConfigurationError, PoolNotOpen, PoolStartupError, UnknownPool, WrongEventLoop
 from .stats import EventHub, PoolEvent
 
@@ -242,21 +242,30 @@ class ConnectionManager:
         """Build from `CONNMAN_POOLS__<NAME>__<FIELD>` variables, a `.env` and/or a config file.
 
         With no pool settings present yet (an app imported by a test, an Alembic `env.py`, a CLI)
-        this does not raise: the settings are read again at `open()`, which raises
-        `ConfigurationError` naming the variable still missing (`CONNMAN_POOLS__MAIN__URL`).
+        or with a wrong one, this does not raise: the settings are read again at `open()`, which
+        raises `ConfigurationError` naming the variable still missing (`CONNMAN_POOLS__MAIN__URL`)
+        or the pool, the field and the variable (or file) of the wrong value.
         """
         if settings is not None:
             return cls(settings.pools, workers=settings.workers, replicas=settings.replicas)
-        settings = load_settings(env_file=env_file, config_file=config_file)
-        if settings.pools:
-            return cls(settings.pools, workers=settings.workers, replicas=settings.replicas)
+        files = {"env_file": env_file, "config_file": config_file}
+        try:
+            settings = load_settings(**files)
+            if settings.pools:
+                return cls(settings_pools(settings, **files), workers=settings.workers,
+                           replicas=settings.replicas)
+        except ConfigurationError:
+            # A wrong setting is reported by open() (the lifespan), in one line naming the pool,
+            # the field and its variable, not at import inside the importer's traceback.
+            settings = None
 
         def read() -> PoolsMapping:
-            late = load_settings(env_file=env_file, config_file=config_file)
+            late = load_settings(**files)
             manager.workers, manager.replicas = late.workers, late.replicas
-            return late.pools
+            return settings_pools(late, **files) if late.pools else {}
 
-        manager = cls(read, workers=settings.workers, replicas=settings.replicas)
+        manager = cls(read, workers=settings.workers if settings else 1,
+                      replicas=settings.replicas if settings else 1)
         manager._missing_hint = "set CONNMAN_POOLS__<NAME>__URL"
         return manager
 
