@@ -11,6 +11,7 @@ from typing import Annotated, Any
 try:
     import typer
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 except ImportError as exc:  # pragma: no cover - depends on the environment
     from .errors import MissingDependency
@@ -178,7 +179,7 @@ def check(env_file: EnvFile = Path(".env"), config: ConfigFile = None,
         if as_json:
             print(json.dumps({"ok": False, "problems": [str(exc)]}))
         else:
-            console.print(f"[red]configuration error:[/red] {exc}", highlight=False)
+            console.print(f"[red]configuration error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
     if as_json:
         print(json.dumps(report, indent=2, default=str))
@@ -213,7 +214,7 @@ def _print_report(console: Console, report: dict[str, Any]) -> None:
                        ok)
     console.print(budget, highlight=False)
     for problem in report["problems"]:
-        console.print(f"[red]problem:[/red] {problem}", highlight=False)
+        console.print(f"[red]problem:[/red] {escape(problem)}", highlight=False)
     if report["ok"]:
         console.print("[green]all pools ok[/green]")
     if report.get("note"):
@@ -254,7 +255,7 @@ def size(concurrency: Annotated[int, typer.Option(help="Concurrent requests at p
             measured, limit = asyncio.run(_measure(measure, query, samples, env_file, config,
                                                    limit))
         except ConnmanError as exc:
-            Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False)
+            Console(stderr=True).print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
             raise typer.Exit(2) from None
         query_ms = measured["mean_ms"]
     assert query_ms is not None
@@ -323,7 +324,7 @@ def bench(quick: Annotated[bool, typer.Option(help="A short run (under a minute)
         path = run(quick=quick, backends=backends.split(",") if backends else None, out=out,
                    urls=urls or None, scenarios=scenarios.split(",") if scenarios else None)
     except MissingDependency as exc:  # the one line naming the extra, not a traceback
-        Console(stderr=True).print(f"connman bench: {exc}", highlight=False)
+        Console(stderr=True).print(f"connman bench: {exc}", highlight=False, markup=False)
         raise typer.Exit(2) from None
     print(f"results: {path}")
 

@@ -8,6 +8,7 @@ the route, settings refused before the first connection, `connman check --app`, 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import warnings
 from collections.abc import Callable
@@ -234,3 +235,301 @@ async def test_a_leak_warning_names_the_route_that_holds_the_connection(
     warning = next(r.getMessage() for r in caplog.records if "leak_threshold" in r.getMessage())
     assert "by GET /reports/{report_id}" in warning
     assert "slow_report" in warning
+
+
+# ---------------------------------------------------------------- the first wrong setting
+SECRET = "p@ss#word"
+
+
+@pytest.mark.parametrize(("url", "says"), [
+    (f"postgresql+asyncpg://app:{SECRET}@127.0.0.1:5432/app", "contains '@' unencoded"),
+    ("postgresql+asyncpg://app:pass#word@127.0.0.1/app", "contains '#' unencoded"),
+    ("postgresql+asyncpg://app:pa/ss@127.0.0.1/app", "contains '/' unencoded"),
+    ("mysql+aiomysql://app:pa?ss@127.0.0.1/app", "contains '?' unencoded"),
+    (f"mongodb://app:{SECRET}@127.0.0.1:27017/app", "contains '@' unencoded"),
+    ("postgresql+asyncpg://app:x@127.0.0.1:notaport/app", "port 'notaport'"),
+    ("postgresql+asyncpg://app:x@127.0.0.1:70000/app", "port '70000'"),
+    ("mongodb://h1:27017,h2:nope/app", "port 'nope'"),
+])
+def test_a_url_the_driver_would_read_otherwise_is_refused_in_one_line(url: str, says: str) -> None:
+    from connman import ConfigurationError
+
+    with pytest.raises(ConfigurationError) as info:
+        ConnectionManager({"main": url})
+    message = str(info.value)
+    assert message.startswith("pool 'main': url: ")
+    assert says in message
+    assert "\n" not in message
+    for secret in (SECRET, "pass#word", "pa/ss", "pa?ss", "ss#word"):
+        assert secret not in message
+    if "port" not in says:
+        assert "percent-encode" in message
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql+asyncpg://app:p%40ss%23word@127.0.0.1:5432/app",   # encoded: fine
+    "postgresql+asyncpg://app:x@[::1]:5432/app",
+    "postgresql+asyncpg://app:x@h/db?application_name=a@b",         # '@' in the query
+    "sqlite+aiosqlite:////tmp/a@b.db",                               # '@' in a path
+    "mongodb://u:p%40s@h1:27017,h2:27018/app",
+    "mongodb+srv://u:p@cluster.example.org/app",
+])
+def test_urls_that_read_the_same_everywhere_are_accepted(url: str) -> None:
+    ConnectionManager({"main": url})
+
+
+@pytest.mark.parametrize(("url", "minimum"), [
+    ("postgresql+asyncpg://app:x@127.0.0.1/app", "at least 1 on a SQL pool"),
+    ("sqlite+aiosqlite:////tmp/x.db", "at least 1 on a SQL pool"),
+    ("mongodb://127.0.0.1/app", "at least 0"),
+])
+def test_size_messages_give_the_minimum_that_really_holds(url: str, minimum: str) -> None:
+    from connman import ConfigurationError
+
+    for size in (-1, "-1"):
+        with pytest.raises(ConfigurationError, match=minimum):
+            ConnectionManager({"main": {"url": url, "size": size}})
+    if url.startswith("mongodb"):
+        ConnectionManager({"main": {"url": url, "size": 0}})  # what the message allows
+    else:
+        with pytest.raises(ConfigurationError, match=minimum):
+            ConnectionManager({"main": {"url": url, "size": 0}})
+
+
+@pytest.mark.parametrize("where", ["environment", ".env", "config file"])
+async def test_a_wrong_setting_names_pool_field_and_where_it_came_from_at_open(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Any, where: str) -> None:
+    from connman import ConfigurationError, PoolNotOpen
+
+    monkeypatch.chdir(tmp_path)
+    url = f"postgresql+asyncpg://app:{SECRET}@127.0.0.1/app"
+    config_file = None
+    if where == "environment":
+        monkeypatch.setenv("CONNMAN_POOLS__MAIN__URL", url)
+        expected = "(from the environment variable CONNMAN_POOLS__MAIN__URL)"
+    elif where == ".env":
+        (tmp_path / ".env").write_text(f"CONNMAN_POOLS__MAIN__URL={url}\n")
+        expected = "(from CONNMAN_POOLS__MAIN__URL in .env)"
+    else:
+        config_file = tmp_path / "connman.toml"
+        config_file.write_text(f'[pools.main]\nurl = "{url}"\n')
+        expected = f"(from {config_file})"
+    m = ConnectionManager.from_settings(config_file=config_file)  # import: no raise
+    with pytest.raises(PoolNotOpen):
+        m.pool("main")
+    with pytest.raises(ConfigurationError) as info:
+        await m.open()
+    message = str(info.value)
+    assert message.startswith("pool 'main': url: the user name or password contains '@'")
+    assert message.endswith(expected)
+    assert SECRET not in message
+    assert "ss#word" not in message
+    assert info.value.pool == "main"
+    assert info.value.field == "url"
+
+
+def test_check_refuses_a_malformed_port_instead_of_marking_it_ok(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    from typer.testing import CliRunner
+
+    from connman.cli import app as cli_app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CONNMAN_POOLS__MAIN__URL", "postgresql+asyncpg://u:topsecret@h:notaport/db")
+    result = CliRunner().invoke(cli_app, ["check", "--json"])
+    assert result.exit_code == 2
+    report = json.loads(result.output)
+    assert report["ok"] is False
+    assert "port 'notaport'" in report["problems"][0]
+    assert "CONNMAN_POOLS__MAIN__URL" in report["problems"][0]
+    assert "topsecret" not in result.output
+
+
+# ---------------------------------------------------------------- connman check --app
+APP_SOURCE = '''
+from typing import Any
+from fastapi import APIRouter, Depends, FastAPI
+from connman import ConnectionManager
+
+manager = ConnectionManager.from_settings()
+app = FastAPI(lifespan=manager.lifespan)
+router = APIRouter(prefix="/v1")
+
+
+def repo(db: Any = Depends(manager.session("main"))) -> Any:
+    return db
+
+
+@router.get("/users")
+async def users(r: Any = Depends(repo)) -> list[str]:
+    return []
+
+
+@app.get("/audit")
+async def audit(db: Any = Depends(manager.session("audit"))) -> int:
+    return 0
+
+app.include_router(router)
+'''
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("deferred", [False, True], ids=["settings-at-import", "function"])
+def test_check_app_fails_when_the_app_uses_a_pool_the_settings_lack(
+        postgres_server: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any,
+        deferred: bool) -> None:
+    import uuid
+
+    from typer.testing import CliRunner
+
+    from connman.cli import app as cli_app
+
+    monkeypatch.chdir(tmp_path)
+    module = f"newcomer_app_{uuid.uuid4().hex[:8]}"
+    source = APP_SOURCE
+    if deferred:  # the app's own settings function, read at open()
+        source = source.replace("ConnectionManager.from_settings()", "ConnectionManager(lambda: "
+                                "{'main': __import__('os').environ['APP_DB']})")
+        monkeypatch.setenv("APP_DB", postgres_server.url(driver="asyncpg"))
+    else:
+        monkeypatch.setenv("CONNMAN_POOLS__MAIN__URL", postgres_server.url(driver="asyncpg"))
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    runner = CliRunner()
+    result = runner.invoke(cli_app, ["check", "--json", "--app", f"{module}:app"])
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.output)
+    assert report["ok"] is False
+    problem = next(p for p in report["problems"] if "'audit'" in p)
+    assert "the app uses pool 'audit'" in problem
+    assert "CONNMAN_POOLS__AUDIT__URL" in problem
+    if deferred:
+        assert "GET /audit" in problem
+        assert [p["pool"] for p in report["pools"]] == ["main"]
+        assert report["pools"][0]["status"] == "ok"
+    if not deferred:
+        # Without --app the same settings look fine, and the report says what it cannot know.
+        plain = runner.invoke(cli_app, ["check", "--json"])
+        assert plain.exit_code == 0, plain.output
+        assert "cannot know which pools the app uses" in json.loads(plain.output)["note"]
+
+
+@pytest.mark.postgres
+def test_check_app_passes_when_every_pool_the_app_uses_is_set(
+        postgres_server: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    import uuid
+
+    from typer.testing import CliRunner
+
+    from connman.cli import app as cli_app
+
+    monkeypatch.chdir(tmp_path)
+    module = f"newcomer_app_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{module}.py").write_text(APP_SOURCE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("MAIN", "AUDIT"):
+        monkeypatch.setenv(f"CONNMAN_POOLS__{name}__URL", postgres_server.url(driver="asyncpg"))
+    result = CliRunner().invoke(cli_app, ["check", "--json", "--app", f"{module}:app"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert {p["pool"] for p in report["pools"]} == {"main", "audit"}
+    assert report["note"] is None
+
+
+def test_pools_used_walks_sub_dependencies_and_included_routers() -> None:
+    from connman._app import pools_used
+
+    m = ConnectionManager({"main": "sqlite+aiosqlite:////tmp/x.db",
+                           "docs": "mongodb://127.0.0.1/app"})
+    app = FastAPI()
+
+    def repo(db: Any = Depends(m.session("main"))) -> Any:
+        return db
+
+    @app.get("/a")
+    async def a(r: Any = Depends(repo), d: Any = Depends(m.session("docs", readonly=True))
+                ) -> None: ...
+
+    @app.websocket("/ws")
+    async def ws(websocket: WebSocket, r: Any = Depends(repo)) -> None: ...
+
+    assert pools_used(app) == {"main": ["GET /a", "WEBSOCKET /ws"], "docs": ["GET /a"]}
+
+
+# ---------------------------------------------------------------- connman size --measure
+@pytest.mark.postgres
+def test_size_measure_times_the_apps_statement_and_says_so(
+        postgres_server: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    from typer.testing import CliRunner
+
+    from connman.cli import app as cli_app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CONNMAN_POOLS__MAIN__URL", postgres_server.url(driver="asyncpg"))
+    runner = CliRunner()
+    args = ["size", "--concurrency", "200", "--target-ms", "50", "--measure", "main",
+            "--samples", "5", "--json"]
+    # pg_sleep(0.02): each unit of work holds its connection at least 20 ms.
+    slow = runner.invoke(cli_app, [*args, "--query", "SELECT pg_sleep(0.02)"])
+    assert slow.exit_code == 0, slow.output
+    advice = json.loads(slow.output)
+    assert advice["measured"]["what"] == "query"
+    assert advice["measured"]["samples"] == 5
+    assert advice["measured"]["mean_ms"] >= 20
+    assert advice["query_ms"] == advice["measured"]["mean_ms"]
+    assert advice["busy_connections"] >= 80  # 200 × ≥ 20 ms ÷ 50 ms
+    assert "your statement" in advice["measured"]["summary"]
+
+    pings = runner.invoke(cli_app, args)
+    assert pings.exit_code == 0, pings.output
+    measured = json.loads(pings.output)["measured"]
+    assert measured["what"] == "ping"
+    assert "runs no query" in measured["summary"]
+    assert "--query" in measured["summary"]
+    human = runner.invoke(cli_app, args[:-1])
+    assert "pings on pool 'main'" in human.output
+
+    bad = runner.invoke(cli_app, [*args, "--query", "SELECT * FROM no_such_table"])
+    assert bad.exit_code != 0
+
+
+@pytest.mark.mongo
+def test_size_measure_runs_a_mongo_command(mongo_server: Any, monkeypatch: pytest.MonkeyPatch,
+                                           tmp_path: Any) -> None:
+    from typer.testing import CliRunner
+
+    from connman.cli import app as cli_app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CONNMAN_POOLS__DOCS__URL", mongo_server.url(database="app"))
+    args = ["size", "--concurrency", "10", "--target-ms", "50", "--measure", "docs",
+            "--samples", "3", "--json"]
+    result = CliRunner().invoke(cli_app, [*args, "--query", '{"count": "users"}'])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["measured"]["what"] == "query"
+    refused = CliRunner().invoke(cli_app, [*args, "--query", "SELECT 1"])
+    assert refused.exit_code == 2
+    assert "command as JSON" in refused.output
+
+
+# ---------------------------------------------------------------- missing extras
+@pytest.mark.parametrize(("blocked", "argv", "extra"), [
+    ("typer", ["check"], "connman[cli]"),
+    ("matplotlib", ["bench", "--quick"], "connman[bench]"),
+])
+def test_a_missing_extra_prints_its_one_line_alone(blocked: str, argv: list[str],
+                                                    extra: str, tmp_path: Any) -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = (f"import sys; sys.modules[{blocked!r}] = None; sys.argv = ['connman', *{argv!r}]; "
+            "from connman._console import main; main()")
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=120)
+    assert done.returncode == 2
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert len(lines) == 1, lines
+    assert extra in lines[0]
+    assert "Traceback" not in done.stderr
