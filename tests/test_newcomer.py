@@ -533,3 +533,38 @@ def test_a_missing_extra_prints_its_one_line_alone(blocked: str, argv: list[str]
     assert len(lines) == 1, lines
     assert extra in lines[0]
     assert "Traceback" not in done.stderr
+
+
+# ---------------------------------------------------------------- the package
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+def test_the_package_ships_a_license_and_no_repository_only_module() -> None:
+    import importlib.util
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT"
+    assert project["license-files"] == ["LICENSE"]
+    license_text = (ROOT / "LICENSE").read_text()
+    assert license_text.startswith("MIT License")
+    assert "connman contributors" in license_text
+    assert importlib.util.find_spec("connman.docs") is None  # the generator is scripts/docs.py
+    assert project["scripts"]["connman"] == "connman._console:main"
+    manifest = (ROOT / "MANIFEST.in").read_text()
+    assert "prune tests" in manifest  # no tests without their conftest.py in the sdist
+
+
+def test_readme_reads_right_on_a_package_index() -> None:
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    lines = readme.splitlines()
+    assert lines[3].startswith("./scripts/demo")  # the project's rule: these two come first
+    assert lines[4].startswith("./scripts/test")
+    install = next(line for line in lines if line.startswith("**Install**"))
+    assert "pip install 'connman[postgres,mongo,fastapi]'" in install
+    links = re.findall(r"\]\(([^)]+)\)", readme)
+    assert all(link.startswith("https://") for link in links), links  # no dead relative links
+    assert "pip install 'connman[postgres,mongo,fastapi,cli]'" in readme  # next to connman check
+    assert "connman.metrics.prometheus import" in readme
