@@ -228,13 +228,31 @@ async def test_a_leak_warning_names_the_route_that_holds_the_connection(
         await asyncio.wait_for(leaked.wait(), 20)  # hold until the leak timer fired
         return {"id": report_id}
 
+    @app.post("/exports")
+    async def export(db: Any = Depends(m.session("main"))) -> dict[str, bool]:
+        async with m.session("main") as inner:  # opened in the handler, same request
+            leaks = m.stats("main")["leaks_detected"]
+            async with asyncio.timeout(20):  # until both units' leak timers fired
+                while leaks < 3:  # 1 from /reports, then the dependency's and this one's
+                    await asyncio.sleep(0.02)
+                    leaks = m.stats("main")["leaks_detected"]
+            assert inner is not db
+        return {"ok": True}
+
     with caplog.at_level(logging.WARNING, logger="connman"):
         async with serve(app) as base, httpx.AsyncClient(base_url=base, timeout=30) as http:
             r = await http.get("/reports/7")
-    assert r.status_code == 200
-    warning = next(r.getMessage() for r in caplog.records if "leak_threshold" in r.getMessage())
-    assert "by GET /reports/{report_id}" in warning
-    assert "slow_report" in warning
+            assert r.status_code == 200
+            warning = next(r.getMessage() for r in caplog.records
+                           if "leak_threshold" in r.getMessage())
+            assert "by GET /reports/{report_id}" in warning
+            assert "slow_report" in warning
+            caplog.clear()
+            r = await http.post("/exports")
+            assert r.status_code == 200
+    warnings_ = [r.getMessage() for r in caplog.records if "leak_threshold" in r.getMessage()]
+    assert len(warnings_) == 2
+    assert all("by POST /exports" in w for w in warnings_)
 
 
 # ---------------------------------------------------------------- the first wrong setting
