@@ -49,11 +49,17 @@ def check_authority(url: str) -> None:
     URL parsers end the host at `/`, `?` or `#`; percent-encoding the password (`%40`, `%2F`,
     `%3F`, `%23`) is read the same way by every driver.
     """
-    _, rest = split_scheme(url)
+    scheme, rest = split_scheme(url)
     if rest.startswith("/"):
         return  # no authority: a SQLite path, or a socket in the query
-    encode = "percent-encode it: urllib.parse.quote(password, safe='') ('@' is %40, '#' %23)"
+    encode = ("percent-encode it: urllib.parse.quote(password, safe='') ('@' is %40, '#' %23; "
+              "an '@' in the query is %40 too)")
     m = _SA_USERINFO.match(rest)
+    if m is not None and scheme.startswith("mongodb"):
+        # PyMongo ends the hosts at the first '/': `host/db?appname=a@b` holds no password.
+        path, slash, tail = m["password"].partition("/")
+        if slash and "?" in tail and "@" not in path:
+            m = None
     if m is not None:
         bad = sorted({c for c in m["password"] if c in "/?#"})
         if bad or any(c in m["user"] for c in "?#"):
@@ -67,7 +73,7 @@ def check_authority(url: str) -> None:
         if "@" in after:
             raise ValueError("the user name or password contains '@' unencoded, so the driver "
                              f"would connect to another host than this URL shows: {encode}")
-    _, hosts, _, _ = _split_rest(rest)
+    userinfo, hosts, _, _ = _split_rest(rest)
     for host in hosts.split(","):
         if host.startswith("["):
             port = host.partition("]")[2].removeprefix(":")
@@ -76,6 +82,9 @@ def check_authority(url: str) -> None:
         else:
             continue  # no port, or an unbracketed IPv6 address the driver checks itself
         if port and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+            if not userinfo and not port.isdigit():  # `user:password` with no `@host`?
+                raise ValueError("the port after the host is not a number from 1 to 65535 (if "
+                                 "this is user:password, the '@host' after it is missing)")
             shown = repr(port) if len(port) <= 20 else "the text"
             raise ValueError(f"the port {shown} after the host is not a number from 1 to 65535")
 
