@@ -10,4 +10,4 @@ lint:   ## ruff and mypy --strict only
 bench:  ## the full benchmark suite on throwaway servers
 	scripts/bootstrap --servers && .venv/bin/connman bench
 docs:   ## regenerate docs/mapping.md and docs/configuration.md from the code
-	scripts/bootstrap && .venv/bin/python -m connman.docs
+	scripts/bootstrap && .venv/bin/python scripts/docs.py

@@ -180,7 +180,7 @@ def render_markdown() -> str:
     lines = [
         "# How each setting maps to each driver",
         "",
-        "Generated from `connman/_mapping.py` (`python -m connman.docs`); a test keeps this file "
+        "Generated from `connman/_mapping.py` (`python scripts/docs.py`); a test keeps this file "
         "and the code equal.",
         "**native**: the driver's own option does it. **emulated**: the driver has no such option "
         "and connman implements the behaviour. **n/a**: does not apply, with the reason.",
@@ -205,7 +205,7 @@ def render_configuration() -> str:
     lines = [
         "# Pool configuration",
         "",
-        "Generated from `connman/config.py` (`python -m connman.docs`); a test keeps this file and "
+        "Generated from `connman/config.py` (`python scripts/docs.py`); a test keeps this file and "
         "the code equal.",
         "",
         "Every pool is one `PoolConfig`. In the environment: `CONNMAN_POOLS__<NAME>__<FIELD>`, "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import collections
+import contextvars
 import logging
 import os
 import random
@@ -39,6 +40,11 @@ T = TypeVar("T")
 _POOLS: weakref.WeakSet[Pool] = weakref.WeakSet()
 # What pools found off the books when they closed (see `Pool.close`); read by connman.testing.
 GATE_REPORTS: list[str] = []
+# Who is checking out, for a leak warning: FastAPI's session dependency sets a function that
+# names the route (`GET /users/{id} (handler app.views.get_user)`), called only if a leak is
+# reported, since the checkout stack of a dependency ends in FastAPI's own code.
+checkout_site: contextvars.ContextVar[Callable[[], str] | None] = contextvars.ContextVar(
+    "connman_checkout_site", default=None)
 
 
 async def _bounded(aw: Awaitable[T], timeout: float | None) -> T:
@@ -487,7 +493,7 @@ class Pool(abc.ABC):
         if self.config.leak_threshold is not None:
             stack = "".join(traceback.format_stack(limit=12)[:-3])
             lease.leak_timer = asyncio.get_running_loop().call_later(
-                self.config.leak_threshold, self._leaked, lease, stack)
+                self.config.leak_threshold, self._leaked, lease, stack, checkout_site.get())
         if self.hub.active:
             self._emit("checkout", waited_ms)
         return lease
@@ -564,12 +570,14 @@ class Pool(abc.ABC):
             self._unreserve()
         return {"status": "up", "ping_ms": round(ms, 3)}
 
-    def _leaked(self, lease: Lease, stack: str) -> None:
+    def _leaked(self, lease: Lease, stack: str, site: Callable[[], str] | None) -> None:
         self.counters.bump("leaks_detected")
         held = time.monotonic() - lease.start
         self._emit("leak", held * 1000)
-        logger.warning("connman: pool %r: connection held for %.1fs (leak_threshold=%gs); "
-                       "checked out at:\n%s", self.name, held, self.config.leak_threshold, stack)
+        by = f" by {site()}" if site is not None else ""
+        logger.warning("connman: pool %r: connection held for %.1fs (leak_threshold=%gs)%s; "
+                       "checked out at:\n%s", self.name, held, self.config.leak_threshold, by,
+                       stack)
 
     # ------------------------------------------------------------------ sessions
     def session(self) -> Leased:

@@ -36,6 +36,59 @@ def _split_rest(rest: str) -> tuple[str, str, str, str]:
     return userinfo, authority, path, query
 
 
+# SQLAlchemy's reading of `user:password@`: the password runs to the first '@' whatever it holds.
+_SA_USERINFO = re.compile(r"(?P<user>[^:/]*):(?P<password>[^@]*)@")
+
+
+def check_authority(url: str) -> None:
+    """Raise ValueError when the driver would read another host, port or password than the URL
+    shows: an unencoded `@`, `/`, `?` or `#` in the user name or password, or a port that is not a
+    number from 1 to 65535. The message never quotes the password.
+
+    SQLAlchemy ends the password at the first `@` (`app:p@ss@db` connects to host `ss@db`), while
+    URL parsers end the host at `/`, `?` or `#`; percent-encoding the password (`%40`, `%2F`,
+    `%3F`, `%23`) is read the same way by every driver.
+    """
+    scheme, rest = split_scheme(url)
+    if rest.startswith("/"):
+        return  # no authority: a SQLite path, or a socket in the query
+    encode = ("percent-encode it: urllib.parse.quote(password, safe='') ('@' is %40, '#' %23; "
+              "an '@' in the query is %40 too)")
+    m = _SA_USERINFO.match(rest)
+    if m is not None and scheme.startswith("mongodb"):
+        # PyMongo ends the hosts at the first '/': `host/db?appname=a@b` holds no password.
+        path, slash, tail = m["password"].partition("/")
+        if slash and "?" in tail and "@" not in path:
+            m = None
+    if m is not None:
+        bad = sorted({c for c in m["password"] if c in "/?#"})
+        if bad or any(c in m["user"] for c in "?#"):
+            chars = ", ".join(repr(c) for c in bad) or "'?' or '#'"
+            raise ValueError(f"the user name or password contains {chars} unencoded, so the "
+                             f"driver would read another host or password than this URL shows: "
+                             f"{encode}")
+    first_at = rest.find("@")
+    if first_at >= 0:
+        after = re.split(r"[/?]", rest[first_at + 1:], maxsplit=1)[0]
+        if "@" in after:
+            raise ValueError("the user name or password contains '@' unencoded, so the driver "
+                             f"would connect to another host than this URL shows: {encode}")
+    userinfo, hosts, _, _ = _split_rest(rest)
+    for host in hosts.split(","):
+        if host.startswith("["):
+            port = host.partition("]")[2].removeprefix(":")
+        elif host.count(":") == 1:
+            port = host.partition(":")[2]
+        else:
+            continue  # no port, or an unbracketed IPv6 address the driver checks itself
+        if port and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+            if not userinfo and not port.isdigit():  # `user:password` with no `@host`?
+                raise ValueError("the port after the host is not a number from 1 to 65535 (if "
+                                 "this is user:password, the '@host' after it is missing)")
+            shown = repr(port) if len(port) <= 20 else "the text"
+            raise ValueError(f"the port {shown} after the host is not a number from 1 to 65535")
+
+
 def secrets_of(url: str) -> list[str]:
     """Every secret a URL holds, raw and percent-decoded, longest first (for redaction)."""
     try:
@@ -263,7 +316,7 @@ class SecretURL:
             if isinstance(value, SecretURL):
                 return value
             text = url_string(value).strip()
-            split_scheme(text)
+            check_authority(text)
             if masked_password(text):
                 raise ValueError(
                     f"the password is {MASK!r}, a mask, not a password: str() of a SQLAlchemy URL "

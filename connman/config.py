@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_serializer,
     field_validator,
     model_validator,
@@ -71,6 +72,12 @@ def backend_of(scheme: str) -> tuple[str, str, str]:
     except KeyError:
         supported = ", ".join(f"{s}://" for s in SCHEMES)
         raise ValueError(f"unsupported URL scheme {scheme!r}; supported: {supported}") from None
+
+
+def backend_of_or_none(scheme: str) -> str | None:
+    """The backend of a URL scheme, or None for an unsupported one."""
+    found = SCHEMES.get(scheme)
+    return found[0] if found else None
 
 
 class FieldError(ValueError):
@@ -188,6 +195,21 @@ class PoolConfig(BaseModel):
     def _known_scheme(cls, url: SecretURL) -> SecretURL:
         backend_of(url.scheme)
         return url
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _size_minimum(cls, value: Any, info: ValidationInfo) -> Any:
+        # Before pydantic's own bound (ge=0), so one message gives the minimum that holds for
+        # this pool's backend: SQLAlchemy reads pool_size=0 as "no limit".
+        url = info.data.get("url")
+        sql = isinstance(url, SecretURL) and backend_of_or_none(url.scheme) == "sqlalchemy"
+        number: int | None = None
+        with contextlib.suppress(TypeError, ValueError):
+            number = int(value)
+        if number is not None and number < (1 if sql else 0):
+            raise ValueError("must be at least 1 on a SQL pool (SQLAlchemy reads pool_size=0 as "
+                             "'no limit')" if sql else "must be at least 0")
+        return value
 
     @field_validator("session_class", mode="before")
     @classmethod
@@ -487,8 +509,8 @@ def load_settings(*, env_file: str | Path | None = ".env",
         pool = loc[1] if len(loc) > 1 and loc[0] == "pools" else None
         field = ".".join(loc[2:] if pool else loc) or "(settings)"
         prefix = f"pool {pool!r}: " if pool else ""
-        raise ConfigurationError(f"{prefix}{field}: {err['msg']}", pool=pool,
-                                 field=field) from None
+        error = ConfigurationError(f"{prefix}{field}: {err['msg']}", pool=pool, field=field)
+        raise with_source(error, env_file=env_file, config_file=config_file) from None
     except Exception as exc:  # pydantic-settings' SettingsError: bad JSON in a variable, ...
         raise ConfigurationError(f"settings could not be read: {type(exc).__name__}",
                                  field="(settings)") from None
@@ -503,3 +525,52 @@ def load_settings(*, env_file: str | Path | None = ".env",
                 with contextlib.suppress(ValueError):
                     cfg[key] = json.loads(opts)
     return settings
+
+
+def settings_pools(settings: ConnmanSettings, *, env_file: str | Path | None = ".env",
+                   config_file: str | Path | None = None) -> dict[str, PoolConfig]:
+    """The validated pools of `settings` read by `load_settings` with these files.
+
+    Raises `ConfigurationError` naming the pool, the field and where the value came from (the
+    environment variable, the `.env` file or the config file), never the value.
+    """
+    try:
+        return validate_pools(settings.pools)
+    except ConfigurationError as exc:
+        raise with_source(exc, env_file=env_file, config_file=config_file) from None
+
+
+def with_source(error: ConfigurationError, *, env_file: str | Path | None = ".env",
+                config_file: str | Path | None = None) -> ConfigurationError:
+    """`error` with where its field was set appended: `(from the environment variable
+    CONNMAN_POOLS__MAIN__SIZE)`, `(from CONNMAN_POOLS__MAIN__SIZE in .env)`, `(from
+    settings.toml)`; `error` itself when that is not known."""
+    source = _source_of(error.pool, error.field, env_file=env_file, config_file=config_file)
+    if source is None:
+        return error
+    return ConfigurationError(f"{error} ({source})", pool=error.pool, field=error.field)
+
+
+def _source_of(pool: str | None, field: str | None, *, env_file: str | Path | None,
+               config_file: str | Path | None) -> str | None:
+    top = (field or "").split(".")[0].upper()
+    if pool is not None:
+        names = [f"CONNMAN_POOLS__{pool.upper()}__{top}", f"CONNMAN_POOLS__{pool.upper()}",
+                 "CONNMAN_POOLS"]
+    elif top and not top.startswith("("):
+        names = [f"CONNMAN_{top}"]
+    else:
+        return None
+    environ = {k.upper() for k in os.environ}
+    for name in names:
+        if name in environ:
+            return f"from the environment variable {name}"
+    if env_file is not None and Path(env_file).is_file():
+        from dotenv import dotenv_values
+
+        in_file = {k.upper() for k in dotenv_values(env_file)}
+        for name in names:
+            if name in in_file:
+                return f"from {name} in {env_file}"
+    path = config_file or os.environ.get("CONNMAN_CONFIG_FILE")
+    return f"from {path}" if path else None

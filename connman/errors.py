@@ -15,6 +15,7 @@ __all__ = [
     "PoolTimeout",
     "ServerUnavailable",
     "SessionEnded",
+    "SessionInWebSocket",
     "StatementTimeout",
     "TooManyWaiters",
     "TransactionConflict",
@@ -138,6 +139,18 @@ class SessionEnded(ConnmanError):
 
     Its connection went back to the pool when the unit ended; using it again would take a
     connection past the pool's limits. Open a new unit of work instead.
+    """
+
+
+class SessionInWebSocket(ConnmanError, TypeError):
+    """`Depends(manager.session(name))` was resolved for a websocket route.
+
+    A websocket lives as long as its client stays connected: a unit of work injected into it would
+    hold a pool slot (and, on SQL, an open transaction whose writes nobody else sees) for that
+    whole time, so two idle sockets starve a pool of 2. The route opens one unit per message
+    instead: `async with manager.session(name) as db:` inside its receive loop. Through FastAPI
+    the handshake is refused with an HTTP 503 naming the pool and that pattern, before any
+    connection is taken.
     """
 
 

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import weakref
+from collections.abc import AsyncIterator, Callable, MutableMapping
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 try:
     from fastapi import APIRouter, FastAPI, HTTPException, Request
     from fastapi.responses import JSONResponse
+    from starlette.exceptions import WebSocketException
+    from starlette.requests import HTTPConnection
 except ImportError as exc:  # pragma: no cover - depends on the environment
     from .errors import MissingDependency
 
     raise MissingDependency("connman.fastapi needs FastAPI: pip install 'connman[fastapi]'") from exc
 
+from ._pool import checkout_site
 from .errors import (
     CheckoutTimeout,
     ConnectionLost,
@@ -20,14 +27,17 @@ from .errors import (
     PoolNotOpen,
     PoolTimeout,
     ServerUnavailable,
+    SessionInWebSocket,
     StatementTimeout,
     TransactionConflict,
 )
 
 if TYPE_CHECKING:
-    from .manager import ConnectionManager
+    from .manager import ConnectionManager, SessionProvider
 
-__all__ = ["add_exception_handlers", "health_router", "unavailable_from"]
+__all__ = ["add_exception_handlers", "health_router", "route_of", "unavailable_from"]
+
+logger = logging.getLogger("connman")
 
 
 def unavailable_from(exc: BaseException) -> HTTPException | None:
@@ -68,6 +78,74 @@ def unavailable_from(exc: BaseException) -> HTTPException | None:
         return HTTPException(503, detail=f"database pool {exc.pool!r} is shutting down",
                              headers={"Retry-After": "1"})
     return None
+
+
+def route_of(scope: MutableMapping[str, Any]) -> str:
+    """The route an ASGI scope is for, as a person reads it: `GET /users/{user_id} (handler
+    app.views.get_user)`; the path template when the router matched one, else the raw path."""
+    route = scope.get("route")
+    path = getattr(route, "path", None) or scope.get("path", "?")
+    method = scope.get("method") or str(scope.get("type", "")).upper()
+    endpoint = scope.get("endpoint")
+    name = getattr(endpoint, "__qualname__", None)
+    handler = f" (handler {endpoint.__module__}.{name})" if name else ""
+    return f"{method} {path}{handler}"
+
+
+def session_dependency(provider: SessionProvider) -> Callable[..., AsyncIterator[Any]]:
+    """The generator FastAPI runs for `Depends(manager.session(name))`: one unit of work.
+
+    The unit ends (commit or rollback, connection back) when the generator is closed, which
+    FastAPI does per the provider's `scope`; a pool error becomes its 503 (`unavailable_from`).
+    For a websocket route it raises `SessionInWebSocket` (as an HTTP 503 that refuses the
+    handshake) before taking anything from the pool.
+    """
+
+    async def unit_of_work(connection: HTTPConnection) -> AsyncIterator[Any]:
+        scope = connection.scope
+        if scope["type"] == "websocket":
+            raise _refuse_websocket(provider, scope)
+        checkout_site.set(partial(route_of, scope))  # for a leak warning: who holds it
+        try:
+            async with provider._open_unit() as unit:
+                yield unit
+        except Exception as exc:
+            http = unavailable_from(exc)
+            if http is None:
+                raise
+            raise http from exc
+
+    return unit_of_work
+
+
+# The routes each provider refused and logged, so a reconnecting client does not flood the log.
+_REFUSED_ROUTES: weakref.WeakKeyDictionary[SessionProvider, set[str]] = weakref.WeakKeyDictionary()
+
+
+def _refuse_websocket(provider: SessionProvider, scope: MutableMapping[str, Any]
+                      ) -> HTTPException | WebSocketException:
+    """Why a websocket route gets no unit of work, as the error that refuses its handshake."""
+    route = route_of(scope)
+    error = SessionInWebSocket(
+        f"pool {provider.name!r}: Depends(manager.session({provider.name!r})) in route {route} "
+        "would hold one unit of work (a pool connection, on SQL an open transaction) for the "
+        "socket's whole life; open one per message instead: `async with "
+        f"manager.session({provider.name!r}) as db:` inside the receive loop "
+        "(docs/semantics.md, \"WebSockets\")", pool=provider.name)
+    logged = _REFUSED_ROUTES.setdefault(provider, set())
+    if route not in logged:
+        logged.add(route)
+        logger.error("connman: %s", error)
+    refusal: HTTPException | WebSocketException
+    if "websocket.http.response" in scope.get("extensions", {}):
+        # The server can answer the handshake with an HTTP response: 503 and the reason, no
+        # Retry-After (a retry gets the same answer), as for a pool that was never opened.
+        refusal = HTTPException(503, detail=str(error))
+    else:  # close before accepting (the client sees 403); the reason is capped at 123 bytes
+        refusal = WebSocketException(1011, reason=f"pool {provider.name!r}: no session "
+                                     "dependency in a websocket route; see the server log")
+    refusal.__cause__ = error
+    return refusal
 
 
 async def _handle(request: Request, exc: Exception) -> JSONResponse:

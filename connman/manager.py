@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 from pydantic import ValidationError
 
 from ._pool import Pool, not_open_message
-from .config import ConnmanSettings, PoolConfig, load_settings, validate_pools
+from .config import ConnmanSettings, PoolConfig, load_settings, settings_pools, validate_pools
 from .errors import ConfigurationError, PoolNotOpen, PoolStartupError, UnknownPool, WrongEventLoop
 from .stats import EventHub, PoolEvent
 
@@ -126,6 +126,7 @@ class SessionProvider:
         self._open_unit = open_unit
         self._stack: contextvars.ContextVar[tuple[AbstractAsyncContextManager[Any], ...]] = (
             contextvars.ContextVar(f"connman_session_{name}", default=()))
+        self._fastapi_dependency: Callable[..., AsyncIterator[Any]] | None = None
 
     # -- async with manager.session("main") as db:
     async def __aenter__(self) -> Any:
@@ -140,17 +141,15 @@ class SessionProvider:
         return await stack[-1].__aexit__(*exc_info)
 
     # -- Depends(manager.session("main"))
-    async def _dependency(self) -> AsyncIterator[Any]:
-        from .fastapi import unavailable_from
+    @property
+    def _dependency(self) -> Callable[..., AsyncIterator[Any]]:
+        """The generator dependency FastAPI runs (`connman.fastapi.session_dependency`), made
+        once per provider so FastAPI's per-request dependency cache sees one callable."""
+        if self._fastapi_dependency is None:
+            from .fastapi import session_dependency
 
-        try:
-            async with self._open_unit() as unit:
-                yield unit
-        except Exception as exc:
-            http = unavailable_from(exc)
-            if http is None:
-                raise
-            raise http from exc
+            self._fastapi_dependency = session_dependency(self)
+        return self._fastapi_dependency
 
     @property
     def __signature__(self) -> inspect.Signature:
@@ -255,21 +254,30 @@ class ConnectionManager:
         """Build from `CONNMAN_POOLS__<NAME>__<FIELD>` variables, a `.env` and/or a config file.
 
         With no pool settings present yet (an app imported by a test, an Alembic `env.py`, a CLI)
-        this does not raise: the settings are read again at `open()`, which raises
-        `ConfigurationError` naming the variable still missing (`CONNMAN_POOLS__MAIN__URL`).
+        or with a wrong one, this does not raise: the settings are read again at `open()`, which
+        raises `ConfigurationError` naming the variable still missing (`CONNMAN_POOLS__MAIN__URL`)
+        or the pool, the field and the variable (or file) of the wrong value.
         """
         if settings is not None:
             return cls(settings.pools, workers=settings.workers, replicas=settings.replicas)
-        settings = load_settings(env_file=env_file, config_file=config_file)
-        if settings.pools:
-            return cls(settings.pools, workers=settings.workers, replicas=settings.replicas)
+        files = {"env_file": env_file, "config_file": config_file}
+        try:
+            settings = load_settings(**files)
+            if settings.pools:
+                return cls(settings_pools(settings, **files), workers=settings.workers,
+                           replicas=settings.replicas)
+        except ConfigurationError:
+            # A wrong setting is reported by open() (the lifespan), in one line naming the pool,
+            # the field and its variable, not at import inside the importer's traceback.
+            settings = None
 
         def read() -> PoolsMapping:
-            late = load_settings(env_file=env_file, config_file=config_file)
+            late = load_settings(**files)
             manager.workers, manager.replicas = late.workers, late.replicas
-            return late.pools
+            return settings_pools(late, **files) if late.pools else {}
 
-        manager = cls(read, workers=settings.workers, replicas=settings.replicas)
+        manager = cls(read, workers=settings.workers if settings else 1,
+                      replicas=settings.replicas if settings else 1)
         manager._missing_hint = "set CONNMAN_POOLS__<NAME>__URL"
         return manager
 
@@ -467,10 +475,17 @@ class ConnectionManager:
 
     @asynccontextmanager
     async def lifespan(self, app: Any = None) -> AsyncIterator[dict[str, Any]]:
-        """A FastAPI/Starlette lifespan: open all pools at startup, drain and close at shutdown."""
+        """A FastAPI/Starlette lifespan: open all pools at startup, drain and close at shutdown.
+
+        The app's `@app.on_event("startup")` handlers, which FastAPI skips when a lifespan is
+        set, run once the pools are open, and its `"shutdown"` handlers before they close.
+        """
+        from ._app import run_event_handlers
+
         await self.open()
         try:
-            yield {"connman": self}
+            async with run_event_handlers(app):
+                yield {"connman": self}
         finally:
             await self.close()
 

@@ -61,7 +61,7 @@ def test_presets_fill_unset_fields_and_explicit_fields_win() -> None:
 
 
 @pytest.mark.parametrize(("fields", "field", "message"), [
-    ({"size": -1}, "size", "greater than or equal to 0"),
+    ({"size": -1}, "size", "at least 1 on a SQL pool"),  # the minimum that holds (issue 24)
     ({"timeout": 0}, "timeout", "greater than 0"),
     ({"sizee": 3}, "sizee", "Extra inputs"),
     ({"url": "oracle://x/y"}, "url", "unsupported URL scheme 'oracle'"),
@@ -94,13 +94,16 @@ def test_sql_size_zero_is_refused_with_the_reason() -> None:
         ConnectionManager({"main": {"url": PG, "size": 0, "overflow": 5}})
 
 
-def test_bad_env_value_names_pool_and_field(monkeypatch: pytest.MonkeyPatch,
-                                            tmp_path: Path) -> None:
+async def test_bad_env_value_names_pool_field_and_variable_at_open(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CONNMAN_POOLS__MAIN__URL", PG)
     monkeypatch.setenv("CONNMAN_POOLS__MAIN__SIZE", "ten")
+    m = ConnectionManager.from_settings()  # importing the app does not raise (issue 24)
     with pytest.raises(ConfigurationError, match=r"pool 'main': size: .*integer") as info:
-        ConnectionManager.from_settings()
+        await m.open()
+    assert "(from the environment variable CONNMAN_POOLS__MAIN__SIZE)" in str(info.value)
+    assert "\n" not in str(info.value)
     assert "s3cret" not in str(info.value)
 
 
@@ -153,10 +156,17 @@ def test_passwords_never_appear_in_repr_str_or_errors(url: str, secrets: list[st
 
 @pytest.mark.parametrize("page", ["mapping.md", "configuration.md"])
 def test_generated_docs_match_the_code(page: str) -> None:
-    from connman.docs import GENERATED
+    import importlib.util
 
-    doc = Path(__file__).parent.parent / "docs" / page
-    assert doc.read_text() == GENERATED[page](), "run: python -m connman.docs"
+    root = Path(__file__).parent.parent
+    spec = importlib.util.spec_from_file_location("connman_docs_script", root / "scripts" / "docs.py")
+    assert spec is not None
+    assert spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    GENERATED = script.GENERATED
+    doc = root / "docs" / page
+    assert doc.read_text() == GENERATED[page](), "run: python scripts/docs.py"
 
 
 # ---------------------------------------------------------------- properties (hypothesis)

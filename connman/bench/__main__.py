@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..errors import MissingDependency
 from .runner import SCENARIOS, run
 from .targets import BACKENDS, QUICK_BACKENDS
 
@@ -42,9 +43,13 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the suite; exit 1 when a backend could not be benchmarked."""
     args = parser().parse_args(argv)
-    run_dir = run(quick=args.quick, backends=args.backends, out=args.out, urls=args.urls,
-                  repetitions=args.repetitions, progress=not args.no_progress,
-                  scenarios=args.scenarios)
+    try:
+        run_dir = run(quick=args.quick, backends=args.backends, out=args.out, urls=args.urls,
+                      repetitions=args.repetitions, progress=not args.no_progress,
+                      scenarios=args.scenarios)
+    except MissingDependency as exc:  # the one line naming the extra, not a traceback
+        print(f"connman bench: {exc}", file=sys.stderr)
+        return 2
     results = json.loads((run_dir / "results.json").read_text())
     print(f"results: {run_dir} (and {run_dir.parent / 'latest'})")
     for backend, reason in results["failures"].items():
