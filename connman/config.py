@@ -42,6 +42,7 @@ _config_file: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 # URL scheme -> (backend, driver, extra to install)
 SCHEMES: dict[str, tuple[str, str, str]] = {
     "postgresql+asyncpg": ("sqlalchemy", "asyncpg", "postgres"),
+    "postgresql+psycopg": ("sqlalchemy", "psycopg", "psycopg"),
     "mysql+aiomysql": ("sqlalchemy", "aiomysql", "mysql"),
     "mysql+asyncmy": ("sqlalchemy", "asyncmy", "mysql"),
     "sqlite+aiosqlite": ("sqlalchemy", "aiosqlite", "sqlite"),
@@ -257,7 +258,7 @@ class PoolConfig(BaseModel):
 
     @property
     def driver_name(self) -> str:
-        """The driver library: asyncpg, aiomysql, asyncmy, aiosqlite, pymongo or motor."""
+        """The driver library: asyncpg, psycopg, aiomysql, asyncmy, aiosqlite, pymongo or motor."""
         _, driver, _ = backend_of(self.url.scheme)
         return self.driver or driver
 

@@ -57,7 +57,7 @@ def server_env(target: Target | None) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
     if target is not None and target.server is not None:
         kind = "MONGO" if target.kind == "mongo" else (
-            "POSTGRES" if target.driver == "asyncpg" else "MYSQL")
+            "POSTGRES" if target.is_postgres else "MYSQL")
         env[f"CONNMAN_TEST_{kind}_URL"] = target.server.url(
             **({"database": "connman"} if target.kind == "mongo" else {}))
     return env

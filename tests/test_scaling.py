@@ -148,7 +148,7 @@ async def test_warm_up_reads_the_same_limit_as_server_info(
         pool = m.pool("main")
         expected = server_limit(await pool.server_info())
         assert pool.connection_limit == expected
-        if target.driver in ("asyncpg", "aiomysql", "asyncmy"):
+        if target.driver in ("asyncpg", "psycopg", "aiomysql", "asyncmy"):
             assert expected is not None  # the test servers run with max_connections=200
             assert 150 < expected <= 200
 

@@ -28,7 +28,7 @@ async def connection_identity(target: Target, unit: Any) -> Any:
     """Which server connection a SQL session runs on (None for Mongo)."""
     if not target.is_sql:
         return None
-    if target.driver == "asyncpg":
+    if target.is_postgres:
         return (await unit.execute(text("SELECT pg_backend_pid()"))).scalar()
     if target.driver in ("aiomysql", "asyncmy"):
         return (await unit.execute(text("SELECT CONNECTION_ID()"))).scalar()
@@ -232,7 +232,7 @@ async def kill_app_connections(target: Target) -> None:
     server has ended them: both servers only signal the victim, which ends a moment later (on a
     loaded machine, after the client's next pre-ping: a race the test must not depend on)."""
     assert target.server is not None
-    if target.driver == "asyncpg":
+    if target.is_postgres:
         import asyncpg
 
         others = ("FROM pg_stat_activity WHERE backend_type = 'client backend' "

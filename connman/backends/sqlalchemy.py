@@ -1,4 +1,4 @@
-"""SQLAlchemy async engines (asyncpg, aiomysql, asyncmy, aiosqlite) behind the connman pool.
+"""SQLAlchemy async engines (asyncpg, psycopg, aiomysql, asyncmy, aiosqlite) behind the connman pool.
 
 Maps the schema to `create_async_engine` keywords, feeds the stats from pool events, and emulates
 what SQLAlchemy lacks: an idle timeout, lifetime jitter (both checked at checkout, where
@@ -49,6 +49,7 @@ from ._guard import Deadline as _Deadline
 from ._guard import EndedBind, FastConnection, Limit, ended_message
 from ._guard import driver_timeout as _driver_timeout
 from ._reset import FULL_RESET, mysql_cursor
+from .drivers import psycopg as _psycopg
 
 logger = logging.getLogger("connman")
 T = TypeVar("T")
@@ -115,6 +116,8 @@ def _mysql_hung_up(conn: Any) -> bool:
 _PROBES: dict[str, _Probe] = {
     "asyncpg": _Probe(lambda c: c.is_closed(), lambda c: c.is_in_transaction(),
                       lambda c: c.execute("ROLLBACK"), lambda c: c.fetchval("SELECT 1")),
+    "psycopg": _Probe(_psycopg.hung_up, _psycopg.in_transaction, _psycopg.rollback,
+                      _psycopg.ping),
     "aiomysql": _Probe(_mysql_hung_up, lambda c: c.get_transaction_status(),
                        lambda c: c.rollback(), _mysql_select1),
     "asyncmy": _Probe(_mysql_hung_up, lambda c: c.get_transaction_status(),
@@ -137,6 +140,9 @@ def _may_be_disconnected(exc: BaseException) -> bool:
     """
     if isinstance(exc, (OSError, ConnectionError, TimeoutError)):
         return True
+    psycopg_says = _psycopg.may_be_disconnected(exc)
+    if psycopg_says is not None:
+        return psycopg_says
     return any(cls.__name__ in _DISCONNECT_NAMES for cls in type(exc).__mro__)
 
 
@@ -234,13 +240,15 @@ def _kill_asyncpg(conn: Any) -> None:
 
 _KILL: dict[str, Callable[[Any], None]] = {
     "asyncpg": _kill_asyncpg,
+    "psycopg": _psycopg.kill,
     "aiomysql": _abort_transport,
     "asyncmy": _abort_transport,
     "aiosqlite": _interrupt_sqlite,
 }
 
 # Drivers whose statements connman bounds itself (asyncpg's `command_timeout` is native).
-_EMULATED_STATEMENT_TIMEOUT = ("aiomysql", "asyncmy", "aiosqlite")
+# psycopg has none: connman's deadline, and its kill cancels the statement on the server.
+_EMULATED_STATEMENT_TIMEOUT = ("psycopg", "aiomysql", "asyncmy", "aiosqlite")
 
 
 def _call_within(seconds: float, kill: Callable[[Any], None], conn: Any,
@@ -346,9 +354,14 @@ def engine_options(name: str, config: PoolConfig) -> dict[str, Any]:
         connect_args.setdefault("command_timeout", config.statement_timeout)
     if config.external_pooler == "pgbouncer":
         # Transaction pooling hands each transaction a different server connection, so named
-        # prepared statements cannot be reused: turn off both asyncpg's and SQLAlchemy's caches.
-        connect_args.setdefault("statement_cache_size", 0)
-        connect_args.setdefault("prepared_statement_cache_size", 0)
+        # prepared statements cannot be reused: turn off both asyncpg's and SQLAlchemy's caches,
+        # or psycopg's preparing altogether.
+        if driver == "psycopg":
+            for key, value in _psycopg.PGBOUNCER_ARGS.items():
+                connect_args.setdefault(key, value)
+        else:
+            connect_args.setdefault("statement_cache_size", 0)
+            connect_args.setdefault("prepared_statement_cache_size", 0)
     kw: dict[str, Any] = {
         # Room for every connection up to the maximum, so none is closed as "overflow" the moment
         # it comes back (a reconnect storm on every burst): connman's maintenance closes what is
@@ -495,7 +508,7 @@ class _RawUnit:
 
 # Drivers whose connections start transactions implicitly and need `commit()` (DBAPI style): an
 # uncommitted write of a fast-path unit is rolled back when it ends, as reset-on-return does.
-_IMPLICIT_TRANSACTIONS = frozenset({"aiomysql", "asyncmy", "aiosqlite"})
+_IMPLICIT_TRANSACTIONS = frozenset({"psycopg", "aiomysql", "asyncmy", "aiosqlite"})
 
 
 class TestBinding:
@@ -728,6 +741,8 @@ def _creator(driver: str, connect_timeout: float) -> Callable[..., Any] | None:
         return _aiomysql_connect(connect_timeout)
     if driver == "asyncmy":
         return _asyncmy_connect(connect_timeout)
+    if driver == "psycopg":
+        return _psycopg.connect_within(connect_timeout)
     return None  # asyncpg's `timeout` covers the whole connect
 
 
@@ -795,10 +810,8 @@ class SQLAlchemyPool(Pool):
 
     async def _read_limit(self, conn: Any) -> int | None:
         driver = self.config.driver_name
-        if driver == "asyncpg":
-            return int((await conn.exec_driver_sql(
-                "SELECT current_setting('max_connections')::int"
-                " - current_setting('superuser_reserved_connections')::int")).scalar_one())
+        if driver in ("asyncpg", "psycopg"):
+            return int((await conn.exec_driver_sql(_psycopg.LIMIT_SQL)).scalar_one())
         if driver in ("aiomysql", "asyncmy"):
             return int((await conn.exec_driver_sql("SELECT @@max_connections")).scalar_one())
         await conn.exec_driver_sql("SELECT 1")
@@ -1548,7 +1561,7 @@ class SQLAlchemyPool(Pool):
                                 "server_connections": None}
         await self._make_room()
         async with engine.connect() as conn:
-            if driver == "asyncpg":
+            if driver in ("asyncpg", "psycopg"):
                 info["version"] = (await conn.exec_driver_sql("SHOW server_version")).scalar()
                 info["max_connections"] = int(
                     (await conn.exec_driver_sql("SHOW max_connections")).scalar_one())
