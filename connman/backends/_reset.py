@@ -5,7 +5,8 @@ coroutine per driver, on the driver's own connection, after the open transaction
 
 - asyncpg: `Connection.reset()` (what asyncpg's own pool runs on release: advisory locks, cursors,
   LISTEN, session settings) and `DISCARD TEMP` (temporary tables).
-- psycopg: `DISCARD ALL`, outside a transaction (see `drivers/psycopg.py`).
+- psycopg: what `DISCARD ALL` clears but its prepared statements, outside a transaction (see
+  `drivers/psycopg.py`).
 - aiomysql, asyncmy: the protocol's COM_RESET_CONNECTION (session variables, user variables,
   temporary tables, named locks, prepared statements), then the character set and autocommit mode
   the driver had set are set again. Neither driver exposes the command, so it is sent with their

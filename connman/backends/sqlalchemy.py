@@ -988,6 +988,11 @@ class SQLAlchemyPool(Pool):
         creator = _creator(cfg.driver_name, cfg.connect_timeout)
         self._recent = {}
         self._refuse_overlapping_executes(sync_engine.dialect)
+        if cfg.driver_name == "psycopg":
+            # SQLAlchemy terminates a psycopg connection by awaiting its close(): outside its
+            # greenlet (connman discarding a connection) that fails and leaves it open.
+            sync_engine.dialect.do_terminate = (  # type: ignore[method-assign]
+                lambda dbapi_conn: _psycopg.terminate(_driver_conn(dbapi_conn)))
         self._bound_calls(sync_engine)
         out: set[Any] = set()
         self._out = out

@@ -10,12 +10,12 @@ low-level `psycopg.pq` layer (`PGconn.socket`, `status`, `transaction_status`, `
   server is cancelled first (`cancel_safe`, libpq >= 17; else libpq's blocking cancel on a daemon
   thread): unlike asyncpg, psycopg has no command timeout that would send the cancel itself, and a
   killed client does not stop the server's query.
-- **close without the loop** (`close_without_loop`): `PGconn.finish()`, synchronous.
+- **close without the loop** (`close_without_loop`, `terminate`): `PGconn.finish()`, synchronous.
 - **hang-up check** (`hung_up`): psycopg reads its socket only while a call runs, so a server that
   hung up on an idle connection is seen by polling the socket (no wait) and letting libpq read
   what is there.
-- **full reset** (`full_reset`): `DISCARD ALL` outside a transaction (what PgBouncer's
-  `server_reset_query` runs); psycopg itself forgets its prepared statements when it sees it.
+- **full reset** (`full_reset`): what `DISCARD ALL` clears, outside a transaction, but for the
+  prepared statements, which are psycopg's own cache.
 - **connect within a deadline** (`connect_within`): libpq's `connect_timeout` is whole seconds,
   at least 2, per host; connman's deadline covers the whole connect, handshake included.
 - **classify** (`classify`): by SQLSTATE (`exc.sqlstate`), never by message text.
@@ -150,6 +150,14 @@ def _blocking_cancel(request: Any) -> None:
         request.cancel()
 
 
+def terminate(conn: Any) -> None:
+    """Close the connection now, with no round trip and no coroutine: `kill`, then libpq's own
+    close. (SQLAlchemy's psycopg adapter has no terminate of its own: it awaits `close()`, which
+    outside its greenlet fails and leaves the connection open.)"""
+    kill(conn)
+    close_without_loop(conn)
+
+
 def close_without_loop(conn: Any) -> None:
     """Close a connection whose event loop is gone (libpq's close is synchronous)."""
     with contextlib.suppress(Exception):
@@ -174,14 +182,21 @@ async def ping(conn: Any) -> None:
         await conn.set_autocommit(False)
 
 
+# `DISCARD ALL` but for `DEALLOCATE ALL`: the prepared statements are psycopg's own cache (as
+# asyncpg's statement cache survives its `reset()`), and psycopg would not always notice them gone.
+RESET_SQL = ("SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL; "
+             "DISCARD PLANS; DISCARD SEQUENCES; DISCARD TEMP")
+
+
 async def full_reset(conn: Any) -> None:
-    """`DISCARD ALL`, outside a transaction (the caller rolled it back): session settings,
-    temporary tables, advisory locks, LISTEN, prepared statements, cursors."""
+    """Clear what a unit left on its server session, outside a transaction (the caller rolled it
+    back): advisory locks, cursors, LISTEN, session settings, cached plans, sequences, temporary
+    tables: `DISCARD ALL` but for psycopg's prepared statements."""
     autocommit = conn.autocommit
     if not autocommit:
         await conn.set_autocommit(True)
     try:
-        await conn.execute("DISCARD ALL")
+        await conn.execute(RESET_SQL)
     finally:
         if not autocommit:
             await conn.set_autocommit(False)
