@@ -118,7 +118,7 @@ class Rig:
     def app_url(self) -> str:
         """The URL the app's pool uses: via PgBouncer or the proxy when the run has one."""
         if self.pgbouncer is not None:
-            return self.pgbouncer.url(driver="asyncpg")
+            return self.pgbouncer.url(driver=self.target.driver)
         url = self.direct_url()
         if self.through is not None:
             url = _swap_address(url, "127.0.0.1", self.through.port)
