@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import importlib.util
 import math
 import os
 from collections.abc import Mapping
@@ -28,7 +29,15 @@ from pydantic_settings import (
 )
 
 from ._mapping import CONFLICTS
-from ._url import SecretURL, mask_url, url_path_database, url_string
+from ._url import (
+    SecretURL,
+    mask_url,
+    split_libpq_hosts,
+    split_scheme,
+    url_path_database,
+    url_string,
+    with_scheme,
+)
 from .errors import ConfigurationError
 
 __all__ = [
@@ -65,13 +74,57 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# URL schemes that name PostgreSQL but no driver (what hosting platforms hand out), and the async
+# drivers they resolve to, in order of preference: psycopg first, as SQLAlchemy 2.1 does for
+# `postgresql://`, then asyncpg; the first one installed is used.
+DRIVERLESS_POSTGRES = ("postgres", "postgresql")
+POSTGRES_PREFERENCE = ("psycopg", "asyncpg")
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def resolve_url(url: SecretURL) -> SecretURL:
+    """The URL as connman uses it: a driverless `postgres://`/`postgresql://` given the async
+    driver installed (psycopg, else asyncpg), and libpq's multi-host address (`h1:5432,h2:5432`)
+    moved to `?host=` parameters. ValueError when neither driver is installed."""
+    text = url.get_secret_value()
+    scheme = url.scheme
+    target: str | None = None
+    if scheme in DRIVERLESS_POSTGRES:
+        driver = next((d for d in POSTGRES_PREFERENCE if _installed(d)), None)
+        if driver is None:
+            raise ValueError(
+                f"{scheme}:// names no driver and neither psycopg nor asyncpg is installed: "
+                "pip install 'connman[psycopg]' (postgresql+psycopg://) or 'connman[postgres]' "
+                "(postgresql+asyncpg://)")
+        target = f"postgresql+{driver}"
+    if target is not None:
+        text = with_scheme(text, target)
+        scheme = target
+    if scheme in SCHEMES and SCHEMES[scheme][1] in POSTGRES_PREFERENCE:
+        moved = split_libpq_hosts(text, 5432)
+        if moved is not None:
+            text = moved
+    elif scheme in SCHEMES and SCHEMES[scheme][0] == "sqlalchemy" and "," in _authority(text):
+        raise ValueError(f"several hosts in one URL: {scheme}:// takes one host")
+    return url if text == url.get_secret_value() else SecretURL(text)
+
+
+def _authority(url: str) -> str:
+    rest = split_scheme(url)[1].split("?", 1)[0].split("/", 1)[0]
+    return rest.rsplit("@", 1)[-1]
+
+
 def backend_of(scheme: str) -> tuple[str, str, str]:
     """(backend, driver, extra) for a URL scheme, or a ValueError listing the supported ones."""
     try:
         return SCHEMES[scheme]
     except KeyError:
         supported = ", ".join(f"{s}://" for s in SCHEMES)
-        raise ValueError(f"unsupported URL scheme {scheme!r}; supported: {supported}") from None
+        raise ValueError(f"unsupported URL scheme {scheme!r}; supported: {supported} (and "
+                         "postgresql://, which means psycopg if installed, else asyncpg)") from None
 
 
 class FieldError(ValueError):
@@ -187,8 +240,14 @@ class PoolConfig(BaseModel):
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, url: SecretURL) -> SecretURL:
+        url = resolve_url(url)
         backend_of(url.scheme)
         return url
+
+    @field_validator("replicas")
+    @classmethod
+    def _known_replica_schemes(cls, urls: list[SecretURL]) -> list[SecretURL]:
+        return [resolve_url(url) for url in urls]
 
     @field_validator("session_class", mode="before")
     @classmethod

@@ -14,7 +14,6 @@ from sqlalchemy import text
 
 from connman.testing.servers import Server, free_port
 
-
 PG_DRIVERS = ("asyncpg", "psycopg")
 """The PostgreSQL drivers among the targets."""
 

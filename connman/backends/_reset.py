@@ -62,6 +62,6 @@ async def _aiosqlite(conn: Any) -> None:
         await conn.commit()
 
 
-FULL_RESET = {"asyncpg": _asyncpg, "psycopg": psycopg_driver.full_reset, "aiomysql": _mysql, "asyncmy": _mysql,
-              "aiosqlite": _aiosqlite}
+FULL_RESET = {"asyncpg": _asyncpg, "psycopg": psycopg_driver.full_reset, "aiomysql": _mysql,
+              "asyncmy": _mysql, "aiosqlite": _aiosqlite}
 """driver -> coroutine function(driver connection): the full reset, transaction already ended."""

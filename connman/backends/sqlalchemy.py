@@ -991,8 +991,10 @@ class SQLAlchemyPool(Pool):
         if cfg.driver_name == "psycopg":
             # SQLAlchemy terminates a psycopg connection by awaiting its close(): outside its
             # greenlet (connman discarding a connection) that fails and leaves it open.
-            sync_engine.dialect.do_terminate = (  # type: ignore[method-assign]
-                lambda dbapi_conn: _psycopg.terminate(_driver_conn(dbapi_conn)))
+            def do_terminate(dbapi_connection: Any) -> None:
+                _psycopg.terminate(_driver_conn(dbapi_connection))
+
+            sync_engine.dialect.do_terminate = do_terminate  # type: ignore[method-assign]
         self._bound_calls(sync_engine)
         out: set[Any] = set()
         self._out = out

@@ -1,0 +1,257 @@
+"""psycopg 3 specifics, on the real PostgreSQL: what its driver module knows, and the URL forms.
+
+The shared behaviour runs on psycopg as the `postgres-psycopg` target of every parametrised test;
+here is what only psycopg has: no command timeout (connman's deadline cancels the statement on the
+server), a socket nobody reads while idle (the hang-up check), connections not in autocommit mode,
+its error codes, and the URLs that resolve to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import text
+
+from connman import ConfigurationError, ConnectionManager, StatementTimeout
+from connman.backends.drivers import psycopg as driver
+from connman.config import PoolConfig
+from connman.testing.servers import PostgresServer, free_port
+
+pytestmark = pytest.mark.postgres
+
+
+async def _admin(server: PostgresServer) -> psycopg.AsyncConnection[Any]:
+    return await psycopg.AsyncConnection.connect(server.url(), autocommit=True)
+
+
+async def _running(server: PostgresServer, tag: str) -> int:
+    admin = await _admin(server)
+    try:
+        cur = await admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
+            "AND state = 'active'", (tag,))
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+    finally:
+        await admin.close()
+
+
+async def _until(check: Any, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+@pytest.mark.parametrize("path", ["session", "fast_path"])
+async def test_statement_timeout_cancels_the_statement_on_the_server(
+        postgres_server: PostgresServer, managers: list[ConnectionManager], path: str) -> None:
+    # psycopg has no command timeout: connman's deadline fails the call, discards the connection
+    # and cancels the statement server-side, so it stops holding a backend and its locks.
+    tag = f"cm_cancel_{path}"
+    m = ConnectionManager({"main": {
+        "url": postgres_server.url(driver="psycopg"), "size": 1, "overflow": 0,
+        "statement_timeout": 0.5, "options": {"connect_args": {"application_name": tag}}}})
+    managers.append(m)
+    async with m:
+        t0 = time.monotonic()
+        with pytest.raises(StatementTimeout) as info:
+            if path == "session":
+                async with m.session("main") as s:
+                    await s.execute(text("SELECT pg_sleep(30)"))
+            else:
+                async with m.connection("main") as conn:
+                    await conn.execute("SELECT pg_sleep(30)")
+        assert time.monotonic() - t0 < 10
+        assert info.value.pool == "main"
+        assert isinstance(info.value.__cause__, Exception)
+
+        async def stopped() -> bool:
+            return await _running(postgres_server, tag) == 0
+
+        assert await _until(stopped), "the statement still runs on the server"
+        assert m.stats("main")["connections_lost"] >= 1
+        async with m.session("main") as s:  # and the pool works on
+            assert (await s.execute(text("SELECT 1"))).scalar() == 1
+
+
+async def test_hang_up_is_seen_without_a_round_trip(postgres_server: PostgresServer) -> None:
+    conn = await psycopg.AsyncConnection.connect(postgres_server.url())
+    try:
+        assert not driver.hung_up(conn)
+        pid = conn.info.backend_pid
+        admin = await _admin(postgres_server)
+        try:
+            await admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        finally:
+            await admin.close()
+
+        async def seen() -> bool:
+            return driver.hung_up(conn)
+
+        assert await _until(seen)
+    finally:
+        await conn.close()
+
+
+async def test_kill_wakes_a_pending_call_at_once(postgres_server: PostgresServer) -> None:
+    conn = await psycopg.AsyncConnection.connect(postgres_server.url())
+    try:
+        pending = asyncio.ensure_future(conn.execute("SELECT pg_sleep(30)"))
+        await asyncio.sleep(0.2)
+        driver.kill(conn)
+        with pytest.raises(psycopg.Error):
+            await asyncio.wait_for(pending, 10)
+        assert driver.hung_up(conn)
+    finally:
+        await conn.close()
+
+
+async def test_errors_are_classified_by_sqlstate(postgres_server: PostgresServer) -> None:
+    conn = await psycopg.AsyncConnection.connect(postgres_server.url())
+    try:
+        await conn.execute("SET default_transaction_read_only = on")
+        await conn.commit()
+        with pytest.raises(psycopg.Error) as ro:
+            await conn.execute("CREATE TEMP TABLE cm_ro (x int)")
+        assert driver.classify(ro.value) == "read_only"
+        await conn.rollback()
+        with pytest.raises(psycopg.Error) as syntax:
+            await conn.execute("SELEC 1")
+        assert driver.classify(syntax.value) is None
+        assert driver.may_be_disconnected(syntax.value) is False
+        await conn.rollback()
+        admin = await _admin(postgres_server)
+        try:
+            await admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+        finally:
+            await admin.close()
+        with pytest.raises(psycopg.Error) as lost:
+            for _ in range(50):  # the backend ends a moment after it is signalled
+                await conn.execute("SELECT 1")
+                await conn.rollback()
+                await asyncio.sleep(0.05)
+        assert driver.classify(lost.value) in ("lost", "ended")
+        assert driver.may_be_disconnected(lost.value) is True
+    finally:
+        await conn.close()
+    with pytest.raises(psycopg.OperationalError) as refused:
+        await psycopg.AsyncConnection.connect(
+            f"postgresql://postgres@127.0.0.1:{free_port()}/postgres", connect_timeout=2)
+    assert driver.classify(refused.value) == "unreachable"
+    assert driver.classify(ValueError("x")) is None
+
+
+async def test_full_reset_keeps_psycopg_prepared_statements_usable(
+        postgres_server: PostgresServer, managers: list[ConnectionManager]) -> None:
+    # DEALLOCATE ALL would drop the statements psycopg prepared (after 5 runs of one query)
+    # behind its back: the next run of that query would fail.
+    m = ConnectionManager({"main": {"url": postgres_server.url(driver="psycopg"), "size": 1,
+                                    "overflow": 0, "reset_on_return": "full"}})
+    managers.append(m)
+    async with m:
+        for i in range(12):
+            async with m.session("main") as s:
+                got = (await s.execute(text("SELECT CAST(:x AS int) + 1"), {"x": i})).scalar()
+                assert got == i + 1
+            async with m.connection("main") as conn:
+                cur = await conn.execute("SELECT %s::int * 2", (i,))
+                assert (await cur.fetchone())[0] == i * 2
+        assert m.stats("main")["connections_num"] == 1
+
+
+async def test_fast_path_connection_is_not_autocommit_and_cancel_safe_is_allowed(
+        postgres_server: PostgresServer, managers: list[ConnectionManager]) -> None:
+    m = ConnectionManager({"main": {"url": postgres_server.url(driver="psycopg"), "size": 1,
+                                    "overflow": 0}})
+    managers.append(m)
+    async with m:
+        async with m.connection("main") as conn:
+            await conn.execute("CREATE TABLE IF NOT EXISTS cm_fast (x int)")
+            await conn.execute("TRUNCATE cm_fast")
+            await conn.commit()
+            await conn.execute("INSERT INTO cm_fast VALUES (1)")  # not committed
+        async with m.connection("main") as conn:
+            async with conn.transaction():
+                await conn.execute("INSERT INTO cm_fast VALUES (2)")
+            cur = await conn.execute("SELECT array_agg(x) FROM cm_fast")
+            assert (await cur.fetchone())[0] == [2]  # the uncommitted write was rolled back
+            sleeping = asyncio.ensure_future(conn.execute("SELECT pg_sleep(30)"))
+            await asyncio.sleep(0.2)
+            await conn.cancel_safe()  # made to run beside another call: not ConcurrentUse
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                await sleeping
+            await conn.rollback()
+
+
+# ---------------------------------------------------------------- URLs people paste
+@pytest.mark.parametrize("scheme", ["postgres", "postgresql"])
+async def test_driverless_postgres_urls_resolve_to_psycopg(
+        postgres_server: PostgresServer, managers: list[ConnectionManager], scheme: str) -> None:
+    url = postgres_server.url().replace("postgresql://", f"{scheme}://", 1)
+    m = ConnectionManager({"main": {"url": url, "size": 1, "overflow": 0}})
+    managers.append(m)
+    assert m.pool("main").config.driver_name == "psycopg"
+    async with m:
+        async with m.session("main") as s:
+            assert (await s.execute(text("SELECT 1"))).scalar() == 1
+        async with m.connection("main") as conn:
+            assert type(conn._cm_conn).__module__.startswith("psycopg")
+
+
+def test_without_psycopg_a_driverless_url_means_asyncpg_and_without_either_it_is_refused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import connman.config as config
+
+    monkeypatch.setattr(config, "_installed", lambda module: module == "asyncpg")
+    assert PoolConfig(url="postgres://u:pw@db/app").driver_name == "asyncpg"
+    monkeypatch.setattr(config, "_installed", lambda module: False)
+    with pytest.raises(ConfigurationError) as info:
+        ConnectionManager({"main": {"url": "postgresql://u:pw@db/app"}})
+    assert info.value.pool == "main"
+    assert info.value.field == "url"
+    assert "connman[psycopg]" in str(info.value)
+    assert "pw" not in str(info.value)
+
+
+@pytest.mark.parametrize("driver_name", ["asyncpg", "psycopg"])
+async def test_libpq_multi_host_urls_are_converted_and_fail_over(
+        postgres_server: PostgresServer, managers: list[ConnectionManager],
+        driver_name: str) -> None:
+    # What HA tooling emits: `user@h1:port,h2:port/db`. The first host is down.
+    live = postgres_server.url(driver=driver_name)
+    head, tail = live.split("@", 1)
+    hostport, rest = tail.split("/", 1)
+    url = f"{head}@127.0.0.1:{free_port()},{hostport}/{rest}"
+    m = ConnectionManager({"main": {"url": url, "size": 1, "overflow": 0, "connect_timeout": 5}})
+    managers.append(m)
+    assert "host=" in m.pool("main").config.url.get_secret_value()
+    async with m, m.session("main") as s:
+        assert (await s.execute(text("SELECT 1"))).scalar() == 1
+
+
+def test_multi_host_urls_are_refused_where_the_driver_takes_one_host() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        ConnectionManager({"main": {"url": "mysql+aiomysql://u:secretpw@h1:3306,h2:3306/db"}})
+    assert info.value.pool == "main"
+    assert info.value.field == "url"
+    assert "secretpw" not in str(info.value)
+
+
+def test_the_pq_layer_connman_relies_on_is_there() -> None:
+    # Contract: the psycopg.pq names the driver module uses, on both dependency sets.
+    from psycopg import capabilities, pq
+
+    for name in ("socket", "status", "transaction_status", "consume_input", "finish",
+                 "get_cancel"):
+        assert hasattr(pq.PGconn, name), name
+    assert pq.ConnStatus.OK is not None
+    assert pq.TransactionStatus.ACTIVE is not None
+    assert callable(capabilities.has_cancel_safe)
+    assert hasattr(psycopg.AsyncConnection, "cancel_safe")
