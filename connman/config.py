@@ -146,7 +146,9 @@ class PoolConfig(BaseModel):
     url: SecretURL
     """Database URL; its scheme picks the backend. A string, a `sqlalchemy.engine.URL`, a pydantic
     URL/DSN (`PostgresDsn`, `MongoDsn`) or a `SecretStr`; a password that is the mask `***` is
-    refused. Masked in every repr, log and error."""
+    refused. Masked in every repr, log and error. `postgres://` and `postgresql://` (no driver)
+    mean psycopg if it is installed, else asyncpg; libpq's multi-host address
+    (`user@h1:5432,h2:5432/db`) is read as `?host=h1:5432&host=h2:5432`."""
     preset: Literal["development", "production", "high_traffic"] | None = None
     """Fill unset fields from a preset; fields set explicitly win."""
     size: int = Field(5, ge=0, le=10_000)
@@ -191,7 +193,9 @@ class PoolConfig(BaseModel):
     retry_after: int | None = Field(None, ge=0)
     """`Retry-After` seconds on a 503 for this pool; default: `ceil(timeout)`, at least 1."""
     external_pooler: Literal["pgbouncer"] | None = None
-    """Set to `pgbouncer` when a transaction-mode PgBouncer sits in front of PostgreSQL."""
+    """Set to `pgbouncer` when a transaction-mode PgBouncer sits in front of PostgreSQL: no
+    prepared statements are reused (asyncpg's and SQLAlchemy's caches off, psycopg's
+    `prepare_threshold=None`)."""
     replicas: list[SecretURL] = Field(default_factory=list)
     """Read replica URLs (SQL): `session(name, readonly=True)` reads from them, round-robin."""
     options: dict[str, Any] = Field(default_factory=dict)
