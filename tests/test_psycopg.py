@@ -166,8 +166,10 @@ async def test_full_reset_keeps_psycopg_prepared_statements_usable(
         assert m.stats("main")["connections_num"] == 1
 
 
-async def test_fast_path_connection_is_not_autocommit_and_cancel_safe_is_allowed(
+async def test_fast_path_runs_in_autocommit_and_sessions_do_not(
         postgres_server: PostgresServer, managers: list[ConnectionManager]) -> None:
+    # As asyncpg's connections: a statement is committed unless it runs in `conn.transaction()`.
+    # The same connection then serves a session, which must get its transaction back.
     m = ConnectionManager({"main": {"url": postgres_server.url(driver="psycopg"), "size": 1,
                                     "overflow": 0}})
     managers.append(m)
@@ -175,19 +177,26 @@ async def test_fast_path_connection_is_not_autocommit_and_cancel_safe_is_allowed
         async with m.connection("main") as conn:
             await conn.execute("CREATE TABLE IF NOT EXISTS cm_fast (x int)")
             await conn.execute("TRUNCATE cm_fast")
-            await conn.commit()
-            await conn.execute("INSERT INTO cm_fast VALUES (1)")  # not committed
+            await conn.execute("INSERT INTO cm_fast VALUES (1)")  # autocommitted
+            with pytest.raises(RuntimeError):
+                async with conn.transaction():
+                    await conn.execute("INSERT INTO cm_fast VALUES (2)")
+                    raise RuntimeError("undo")
+            await conn.execute("BEGIN")
+            await conn.execute("INSERT INTO cm_fast VALUES (3)")  # left open: rolled back
+        with pytest.raises(RuntimeError):
+            async with m.session("main") as s:
+                await s.execute(text("INSERT INTO cm_fast VALUES (4)"))
+                raise RuntimeError("the session's transaction is rolled back")
         async with m.connection("main") as conn:
-            async with conn.transaction():
-                await conn.execute("INSERT INTO cm_fast VALUES (2)")
             cur = await conn.execute("SELECT array_agg(x) FROM cm_fast")
-            assert (await cur.fetchone())[0] == [2]  # the uncommitted write was rolled back
+            assert (await cur.fetchone())[0] == [1]
             sleeping = asyncio.ensure_future(conn.execute("SELECT pg_sleep(30)"))
             await asyncio.sleep(0.2)
             await conn.cancel_safe()  # made to run beside another call: not ConcurrentUse
             with pytest.raises(psycopg.errors.QueryCanceled):
                 await sleeping
-            await conn.rollback()
+        assert m.stats("main")["connections_num"] == 1
 
 
 # ---------------------------------------------------------------- URLs people paste

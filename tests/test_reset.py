@@ -49,10 +49,8 @@ STATE: dict[str, list[tuple[list[str], str, Any]]] = {
 }
 
 
-# psycopg's connections are not in autocommit mode: what the statements leave must be committed,
-# or the rollback of the open transaction on return undoes it (SET, temp table, LISTEN).
-STATE["psycopg"] = [([*statements, "COMMIT"], read, cleared)
-                    for statements, read, cleared in STATE["asyncpg"]]
+# psycopg's fast path is in autocommit as asyncpg's; a session commits what the statements did.
+STATE["psycopg"] = STATE["asyncpg"]
 
 
 def cases(target: Target) -> list[tuple[list[str], str, Any]]:

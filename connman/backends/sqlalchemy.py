@@ -508,7 +508,10 @@ class _RawUnit:
 
 # Drivers whose connections start transactions implicitly and need `commit()` (DBAPI style): an
 # uncommitted write of a fast-path unit is rolled back when it ends, as reset-on-return does.
-_IMPLICIT_TRANSACTIONS = frozenset({"psycopg", "aiomysql", "asyncmy", "aiosqlite"})
+_IMPLICIT_TRANSACTIONS = frozenset({"aiomysql", "asyncmy", "aiosqlite"})
+# Drivers whose connection has `commit()`/`rollback()`: inside a test binding they act on the
+# unit's savepoint (psycopg's fast path runs in autocommit, as asyncpg's: its writes are kept).
+_SAVEPOINT_PROXY = _IMPLICIT_TRANSACTIONS | {"psycopg"}
 
 
 class TestBinding:
@@ -623,7 +626,7 @@ class TestBinding:
         except BaseException:
             self._exit()
             raise
-        if self.pool.config.driver_name in _IMPLICIT_TRANSACTIONS:
+        if self.pool.config.driver_name in _SAVEPOINT_PROXY:
             unit.proxy = _SavepointConnection(self.pool.name, unit)
         else:
             unit.proxy = FastConnection(self.pool.name, unit.driver)
@@ -764,6 +767,9 @@ class SQLAlchemyPool(Pool):
         self._hot: list[tuple[Any, Any, float]] = []
         self._probe = _PROBES.get(config.driver_name)
         self._sqlite = config.driver_name == "aiosqlite"
+        # psycopg's fast path runs in autocommit, as asyncpg's connections do; SQLAlchemy's
+        # sessions need it off, so it is on only inside a fast-path unit of work.
+        self._autocommit_fast = config.driver_name == "psycopg"
         self._autocommit = config.commit == "auto"
         # Drivers whose every query the fast path's proxy sees (asyncpg's connection methods,
         # the MySQL drivers' cursors); aiosqlite's `execute` calls are seen, but not the rows an
@@ -1304,6 +1310,12 @@ class SQLAlchemyPool(Pool):
         if self._binding is not None:  # connman.testing: a savepoint on the test's connection
             return await self._binding.begin_raw()
         fairy, conn = await self._checkout_raw()
+        if self._autocommit_fast:
+            try:
+                await _psycopg.enter_autocommit(conn)
+            except BaseException as exc:
+                await self._checkin_raw(fairy, exc)
+                raise
         proxy = FastConnection(self.name, conn, self._fast_limit)
         return (fairy, proxy), proxy
 
@@ -1479,10 +1491,20 @@ class SQLAlchemyPool(Pool):
                 except Exception:
                     await self._discard(fairy, "lost")
                     return
+            if self._autocommit_fast:
+                try:
+                    await _psycopg.leave_autocommit(conn)
+                except Exception:
+                    await self._discard(fairy, "lost")
+                    return
             self._hot.append((fairy, conn, time.monotonic()))
             pool, size = fairy._pool, self.config.size
             if not self._nwaiting and len(self._hot) + pool.checkedin() > size:
                 await self._trim(pool, size)
+            return
+        if self._autocommit_fast and fairy.is_valid and _psycopg.autocommit(fairy.driver_connection):
+            # Not made ready for sessions (the pool is closing): never hand it to one.
+            await self._discard(fairy, "close")
             return
         await self._finish_checkin(fairy.close)
         await self._close_if_disposed()

@@ -202,6 +202,25 @@ async def full_reset(conn: Any) -> None:
             await conn.set_autocommit(False)
 
 
+def autocommit(conn: Any) -> bool:
+    """Whether the connection is in autocommit mode."""
+    return bool(conn.autocommit)
+
+
+async def enter_autocommit(conn: Any) -> None:
+    """Autocommit on, for a fast-path unit of work (no round trip unless a transaction is open:
+    SQLAlchemy's pre-ping leaves one, which is rolled back first)."""
+    if conn.pgconn.transaction_status != _pq().TransactionStatus.IDLE:
+        await conn.rollback()
+    await conn.set_autocommit(True)
+
+
+async def leave_autocommit(conn: Any) -> None:
+    """Autocommit off again, as SQLAlchemy's sessions expect (no round trip)."""
+    if conn.autocommit:
+        await conn.set_autocommit(False)
+
+
 def connect_within(seconds: float) -> Callable[..., Any]:
     """`AsyncConnection.connect` bounded by `seconds` (handshake included), for SQLAlchemy's
     `async_creator_fn`; past it asyncio's `TimeoutError` is raised."""
