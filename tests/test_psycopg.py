@@ -264,3 +264,28 @@ def test_the_pq_layer_connman_relies_on_is_there() -> None:
     assert pq.TransactionStatus.ACTIVE is not None
     assert callable(capabilities.has_cancel_safe)
     assert hasattr(psycopg.AsyncConnection, "cancel_safe")
+
+
+async def test_the_bench_variants_run_on_psycopg(postgres_server: PostgresServer) -> None:
+    # connman's session and fast path against psycopg_pool's own pool, the raw anchor.
+    from connman.bench.targets import BACKENDS, PoolSettings, Target, prepare
+    from connman.bench.variants import make_variants
+
+    target = Target(BACKENDS["postgres-psycopg"], postgres_server.url(driver="psycopg"))
+    await prepare(target)
+    settings = PoolSettings(size=2, overflow=1, connect_timeout=5.0)
+    variants = make_variants(target, settings)
+    assert [type(v).__name__ for v in variants] == [
+        "ConnmanVariant", "HandSql", "RawPsycopg", "FastVariant"]
+    for v in variants[:3]:  # fast shares connman's pool
+        await v.open()
+    try:
+        for v in variants:
+            await v.checkout(1)
+            await v.read(1)
+            await v.write(1)
+            assert await v.hold(0.0) >= 0
+        assert variants[2].opened() >= 2  # type: ignore[attr-defined]
+    finally:
+        for v in variants[:3]:
+            await v.close()
