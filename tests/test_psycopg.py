@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -289,3 +290,29 @@ async def test_the_bench_variants_run_on_psycopg(postgres_server: PostgresServer
     finally:
         for v in variants[:3]:
             await v.close()
+
+
+def test_check_reports_a_psycopg_pool_with_its_server_limit(
+        postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from connman.cli import app as cli_app
+
+    from .test_scaling import cli_env
+
+    dead = f"postgresql+psycopg://u:topsecret@127.0.0.1:{free_port()}/db"
+    cli_env(monkeypatch, tmp_path, {"main": postgres_server.url(), "gone": dead})
+    monkeypatch.setenv("CONNMAN_POOLS__GONE__CONNECT_TIMEOUT", "1")
+    result = CliRunner().invoke(cli_app, ["check", "--json"])
+    assert result.exit_code == 1, result.output  # the unreachable pool
+    assert "topsecret" not in result.output
+    report = json.loads(result.output)
+    pools = {p["pool"]: p for p in report["pools"]}
+    assert pools["main"]["status"] == "ok"
+    assert pools["main"]["driver"] == "psycopg"  # postgresql:// resolved to psycopg
+    assert pools["main"]["version"].startswith("15")
+    assert pools["gone"]["status"] == "error"
+    budget = {b["server"]: b for b in report["budget"]}
+    assert budget[f"127.0.0.1:{postgres_server.port}"]["limit"] is not None
