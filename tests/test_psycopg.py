@@ -82,6 +82,34 @@ async def test_statement_timeout_cancels_the_statement_on_the_server(
             assert (await s.execute(text("SELECT 1"))).scalar() == 1
 
 
+async def test_a_connection_discarded_mid_statement_has_its_statement_cancelled(
+        postgres_server: PostgresServer, managers: list[ConnectionManager]) -> None:
+    # A task the block did not wait for still runs a statement when the block ends: the
+    # connection is terminated (never handed out busy), and the server stops the statement.
+    tag = "cm_cancel_left"
+    m = ConnectionManager({"main": {
+        "url": postgres_server.url(driver="psycopg"), "size": 1, "overflow": 0,
+        "options": {"connect_args": {"application_name": tag}}}})
+    managers.append(m)
+    async with m:
+        async with m.connection("main") as conn:
+            left = asyncio.ensure_future(conn.execute("SELECT pg_sleep(30)"))
+
+            async def running() -> bool:
+                return await _running(postgres_server, tag) == 1
+
+            assert await _until(running)
+        with pytest.raises(psycopg.Error):
+            await asyncio.wait_for(left, 10)
+
+        async def stopped() -> bool:
+            return await _running(postgres_server, tag) == 0
+
+        assert await _until(stopped), "the statement still runs on the server"
+        async with m.session("main") as s:
+            assert (await s.execute(text("SELECT 1"))).scalar() == 1
+
+
 async def test_hang_up_is_seen_without_a_round_trip(postgres_server: PostgresServer) -> None:
     conn = await psycopg.AsyncConnection.connect(postgres_server.url())
     try:

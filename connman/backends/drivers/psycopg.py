@@ -92,13 +92,15 @@ def hung_up(conn: Any) -> bool:
     return False
 
 
-def _shutdown(sock: socket.socket) -> None:
+def _shutdown(sock: socket.socket, then: Callable[[], None] | None = None) -> None:
     try:
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass  # already disconnected
     finally:
         sock.close()
+        if then is not None:
+            then()
 
 
 async def _cancel(conn: Any) -> None:
@@ -108,16 +110,21 @@ async def _cancel(conn: Any) -> None:
         logger.debug("connman: cancelling a statement on the server failed", exc_info=True)
 
 
-def kill(conn: Any) -> None:
+def kill(conn: Any, then: Callable[[], None] | None = None) -> None:
     """Make the connection unusable now, without waiting for the server; a pending call on it
-    fails at once. A statement still running is cancelled on the server, in the background."""
+    fails at once. A statement still running is cancelled on the server, in the background.
+    `then` runs once the socket is shut down (at once, or right after the cancel request left)."""
     pq = _pq()
     pgconn = conn.pgconn
     if pgconn.status != pq.ConnStatus.OK:
+        if then is not None:
+            then()
         return
     try:
         fd = pgconn.socket
     except Exception:
+        if then is not None:
+            then()
         return
     # A duplicate of the descriptor: shutdown acts on the socket itself, and whatever closes the
     # connection meanwhile cannot make this shut down another socket given the same number.
@@ -136,13 +143,13 @@ def kill(conn: Any) -> None:
             task = loop.create_task(_cancel(conn))
             _cancels.add(task)
             task.add_done_callback(_cancels.discard)
-            loop.call_soon(_shutdown, sock)
+            loop.call_soon(_shutdown, sock, then)
             return
         with contextlib.suppress(Exception):
             request = pgconn.get_cancel()
             threading.Thread(target=_blocking_cancel, args=(request,), daemon=True,
                              name="connman-psycopg-cancel").start()
-    _shutdown(sock)
+    _shutdown(sock, then)
 
 
 def _blocking_cancel(request: Any) -> None:
@@ -154,8 +161,7 @@ def terminate(conn: Any) -> None:
     """Close the connection now, with no round trip and no coroutine: `kill`, then libpq's own
     close. (SQLAlchemy's psycopg adapter has no terminate of its own: it awaits `close()`, which
     outside its greenlet fails and leaves the connection open.)"""
-    kill(conn)
-    close_without_loop(conn)
+    kill(conn, then=lambda: close_without_loop(conn))
 
 
 def close_without_loop(conn: Any) -> None:
