@@ -10,7 +10,7 @@ from typing import Literal
 
 Kind = Literal["native", "emulated", "native + emulated", "n/a"]
 BACKENDS = ("sqlalchemy", "mongo")
-BACKEND_TITLES = {"sqlalchemy": "SQLAlchemy (asyncpg, aiomysql, asyncmy, aiosqlite)",
+BACKEND_TITLES = {"sqlalchemy": "SQLAlchemy (asyncpg, psycopg, aiomysql, asyncmy, aiosqlite)",
                   "mongo": "PyMongo `AsyncMongoClient` / Motor"}
 
 
@@ -87,7 +87,9 @@ MAPPING: dict[str, dict[str, Entry]] = {
         "sqlalchemy": Entry("native + emulated",
                             "connect_args: timeout (asyncpg) / connect_timeout (MySQL)",
                             "the MySQL drivers' option bounds only the TCP connect: connman bounds "
-                            "their handshake too; also the pre-ping's and a close's deadline. "
+                            "their handshake too; psycopg's (libpq's) is whole seconds, at least "
+                            "2, per host: connman bounds the whole connect instead; also the "
+                            "pre-ping's and a close's deadline. "
                             "aiosqlite has no network connect (its `timeout` is the lock wait, "
                             "set from `timeout`); the startup deadline still applies"),
         "mongo": Entry("native", "connectTimeoutMS, serverSelectionTimeoutMS",
@@ -95,9 +97,10 @@ MAPPING: dict[str, dict[str, Entry]] = {
     },
     "statement_timeout": {
         "sqlalchemy": Entry("native + emulated", "connect_args: command_timeout (asyncpg)",
-                            "asyncpg: native, per call. aiomysql, asyncmy, aiosqlite: emulated, a "
-                            "timer on each execute, COMMIT and ROLLBACK kills the connection "
-                            "(SQLite: interrupts the query). Either way `StatementTimeout`, the "
+                            "asyncpg: native, per call. psycopg, aiomysql, asyncmy, aiosqlite: "
+                            "emulated, a timer on each execute, COMMIT and ROLLBACK kills the "
+                            "connection (psycopg: after cancelling the statement on the server; "
+                            "SQLite: interrupts the query). Either way `StatementTimeout`, the "
                             "connection invalidated, the unit of work rolled back"),
         "mongo": Entry("native", "timeoutMS",
                        "PyMongo's client-side operation timeout: each operation whole (server "
@@ -138,7 +141,8 @@ MAPPING: dict[str, dict[str, Entry]] = {
     "reset_on_return": {
         "sqlalchemy": Entry("native + emulated", "pool_reset_on_return='rollback'",
                             "`rollback`: SQLAlchemy's reset; `full`: also asyncpg's "
-                            "`Connection.reset()` + `DISCARD TEMP`, MySQL's COM_RESET_CONNECTION, "
+                            "`Connection.reset()` + `DISCARD TEMP`, on psycopg what `DISCARD "
+                            "ALL` clears but its prepared statements, MySQL's COM_RESET_CONNECTION, "
                             "SQLite's temporary tables dropped, then the `on_connect` hooks again; "
                             "on sessions and the fast path"),
         "mongo": Entry("n/a", "-", "a Mongo connection carries no session state an app sets"),

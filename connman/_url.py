@@ -330,3 +330,38 @@ class SecretURL:
                 lambda v: v.masked, when_used="always"
             ),
         )
+
+
+def with_scheme(url: str, scheme: str) -> str:
+    """The URL with its scheme replaced (the rest kept byte for byte)."""
+    _, rest = split_scheme(url)
+    return f"{scheme}://{rest}"
+
+
+def split_libpq_hosts(url: str, default_port: int) -> str | None:
+    """libpq's multi-host form (`user@h1:5432,h2:5433/db`, what HA tooling emits) rewritten to
+    the `?host=h1:5432&host=h2:5433` form SQLAlchemy's PostgreSQL dialects take (a host without a
+    port gets `default_port`); None when the URL names one host. ValueError when it also names
+    hosts in its query string, or one of its hosts is empty."""
+    _, rest = split_scheme(url)
+    userinfo, authority, path, query = _split_rest(rest)
+    if "," not in authority:
+        return None
+    if any(key == "host" for key, _ in parse_qsl(query, keep_blank_values=True)):
+        raise ValueError("several hosts both in the address and in `host=` query parameters; "
+                         "use one form")
+    hosts = []
+    for part in authority.split(","):
+        host, port = part, ""
+        if part.startswith("["):  # [IPv6]:port
+            end = part.find("]")
+            host, port = part[:end + 1], part[end + 2:] if part[end + 1:end + 2] == ":" else ""
+        elif ":" in part:
+            host, port = part.rsplit(":", 1)
+        if not host:
+            raise ValueError(f"several hosts in the address, one of them empty: {authority!r}")
+        hosts.append(f"{host}:{port or default_port}")
+    params = "&".join(f"host={h}" for h in hosts)
+    query = f"{query}&{params}" if query else params
+    scheme, _ = split_scheme(url)
+    return f"{scheme}://{userinfo + '@' if userinfo else ''}{path or '/'}?{query}"

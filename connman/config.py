@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import importlib.util
 import math
 import os
 from collections.abc import Mapping
@@ -29,7 +30,15 @@ from pydantic_settings import (
 )
 
 from ._mapping import CONFLICTS
-from ._url import SecretURL, mask_url, url_path_database, url_string
+from ._url import (
+    SecretURL,
+    mask_url,
+    split_libpq_hosts,
+    split_scheme,
+    url_path_database,
+    url_string,
+    with_scheme,
+)
 from .errors import ConfigurationError
 
 __all__ = [
@@ -43,6 +52,7 @@ _config_file: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 # URL scheme -> (backend, driver, extra to install)
 SCHEMES: dict[str, tuple[str, str, str]] = {
     "postgresql+asyncpg": ("sqlalchemy", "asyncpg", "postgres"),
+    "postgresql+psycopg": ("sqlalchemy", "psycopg", "psycopg"),
     "mysql+aiomysql": ("sqlalchemy", "aiomysql", "mysql"),
     "mysql+asyncmy": ("sqlalchemy", "asyncmy", "mysql"),
     "sqlite+aiosqlite": ("sqlalchemy", "aiosqlite", "sqlite"),
@@ -65,13 +75,57 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# URL schemes that name PostgreSQL but no driver (what hosting platforms hand out), and the async
+# drivers they resolve to, in order of preference: psycopg first, as SQLAlchemy 2.1 does for
+# `postgresql://`, then asyncpg; the first one installed is used.
+DRIVERLESS_POSTGRES = ("postgres", "postgresql")
+POSTGRES_PREFERENCE = ("psycopg", "asyncpg")
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def resolve_url(url: SecretURL) -> SecretURL:
+    """The URL as connman uses it: a driverless `postgres://`/`postgresql://` given the async
+    driver installed (psycopg, else asyncpg), and libpq's multi-host address (`h1:5432,h2:5432`)
+    moved to `?host=` parameters. ValueError when neither driver is installed."""
+    text = url.get_secret_value()
+    scheme = url.scheme
+    target: str | None = None
+    if scheme in DRIVERLESS_POSTGRES:
+        driver = next((d for d in POSTGRES_PREFERENCE if _installed(d)), None)
+        if driver is None:
+            raise ValueError(
+                f"{scheme}:// names no driver and neither psycopg nor asyncpg is installed: "
+                "pip install 'connman[psycopg]' (postgresql+psycopg://) or 'connman[postgres]' "
+                "(postgresql+asyncpg://)")
+        target = f"postgresql+{driver}"
+    if target is not None:
+        text = with_scheme(text, target)
+        scheme = target
+    if scheme in SCHEMES and SCHEMES[scheme][1] in POSTGRES_PREFERENCE:
+        moved = split_libpq_hosts(text, 5432)
+        if moved is not None:
+            text = moved
+    elif scheme in SCHEMES and SCHEMES[scheme][0] == "sqlalchemy" and "," in _authority(text):
+        raise ValueError(f"several hosts in one URL: {scheme}:// takes one host")
+    return url if text == url.get_secret_value() else SecretURL(text)
+
+
+def _authority(url: str) -> str:
+    rest = split_scheme(url)[1].split("?", 1)[0].split("/", 1)[0]
+    return rest.rsplit("@", 1)[-1]
+
+
 def backend_of(scheme: str) -> tuple[str, str, str]:
     """(backend, driver, extra) for a URL scheme, or a ValueError listing the supported ones."""
     try:
         return SCHEMES[scheme]
     except KeyError:
         supported = ", ".join(f"{s}://" for s in SCHEMES)
-        raise ValueError(f"unsupported URL scheme {scheme!r}; supported: {supported}") from None
+        raise ValueError(f"unsupported URL scheme {scheme!r}; supported: {supported} (and "
+                         "postgresql://, which means psycopg if installed, else asyncpg)") from None
 
 
 def backend_of_or_none(scheme: str) -> str | None:
@@ -99,7 +153,9 @@ class PoolConfig(BaseModel):
     url: SecretURL
     """Database URL; its scheme picks the backend. A string, a `sqlalchemy.engine.URL`, a pydantic
     URL/DSN (`PostgresDsn`, `MongoDsn`) or a `SecretStr`; a password that is the mask `***` is
-    refused. Masked in every repr, log and error."""
+    refused. Masked in every repr, log and error. `postgres://` and `postgresql://` (no driver)
+    mean psycopg if it is installed, else asyncpg; libpq's multi-host address
+    (`user@h1:5432,h2:5432/db`) is read as `?host=h1:5432&host=h2:5432`."""
     preset: Literal["development", "production", "high_traffic"] | None = None
     """Fill unset fields from a preset; fields set explicitly win."""
     size: int = Field(5, ge=0, le=10_000)
@@ -144,7 +200,9 @@ class PoolConfig(BaseModel):
     retry_after: int | None = Field(None, ge=0)
     """`Retry-After` seconds on a 503 for this pool; default: `ceil(timeout)`, at least 1."""
     external_pooler: Literal["pgbouncer"] | None = None
-    """Set to `pgbouncer` when a transaction-mode PgBouncer sits in front of PostgreSQL."""
+    """Set to `pgbouncer` when a transaction-mode PgBouncer sits in front of PostgreSQL: no
+    prepared statements are reused (asyncpg's and SQLAlchemy's caches off, psycopg's
+    `prepare_threshold=None`)."""
     replicas: list[SecretURL] = Field(default_factory=list)
     """Read replica URLs (SQL): `session(name, readonly=True)` reads from them, round-robin."""
     options: dict[str, Any] = Field(default_factory=dict)
@@ -193,6 +251,7 @@ class PoolConfig(BaseModel):
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, url: SecretURL) -> SecretURL:
+        url = resolve_url(url)
         backend_of(url.scheme)
         return url
 
@@ -210,6 +269,11 @@ class PoolConfig(BaseModel):
             raise ValueError("must be at least 1 on a SQL pool (SQLAlchemy reads pool_size=0 as "
                              "'no limit')" if sql else "must be at least 0")
         return value
+
+    @field_validator("replicas")
+    @classmethod
+    def _known_replica_schemes(cls, urls: list[SecretURL]) -> list[SecretURL]:
+        return [resolve_url(url) for url in urls]
 
     @field_validator("session_class", mode="before")
     @classmethod
@@ -286,7 +350,7 @@ class PoolConfig(BaseModel):
 
     @property
     def driver_name(self) -> str:
-        """The driver library: asyncpg, aiomysql, asyncmy, aiosqlite, pymongo or motor."""
+        """The driver library: asyncpg, psycopg, aiomysql, asyncmy, aiosqlite, pymongo or motor."""
         _, driver, _ = backend_of(self.url.scheme)
         return self.driver or driver
 

@@ -14,6 +14,9 @@ from sqlalchemy import text
 
 from connman.testing.servers import Server, free_port
 
+PG_DRIVERS = ("asyncpg", "psycopg")
+"""The PostgreSQL drivers among the targets."""
+
 
 @dataclass
 class Target:
@@ -48,6 +51,17 @@ class Target:
     @property
     def is_sql(self) -> bool:
         return self.kind == "sql"
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.driver in PG_DRIVERS
+
+
+def app_name_args(driver: str, name: str) -> dict[str, Any]:
+    """`connect_args` that give a PostgreSQL driver's connections `application_name` = `name`."""
+    if driver == "asyncpg":
+        return {"server_settings": {"application_name": name}}
+    return {"application_name": name}
 
 
 class Ops:
@@ -84,7 +98,7 @@ class Ops:
     async def slow(self, unit: Any, seconds: float) -> None:
         """A query that keeps the server busy `seconds` (SQLite/Mongo: a query, then a sleep)."""
         driver = self.target.driver
-        if driver == "asyncpg":
+        if driver in PG_DRIVERS:
             await unit.execute(text("SELECT pg_sleep(:s)"), {"s": seconds})
         elif driver in ("aiomysql", "asyncmy"):
             await unit.execute(text("SELECT SLEEP(:s)"), {"s": seconds})
@@ -97,7 +111,7 @@ async def server_connections(target: Target, app_filter: str | None = None) -> i
     """How many client connections the server sees now, not counting this check's own."""
     if target.server is None:
         return None
-    if target.driver == "asyncpg":
+    if target.driver in PG_DRIVERS:
         import asyncpg
 
         conn = await asyncpg.connect(target.server.url())

@@ -89,6 +89,7 @@ def pgbouncer_server(postgres_server: Server) -> Server:
 TARGETS: dict[str, tuple[str, str, str | None]] = {
     # id: (kind, driver, server fixture)
     "postgres": ("sql", "asyncpg", "postgres_server"),
+    "postgres-psycopg": ("sql", "psycopg", "postgres_server"),
     "mysql-aiomysql": ("sql", "aiomysql", "mysql_server"),
     "mysql-asyncmy": ("sql", "asyncmy", "mysql_server"),
     "sqlite": ("sql", "aiosqlite", None),

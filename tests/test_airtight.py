@@ -25,7 +25,7 @@ from connman import ConcurrentUse, ConnectionManager, SessionEnded, WrongEventLo
 from connman.testing.invariant import gate_violations
 from connman.testing.proxy import TcpProxy
 
-from ._targets import Ops, Target, serve
+from ._targets import Ops, Target, app_name_args, serve
 from .conftest import only
 from .test_fast_path import scalar, sleep_sql
 
@@ -265,8 +265,8 @@ async def pg_backends(target: Target, app: str) -> int:
 
 def tagged(target: Target, **fields: Any) -> dict[str, Any]:
     """The target's pool config; on PostgreSQL its connections carry this test's application_name."""
-    if target.driver == "asyncpg":
-        fields["options"] = {"connect_args": {"server_settings": {"application_name": target.tag}}}
+    if target.is_postgres:
+        fields["options"] = {"connect_args": app_name_args(target.driver, target.tag)}
     return target.config(**fields)
 
 
@@ -280,7 +280,7 @@ def test_a_pool_from_a_dead_loop_fails_fast_and_closes_quietly(target: Target) -
         assert info.value.pool == "main"
     asyncio.run(asyncio.wait_for(m.close(), 10))  # another loop: drops the driver objects
     gc.collect()  # nothing left for the collector to warn about (filterwarnings = error)
-    if target.driver == "asyncpg":  # the server saw them go
+    if target.is_postgres:  # the server saw them go
         assert asyncio.run(pg_backends(target, target.tag)) == 0
     # And the manager opens again in a new loop, as a fresh lifespan would.
     async def reopen() -> None:
@@ -398,7 +398,7 @@ async def test_a_commit_that_fails_is_a_5xx_and_leaves_nothing_out(
     table = Ops(target).table
     async with m, m.session("main") as s:
         # A constraint checked only at commit: the handler itself succeeds.
-        if target.driver == "asyncpg":
+        if target.is_postgres:
             await s.execute(text(f"CREATE TABLE {table} (k INT UNIQUE DEFERRABLE "
                                  "INITIALLY DEFERRED)"))
         else:

@@ -94,7 +94,7 @@ async def burst(m: ConnectionManager, target: Target, ops: Ops, *, fast: bool = 
 
 
 async def _driver_sleep(target: Target, conn: Any, seconds: float) -> None:
-    if target.driver == "asyncpg":
+    if target.is_postgres:
         await conn.execute(f"SELECT pg_sleep({seconds})")
     elif target.driver == "aiosqlite":
         await conn.execute("SELECT 1")

@@ -47,7 +47,7 @@ async def execute(target: Target, conn: Any, sql: str) -> None:
 
 
 def sleep_sql(target: Target, seconds: float) -> str:
-    if target.driver == "asyncpg":
+    if target.is_postgres:
         return f"SELECT pg_sleep({seconds})"
     if target.driver in ("aiomysql", "asyncmy"):
         return f"SELECT SLEEP({seconds})"
@@ -56,7 +56,7 @@ def sleep_sql(target: Target, seconds: float) -> str:
             "WHERE x < 30000000) SELECT count(*) FROM c")
 
 
-DRIVER_MODULE = {"asyncpg": "asyncpg", "aiomysql": "aiomysql", "asyncmy": "asyncmy",
+DRIVER_MODULE = {"asyncpg": "asyncpg", "psycopg": "psycopg", "aiomysql": "aiomysql", "asyncmy": "asyncmy",
                  "aiosqlite": "aiosqlite"}
 
 

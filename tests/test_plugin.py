@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 BOGUS = {
     "asyncpg": "postgresql+asyncpg://prod@127.0.0.1:1/prod",
+    "psycopg": "postgresql+psycopg://prod@127.0.0.1:1/prod",
     "aiomysql": "mysql+aiomysql://prod@127.0.0.1:1/prod",
     "asyncmy": "mysql+asyncmy://prod@127.0.0.1:1/prod",
     "aiosqlite": "sqlite+aiosqlite:////nonexistent/prod.db",
@@ -38,6 +39,8 @@ BOGUS = {
 RAW = {
     "asyncpg": ("await conn.execute(\"INSERT INTO items (k) VALUES ('raw')\")",
                 "n = await conn.fetchval('SELECT count(*) FROM items')"),
+    "psycopg": ("await conn.execute(\"INSERT INTO items (k) VALUES ('raw')\"); await conn.commit()",
+                "n = (await (await conn.execute('SELECT count(*) FROM items')).fetchone())[0]"),
     "aiosqlite": ("await conn.execute(\"INSERT INTO items (k) VALUES ('raw')\"); await conn.commit()",
                   "n = (await (await conn.execute('SELECT count(*) FROM items')).fetchone())[0]"),
 }
@@ -57,7 +60,7 @@ def server_env(target: Target | None) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
     if target is not None and target.server is not None:
         kind = "MONGO" if target.kind == "mongo" else (
-            "POSTGRES" if target.driver == "asyncpg" else "MYSQL")
+            "POSTGRES" if target.is_postgres else "MYSQL")
         env[f"CONNMAN_TEST_{kind}_URL"] = target.server.url(
             **({"database": "connman"} if target.kind == "mongo" else {}))
     return env

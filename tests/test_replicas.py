@@ -25,11 +25,15 @@ async def in_recovery(db: Any) -> bool:
     return bool((await db.execute(text("SELECT pg_is_in_recovery()"))).scalar())
 
 
+PG_DRIVERS = pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+
+
+@PG_DRIVERS
 async def test_readonly_sessions_read_from_the_replica_and_writes_stay_on_the_primary(
         postgres_server: PostgresServer, replica: PostgresReplicaServer,
-        managers: list[ConnectionManager]) -> None:
-    m = ConnectionManager({"main": {"url": postgres_server.url(driver="asyncpg"),
-                                    "replicas": [replica.url(driver="asyncpg")],
+        managers: list[ConnectionManager], driver: str) -> None:
+    m = ConnectionManager({"main": {"url": postgres_server.url(driver=driver),
+                                    "replicas": [replica.url(driver=driver)],
                                     "size": 1, "overflow": 1}})
     managers.append(m)
     async with m:
@@ -50,12 +54,13 @@ async def test_readonly_sessions_read_from_the_replica_and_writes_stay_on_the_pr
         assert "main.replica1" in m.names
 
 
+@PG_DRIVERS
 async def test_unreachable_replicas_are_skipped_and_the_primary_is_the_last_resort(
         postgres_server: PostgresServer, replica: PostgresReplicaServer,
-        managers: list[ConnectionManager]) -> None:
-    dead = f"postgresql+asyncpg://postgres:pw@127.0.0.1:{free_port()}/postgres"
-    m = ConnectionManager({"main": {"url": postgres_server.url(driver="asyncpg"),
-                                    "replicas": [dead, replica.url(driver="asyncpg")],
+        managers: list[ConnectionManager], driver: str) -> None:
+    dead = f"postgresql+{driver}://postgres:pw@127.0.0.1:{free_port()}/postgres"
+    m = ConnectionManager({"main": {"url": postgres_server.url(driver=driver),
+                                    "replicas": [dead, replica.url(driver=driver)],
                                     "size": 1, "overflow": 0, "connect_timeout": 1}})
     managers.append(m)
     async with m:  # the dead replica does not stop startup: replicas are not required

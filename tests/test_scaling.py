@@ -54,19 +54,31 @@ def pgbouncer_version() -> tuple[int, ...]:
 
 
 @pytest.mark.pgbouncer
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
 async def test_pgbouncer_transaction_mode_needs_and_gets_the_pooler_setting(
-        pgbouncer_server: Server, managers: list[ConnectionManager]) -> None:
-    url = pgbouncer_server.url(driver="asyncpg")
+        pgbouncer_server: Server, managers: list[ConnectionManager], driver: str) -> None:
+    url = pgbouncer_server.url(driver=driver)
     good = ConnectionManager({"main": {"url": url, "size": 5, "overflow": 10,
                                        "external_pooler": "pgbouncer"}})
     managers.append(good)
     async with good:
         ok, errors = await hammer(good)
+        # The fast path too: the same statement often enough that psycopg would prepare it.
+        for i in range(8):
+            async with good.connection("main") as conn:
+                if driver == "asyncpg":
+                    assert await conn.fetchval("SELECT $1::int + 1", i) == i + 1
+                else:
+                    cur = await conn.execute("SELECT %s::int + 1", (i,))
+                    assert (await cur.fetchone())[0] == i + 1
     assert errors == []
     assert ok == 300
     opts = good.pool("main").driver_options()["connect_args"]
-    assert opts["statement_cache_size"] == 0
-    assert opts["prepared_statement_cache_size"] == 0
+    if driver == "asyncpg":
+        assert opts["statement_cache_size"] == 0
+        assert opts["prepared_statement_cache_size"] == 0
+    else:  # psycopg prepares nothing at all
+        assert opts["prepare_threshold"] is None
 
 
 @pytest.mark.pgbouncer
@@ -148,7 +160,7 @@ async def test_warm_up_reads_the_same_limit_as_server_info(
         pool = m.pool("main")
         expected = server_limit(await pool.server_info())
         assert pool.connection_limit == expected
-        if target.driver in ("asyncpg", "aiomysql", "asyncmy"):
+        if target.driver in ("asyncpg", "psycopg", "aiomysql", "asyncmy"):
             assert expected is not None  # the test servers run with max_connections=200
             assert 150 < expected <= 200
 

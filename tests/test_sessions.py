@@ -133,7 +133,7 @@ async def test_cancelled_session_returns_its_connection(make_manager: Make, ops:
             assert n <= 2
 
 
-@only(kinds=("sql",), exclude=("postgres", "mysql-aiomysql", "mysql-asyncmy"))
+@only(kinds=("sql",), exclude=("postgres", "postgres-psycopg", "mysql-aiomysql", "mysql-asyncmy"))
 @pytest.mark.skipif(
     not hasattr(__import__("aiosqlite").Connection, "stop"),
     reason="aiosqlite < 0.22 (no Connection.stop(), the lowest supported set): a fresh-clone run "

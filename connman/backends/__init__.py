@@ -9,6 +9,7 @@ from ..errors import MissingDependency
 
 _MODULES = {
     "asyncpg": ("sqlalchemy", "greenlet", "asyncpg"),
+    "psycopg": ("sqlalchemy", "greenlet", "psycopg"),
     "aiomysql": ("sqlalchemy", "greenlet", "aiomysql"),
     "asyncmy": ("sqlalchemy", "greenlet", "asyncmy"),
     "aiosqlite": ("sqlalchemy", "greenlet", "aiosqlite"),

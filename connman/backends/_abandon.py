@@ -29,12 +29,17 @@ def close_transport(transport: Any) -> None:
 
 
 def close_driver_connection(conn: Any) -> None:
-    """Close one driver connection (asyncpg, aiomysql, asyncmy, aiosqlite) without its loop."""
+    """Close one driver connection (asyncpg, psycopg, aiomysql, asyncmy, aiosqlite) without
+    its loop."""
     module = type(conn).__module__.split(".", 1)[0]
     if module == "asyncpg":
         close_transport(getattr(conn, "_transport", None))
         with contextlib.suppress(Exception):
             conn._aborted = True
+    elif module == "psycopg":
+        from .drivers.psycopg import close_without_loop
+
+        close_without_loop(conn)
     elif module == "aiomysql":
         writer = getattr(conn, "_writer", None)
         close_transport(getattr(writer, "transport", None))

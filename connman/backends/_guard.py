@@ -126,7 +126,7 @@ class FastConnection:
             raise SessionEnded(ended_message(self._cm_pool, "fast-path connection"),
                                pool=self._cm_pool)
         attr = getattr(conn, name)
-        if _is_async_method(type(conn), name):
+        if _is_async_method(type(conn), name) and name not in _CONCURRENT_BY_DESIGN:
             return _Tracked(self, attr)
         if name in _AIOSQLITE_RESULTS and _is_aiosqlite(conn):
             return _ResultMaker(self, attr)
@@ -143,6 +143,10 @@ class FastConnection:
         conn = self._cm_conn
         state = "returned" if conn is None else type(conn).__name__
         return f"<FastConnection pool={self._cm_pool!r} {state}>"
+
+
+# Methods made to be called while another operation runs (psycopg's `cancel_safe`).
+_CONCURRENT_BY_DESIGN = frozenset({"cancel_safe"})
 
 
 class _Tracked:

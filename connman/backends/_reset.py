@@ -5,6 +5,8 @@ coroutine per driver, on the driver's own connection, after the open transaction
 
 - asyncpg: `Connection.reset()` (what asyncpg's own pool runs on release: advisory locks, cursors,
   LISTEN, session settings) and `DISCARD TEMP` (temporary tables).
+- psycopg: what `DISCARD ALL` clears but its prepared statements, outside a transaction (see
+  `drivers/psycopg.py`).
 - aiomysql, asyncmy: the protocol's COM_RESET_CONNECTION (session variables, user variables,
   temporary tables, named locks, prepared statements), then the character set and autocommit mode
   the driver had set are set again. Neither driver exposes the command, so it is sent with their
@@ -20,6 +22,8 @@ from __future__ import annotations
 
 import inspect
 from typing import Any
+
+from .drivers import psycopg as psycopg_driver
 
 COM_RESET_CONNECTION = 0x1F
 
@@ -58,6 +62,6 @@ async def _aiosqlite(conn: Any) -> None:
         await conn.commit()
 
 
-FULL_RESET = {"asyncpg": _asyncpg, "aiomysql": _mysql, "asyncmy": _mysql,
-              "aiosqlite": _aiosqlite}
+FULL_RESET = {"asyncpg": _asyncpg, "psycopg": psycopg_driver.full_reset, "aiomysql": _mysql,
+              "asyncmy": _mysql, "aiosqlite": _aiosqlite}
 """driver -> coroutine function(driver connection): the full reset, transaction already ended."""

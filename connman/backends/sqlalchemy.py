@@ -1,4 +1,4 @@
-"""SQLAlchemy async engines (asyncpg, aiomysql, asyncmy, aiosqlite) behind the connman pool.
+"""SQLAlchemy async engines (asyncpg, psycopg, aiomysql, asyncmy, aiosqlite) behind the connman pool.
 
 Maps the schema to `create_async_engine` keywords, feeds the stats from pool events, and emulates
 what SQLAlchemy lacks: an idle timeout, lifetime jitter (both checked at checkout, where
@@ -56,6 +56,7 @@ from ._pooler import PoolerGuard
 from ._reset import FULL_RESET, mysql_cursor
 from .drivers import asyncpg as _asyncpg
 from .drivers import mysql as _mysql
+from .drivers import psycopg as _psycopg
 from .drivers import sqlite as _sqlite
 
 logger = logging.getLogger("connman")
@@ -101,6 +102,8 @@ async def _sqlite_select1(conn: Any) -> None:
 _PROBES: dict[str, _Probe] = {
     "asyncpg": _Probe(lambda c: c.is_closed(), lambda c: c.is_in_transaction(),
                       lambda c: c.execute("ROLLBACK"), lambda c: c.fetchval("SELECT 1")),
+    "psycopg": _Probe(_psycopg.hung_up, _psycopg.in_transaction, _psycopg.rollback,
+                      _psycopg.ping),
     "aiomysql": _Probe(_mysql.hung_up, lambda c: c.get_transaction_status(),
                        lambda c: c.rollback(), _mysql_select1),
     "asyncmy": _Probe(_mysql.hung_up, lambda c: c.get_transaction_status(),
@@ -123,6 +126,9 @@ def _may_be_disconnected(exc: BaseException) -> bool:
     """
     if isinstance(exc, (OSError, ConnectionError, TimeoutError)):
         return True
+    psycopg_says = _psycopg.may_be_disconnected(exc)
+    if psycopg_says is not None:
+        return psycopg_says
     return any(cls.__name__ in _DISCONNECT_NAMES for cls in type(exc).__mro__)
 
 
@@ -201,13 +207,15 @@ def _aiosqlite_connect(*args: Any, **kw: Any) -> Any:
 # How to drop a driver connection now, without a word to the server (the driver modules).
 _KILL: dict[str, Callable[[Any], None]] = {
     "asyncpg": _asyncpg.kill,
+    "psycopg": _psycopg.kill,
     "aiomysql": _mysql.kill,
     "asyncmy": _mysql.kill,
     "aiosqlite": _sqlite.interrupt,
 }
 
 # Drivers whose statements connman bounds itself (asyncpg's `command_timeout` is native).
-_EMULATED_STATEMENT_TIMEOUT = ("aiomysql", "asyncmy", "aiosqlite")
+# psycopg has none: connman's deadline, and its kill cancels the statement on the server.
+_EMULATED_STATEMENT_TIMEOUT = ("psycopg", "aiomysql", "asyncmy", "aiosqlite")
 
 
 def _call_within(seconds: float, kill: Callable[[Any], None], conn: Any,
@@ -313,9 +321,14 @@ def engine_options(name: str, config: PoolConfig) -> dict[str, Any]:
         connect_args.setdefault("command_timeout", config.statement_timeout)
     if config.external_pooler == "pgbouncer":
         # Transaction pooling hands each transaction a different server connection, so named
-        # prepared statements cannot be reused: turn off both asyncpg's and SQLAlchemy's caches.
-        connect_args.setdefault("statement_cache_size", 0)
-        connect_args.setdefault("prepared_statement_cache_size", 0)
+        # prepared statements cannot be reused: turn off both asyncpg's and SQLAlchemy's caches,
+        # or psycopg's preparing altogether.
+        if driver == "psycopg":
+            for key, value in _psycopg.PGBOUNCER_ARGS.items():
+                connect_args.setdefault(key, value)
+        else:
+            connect_args.setdefault("statement_cache_size", 0)
+            connect_args.setdefault("prepared_statement_cache_size", 0)
     kw: dict[str, Any] = {
         # Room for every connection up to the maximum, so none is closed as "overflow" the moment
         # it comes back (a reconnect storm on every burst): connman's maintenance closes what is
@@ -463,6 +476,9 @@ class _RawUnit:
 # Drivers whose connections start transactions implicitly and need `commit()` (DBAPI style): an
 # uncommitted write of a fast-path unit is rolled back when it ends, as reset-on-return does.
 _IMPLICIT_TRANSACTIONS = frozenset({"aiomysql", "asyncmy", "aiosqlite"})
+# Drivers whose connection has `commit()`/`rollback()`: inside a test binding they act on the
+# unit's savepoint (psycopg's fast path runs in autocommit, as asyncpg's: its writes are kept).
+_SAVEPOINT_PROXY = _IMPLICIT_TRANSACTIONS | {"psycopg"}
 
 
 class TestBinding:
@@ -577,7 +593,7 @@ class TestBinding:
         except BaseException:
             self._exit()
             raise
-        if self.pool.config.driver_name in _IMPLICIT_TRANSACTIONS:
+        if self.pool.config.driver_name in _SAVEPOINT_PROXY:
             unit.proxy = _SavepointConnection(self.pool.name, unit)
         else:
             unit.proxy = FastConnection(self.pool.name, unit.driver)
@@ -695,6 +711,8 @@ def _creator(driver: str, connect_timeout: float) -> Callable[..., Any] | None:
         return _aiomysql_connect(connect_timeout)
     if driver == "asyncmy":
         return _asyncmy_connect(connect_timeout)
+    if driver == "psycopg":
+        return _psycopg.connect_within(connect_timeout)
     return None  # asyncpg's `timeout` covers the whole connect
 
 
@@ -716,6 +734,9 @@ class SQLAlchemyPool(Pool):
         self._hot: list[tuple[Any, Any, float]] = []
         self._probe = _PROBES.get(config.driver_name)
         self._sqlite = config.driver_name == "aiosqlite"
+        # psycopg's fast path runs in autocommit, as asyncpg's connections do; SQLAlchemy's
+        # sessions need it off, so it is on only inside a fast-path unit of work.
+        self._autocommit_fast = config.driver_name == "psycopg"
         self._autocommit = config.commit == "auto"
         # Drivers whose every query the fast path's proxy sees (asyncpg's connection methods,
         # the MySQL drivers' cursors); aiosqlite's `execute` calls are seen, but not the rows an
@@ -771,10 +792,8 @@ class SQLAlchemyPool(Pool):
 
     async def _read_limit(self, conn: Any) -> int | None:
         driver = self.config.driver_name
-        if driver == "asyncpg":
-            return int((await conn.exec_driver_sql(
-                "SELECT current_setting('max_connections')::int"
-                " - current_setting('superuser_reserved_connections')::int")).scalar_one())
+        if driver in ("asyncpg", "psycopg"):
+            return int((await conn.exec_driver_sql(_psycopg.LIMIT_SQL)).scalar_one())
         if driver in ("aiomysql", "asyncmy"):
             return int((await conn.exec_driver_sql("SELECT @@max_connections")).scalar_one())
         await conn.exec_driver_sql("SELECT 1")
@@ -1002,6 +1021,13 @@ class SQLAlchemyPool(Pool):
         creator = _creator(cfg.driver_name, cfg.connect_timeout)
         self._recent = {}
         self._refuse_overlapping_executes(sync_engine.dialect)
+        if cfg.driver_name == "psycopg":
+            # SQLAlchemy terminates a psycopg connection by awaiting its close(): outside its
+            # greenlet (connman discarding a connection) that fails and leaves it open.
+            def do_terminate(dbapi_connection: Any) -> None:
+                _psycopg.terminate(_driver_conn(dbapi_connection))
+
+            sync_engine.dialect.do_terminate = do_terminate  # type: ignore[method-assign]
         self._bound_calls(sync_engine)
         self._typed_errors(sync_engine)
         guard = self._pooler
@@ -1349,6 +1375,12 @@ class SQLAlchemyPool(Pool):
             if typed is not None:
                 raise typed from exc
             raise
+        if self._autocommit_fast:
+            try:
+                await _psycopg.enter_autocommit(conn)
+            except BaseException as exc:
+                await self._checkin_raw(fairy, exc)
+                raise
         proxy = FastConnection(self.name, conn, self._fast_limit,
                                self._pooler.check if self._pooler is not None else None)
         return (fairy, proxy), proxy
@@ -1558,10 +1590,20 @@ class SQLAlchemyPool(Pool):
                 except Exception:
                     await self._discard(fairy, "lost")
                     return
+            if self._autocommit_fast:
+                try:
+                    await _psycopg.leave_autocommit(conn)
+                except Exception:
+                    await self._discard(fairy, "lost")
+                    return
             self._hot.append((fairy, conn, time.monotonic()))
             pool, size = fairy._pool, self.config.size
             if not self._nwaiting and len(self._hot) + pool.checkedin() > size:
                 await self._trim(pool, size)
+            return
+        if self._autocommit_fast and fairy.is_valid and _psycopg.autocommit(fairy.driver_connection):
+            # Not made ready for sessions (the pool is closing): never hand it to one.
+            await self._discard(fairy, "close")
             return
         await self._finish_checkin(fairy.close)
         await self._close_if_disposed()
@@ -1651,7 +1693,7 @@ class SQLAlchemyPool(Pool):
                                 "server_connections": None}
         await self._make_room()
         async with engine.connect() as conn:
-            if driver == "asyncpg":
+            if driver in ("asyncpg", "psycopg"):
                 info["version"] = (await conn.exec_driver_sql("SHOW server_version")).scalar()
                 info["max_connections"] = int(
                     (await conn.exec_driver_sql("SHOW max_connections")).scalar_one())

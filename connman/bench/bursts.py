@@ -25,7 +25,8 @@ from .variants import ConnmanVariant, FastVariant, HandMongo, HandSql, Variant
 __all__ = ["PULSE_SQL", "BurstSeries", "burst_series", "burst_summary", "bursts_md", "probe"]
 
 perf = time.perf_counter
-PULSE_SQL = {"asyncpg": "SELECT pg_sleep(0.002)", "aiomysql": "SELECT SLEEP(0.002)",
+PULSE_SQL = {"asyncpg": "SELECT pg_sleep(0.002)", "psycopg": "SELECT pg_sleep(0.002)",
+             "aiomysql": "SELECT SLEEP(0.002)",
              "asyncmy": "SELECT SLEEP(0.002)", "aiosqlite": f"SELECT v FROM {TABLE} WHERE k = 1"}
 """One unit of burst work per SQL driver."""
 Pulse = Callable[[int], Awaitable[None]]

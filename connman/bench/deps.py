@@ -11,7 +11,8 @@ __all__ = ["BENCH_MODULES", "DRIVER_MODULES", "missing", "require_bench", "requi
 
 BENCH_MODULES = ("sqlalchemy", "fastapi", "rich", "matplotlib", "uvicorn", "httpx")
 """What the suite itself imports: the hand-written variants, the HTTP scenario, plots, progress."""
-DRIVER_MODULES = {"asyncpg": ("asyncpg", "postgres"), "aiomysql": ("aiomysql", "mysql"),
+DRIVER_MODULES = {"asyncpg": ("asyncpg", "postgres"), "psycopg": ("psycopg_pool", "psycopg-bench"),
+                  "aiomysql": ("aiomysql", "mysql"),
                   "asyncmy": ("asyncmy", "mysql"), "aiosqlite": ("aiosqlite", "sqlite"),
                   "pymongo": ("pymongo", "mongo"), "motor": ("motor", "motor")}
 """Driver name -> (module, connman extra that installs it)."""

@@ -113,7 +113,8 @@ class Servers:
 
 def environment() -> dict[str, Any]:
     """Python, platform, CPU count and the versions of connman and every driver."""
-    packages = ("connman", "sqlalchemy", "greenlet", "asyncpg", "aiomysql", "asyncmy",
+    packages = ("connman", "sqlalchemy", "greenlet", "asyncpg", "psycopg", "psycopg-pool",
+                "aiomysql", "asyncmy",
                 "aiosqlite", "pymongo", "motor", "fastapi", "starlette", "uvicorn", "httpx",
                 "pydantic", "secantusdb")
     versions: dict[str, str | None] = {}

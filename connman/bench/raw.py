@@ -1,5 +1,5 @@
-"""The floor: each driver's own pool (asyncpg, aiomysql, asyncmy), one aiosqlite connection,
-and the PyMongo/Motor client used directly.
+"""The floor: each driver's own pool (asyncpg, psycopg_pool, aiomysql, asyncmy), one aiosqlite
+connection, and the PyMongo/Motor client used directly.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from .variants import DRIVER_OPS, HandMongo, Variant, driver_sql, perf
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-__all__ = ["RawAiosqlite", "RawAsyncpg", "RawMongo", "RawMySQL", "RawSql"]
+__all__ = ["RawAiosqlite", "RawAsyncpg", "RawMongo", "RawMySQL", "RawPsycopg", "RawSql"]
 
 
 class RawMongo(HandMongo):
@@ -136,6 +136,46 @@ class RawAsyncpg(RawSql):
     def acquire(self, timeout: float | None = None) -> AbstractAsyncContextManager[Any]:
         """`pool.acquire(timeout=...)`."""
         cm: AbstractAsyncContextManager[Any] = self.pool.acquire(timeout=timeout)
+        return cm
+
+
+class RawPsycopg(RawSql):
+    """psycopg_pool's `AsyncConnectionPool`, psycopg's own pool: connections in autocommit (as
+    its users configure them for point queries; writes run in `conn.transaction()`), no
+    prepared statements behind PgBouncer, as connman does."""
+
+    async def open(self) -> None:
+        """Create and open the pool with min_size=size, max_size=size+overflow."""
+        from psycopg_pool import AsyncConnectionPool
+
+        s = self.settings
+        kwargs: dict[str, Any] = {"autocommit": True}
+        if self.target.backend.server == "pgbouncer":
+            kwargs["prepare_threshold"] = None
+        conninfo = self.target.url.replace("postgresql+psycopg://", "postgresql://", 1)
+        self._opened = 0
+        self.pool = AsyncConnectionPool(
+            conninfo, min_size=s.size, max_size=s.max_size, timeout=s.timeout,
+            max_idle=s.idle, max_lifetime=s.recycle, kwargs=kwargs, configure=self._count,
+            open=False)
+        await self.pool.open(wait=True, timeout=s.connect_timeout)
+
+    async def _count(self, conn: Any) -> None:
+        # psycopg_pool calls `configure` once for every connection it opens.
+        self._opened += 1
+
+    def opened(self) -> int:
+        """Connections the pool has opened so far (its `configure` calls)."""
+        return self._opened
+
+    async def close(self) -> None:
+        """Close the pool."""
+        if self.pool is not None:
+            await self.pool.close()
+
+    def acquire(self, timeout: float | None = None) -> AbstractAsyncContextManager[Any]:
+        """`pool.connection(timeout=...)`."""
+        cm: AbstractAsyncContextManager[Any] = self.pool.connection(timeout=timeout)
         return cm
 
 

@@ -337,7 +337,7 @@ async def cold_start(targets: Sequence[Target], plan: Plan, rec: Recorder,
     adding `cold_link_ms` each way (a link between zones), where it waits on the network.
     """
     order = ("postgres-asyncpg", "mysql-aiomysql", "mongo-pymongo", "sqlite-aiosqlite",
-             "pgbouncer-asyncpg", "mysql-asyncmy", "mongo-motor")
+             "pgbouncer-asyncpg", "mysql-asyncmy", "mongo-motor", "postgres-psycopg")
     by_name = {t.backend.name: t for t in targets}
     chosen = [by_name[n] for n in order if n in by_name][:4]
     if not chosen:

@@ -30,6 +30,7 @@ class Backend:
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend("postgres-asyncpg", "sql", "asyncpg", "postgres"),
+    Backend("postgres-psycopg", "sql", "psycopg", "postgres"),
     Backend("pgbouncer-asyncpg", "sql", "asyncpg", "pgbouncer"),
     Backend("mysql-aiomysql", "sql", "aiomysql", "mysql"),
     Backend("mysql-asyncmy", "sql", "asyncmy", "mysql"),

@@ -3,8 +3,8 @@
 - `connman`: `manager.session(name)` (SQL: an `AsyncSession`; Mongo: the database handle).
 - `hand`: the usual hand-written pattern: `create_async_engine` + `async_sessionmaker` + a `get_db`
   async generator that commits or rolls back (Mongo: a bare client and `client[db]`).
-- `raw`: the driver's own pool, the floor (asyncpg/aiomysql/asyncmy pools, one aiosqlite connection,
-  the PyMongo or Motor client directly).
+- `raw`: the driver's own pool, the floor (asyncpg/aiomysql/asyncmy pools, psycopg_pool's
+  `AsyncConnectionPool`, one aiosqlite connection, the PyMongo or Motor client directly).
 - `fast`: connman's fast path, `manager.connection(name)`, driving the driver's own API.
 """
 
@@ -81,7 +81,7 @@ class Variant(abc.ABC):
 
 
 # ---------------------------------------------------------------------------- SQL helpers
-_PARAM = {"asyncpg": "$1", "aiomysql": "%s", "asyncmy": "%s", "aiosqlite": "?"}
+_PARAM = {"asyncpg": "$1", "psycopg": "%s", "aiomysql": "%s", "asyncmy": "%s", "aiosqlite": "?"}
 SA_READ = text(f"SELECT v FROM {TABLE} WHERE k = :k")
 SA_WRITE = text(f"UPDATE {TABLE} SET v = v + 1 WHERE k = :k")
 
@@ -102,6 +102,16 @@ async def _pg_read(conn: Any, sql: str, k: int) -> None:
 async def _pg_write(conn: Any, sql: str, k: int) -> None:
     async with conn.transaction():
         await conn.execute(sql, k)
+
+
+async def _psycopg_read(conn: Any, sql: str, k: int) -> None:
+    cur = await conn.execute(sql, (k,))
+    await cur.fetchone()
+
+
+async def _psycopg_write(conn: Any, sql: str, k: int) -> None:
+    async with conn.transaction():
+        await conn.execute(sql, (k,))
 
 
 async def _my_read(conn: Any, sql: str, k: int) -> None:
@@ -129,6 +139,7 @@ async def _lite_write(conn: Any, sql: str, k: int) -> None:
 
 DRIVER_OPS: dict[str, tuple[DriverOp, DriverOp]] = {
     "asyncpg": (_pg_read, _pg_write),
+    "psycopg": (_psycopg_read, _psycopg_write),
     "aiomysql": (_my_read, _my_write),
     "asyncmy": (_my_read, _my_write),
     "aiosqlite": (_lite_read, _lite_write),
@@ -458,12 +469,14 @@ async def _mongo_close(client: Any) -> None:
 
 def raw_variant(target: Target, settings: PoolSettings) -> Variant:
     """The driver's own pool (or client) for `target`, not opened yet."""
-    from .raw import RawAiosqlite, RawAsyncpg, RawMongo, RawMySQL
+    from .raw import RawAiosqlite, RawAsyncpg, RawMongo, RawMySQL, RawPsycopg
 
     if target.backend.family == "mongo":
         return RawMongo(target, settings)
     if target.backend.driver == "asyncpg":
         return RawAsyncpg(target, settings)
+    if target.backend.driver == "psycopg":
+        return RawPsycopg(target, settings)
     if target.backend.driver == "aiosqlite":
         return RawAiosqlite(target, settings)
     return RawMySQL(target, settings)

@@ -18,7 +18,7 @@ from .servers import MariaDBServer, MongoWireServer, PostgresServer, Server, Ser
 
 __all__ = ["KIND_OF_DRIVER", "TestServers", "create_schema", "worker_id"]
 
-KIND_OF_DRIVER = {"asyncpg": "postgres", "aiomysql": "mysql", "asyncmy": "mysql",
+KIND_OF_DRIVER = {"asyncpg": "postgres", "psycopg": "postgres", "aiomysql": "mysql", "asyncmy": "mysql",
                   "aiosqlite": "sqlite", "pymongo": "mongo", "motor": "mongo"}
 """Which test server a pool's driver runs against."""
 
@@ -74,7 +74,7 @@ class TestServers:
 
     def url_for(self, pool: str, config: PoolConfig | str) -> str:
         """A URL for pool `pool` on the test server of its driver (a `PoolConfig`, or a driver name:
-        asyncpg, aiomysql, asyncmy, aiosqlite, pymongo, motor), its database freshly created."""
+        asyncpg, psycopg, aiomysql, asyncmy, aiosqlite, pymongo, motor), its database freshly created."""
         driver = config if isinstance(config, str) else config.driver_name
         kind = KIND_OF_DRIVER[driver]
         database = self.database_name(pool)

@@ -44,14 +44,14 @@ from connman import ConnectionManager, PoolStartupError
 from connman.testing.proxy import TcpProxy
 from connman.testing.servers import Server
 
-from .._targets import Ops, Target, free_port, serve
+from .._targets import Ops, Target, app_name_args, free_port, serve
 from .app import Served, build_app
 from .frozen import freeze, thaw
 from .load import Outcome, Plan, run_load
 
 Figures = dict[str, Any]
 
-SQL_SERVERS = ("postgres", "mysql-aiomysql", "mysql-asyncmy")
+SQL_SERVERS = ("postgres", "postgres-psycopg", "mysql-aiomysql", "mysql-asyncmy")
 MONGO = ("mongo-pymongo", "mongo-motor")
 NETWORKED = (*SQL_SERVERS, *MONGO)
 EVERY = (*NETWORKED, "sqlite")
@@ -111,14 +111,14 @@ class Rig:
             return t.url()
         if t.kind == "mongo":
             return t.url(database=self.database)
-        if t.driver == "asyncpg":
-            return self.server.url(driver="asyncpg")
+        if t.is_postgres:
+            return self.server.url(driver=t.driver)
         return self.server.url(driver=t.driver, database=self.database)
 
     def app_url(self) -> str:
         """The URL the app's pool uses: via PgBouncer or the proxy when the run has one."""
         if self.pgbouncer is not None:
-            return self.pgbouncer.url(driver="asyncpg")
+            return self.pgbouncer.url(driver=self.target.driver)
         url = self.direct_url()
         if self.through is not None:
             url = _swap_address(url, "127.0.0.1", self.through.port)
@@ -131,9 +131,9 @@ class Rig:
         cfg["url"] = self.direct_url() if direct else self.app_url()
         name = app_name or self.app_name
         options = dict(cfg.get("options") or {})
-        if self.target.driver == "asyncpg":
+        if self.target.is_postgres:
             args = dict(options.get("connect_args") or {})
-            args["server_settings"] = {"application_name": name}
+            args.update(app_name_args(self.target.driver, name))
             options["connect_args"] = args
             if self.pgbouncer is not None and not direct:
                 cfg.setdefault("external_pooler", "pgbouncer")
@@ -165,7 +165,7 @@ class Rig:
         """Drop what the run created; never raises."""
         t = self.target
         with contextlib.suppress(Exception):
-            if t.driver == "asyncpg":
+            if t.is_postgres:
                 import asyncpg
 
                 conn = await asyncpg.connect(self.server.url(), timeout=10)
@@ -230,7 +230,7 @@ class Rig:
             return self._sqlite_handles()
         if self.pgbouncer is not None:
             return await self._pgbouncer_clients()
-        if t.driver == "asyncpg":
+        if t.is_postgres:
             import asyncpg
 
             conn = await asyncpg.connect(self.server.url(), timeout=10)
@@ -267,7 +267,7 @@ class Rig:
     async def kill(self) -> int:
         """Terminate, server-side, the app's connections; returns how many were killed."""
         t = self.target
-        if t.driver == "asyncpg":
+        if t.is_postgres:
             import asyncpg
 
             conn = await asyncpg.connect(self.server.url(), timeout=10)

@@ -333,7 +333,7 @@ async def test_shutdown_with_a_frozen_server_is_bounded(target: Target, rig_for:
     assert manager.stats("main")["requests_active"] == 0
 
 
-@only(kinds=("sql",), exclude=("postgres", "mysql-aiomysql", "mysql-asyncmy"))
+@only(kinds=("sql",), exclude=("postgres", "postgres-psycopg", "mysql-aiomysql", "mysql-asyncmy"))
 async def test_sqlite_statement_timeout_interrupts_the_query(target: Target) -> None:
     manager = ConnectionManager({"main": target.config(statement_timeout=0.5, size=1,
                                                        overflow=0)})
@@ -351,7 +351,7 @@ async def test_sqlite_statement_timeout_interrupts_the_query(target: Target) -> 
             assert (await unit.execute(text("SELECT 1"))).scalar() == 1
 
 
-@only(kinds=("sql",), exclude=("postgres", "mysql-aiomysql", "mysql-asyncmy"))
+@only(kinds=("sql",), exclude=("postgres", "postgres-psycopg", "mysql-aiomysql", "mysql-asyncmy"))
 @pytest.mark.parametrize("shape", ["await", "async_with", "fetchall"])
 async def test_sqlite_fast_path_statement_timeout_interrupts_the_query(
         target: Target, shape: str) -> None:
