@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._credentials import ConnectTarget
 from ._pool import Pool
 from ._url import SecretURL, mask_url
 from .config import PRESETS, ConnmanSettings, PoolConfig, load_settings
@@ -42,6 +43,7 @@ __all__ = [
     "CheckoutTimeout",
     "ConcurrentUse",
     "ConfigurationError",
+    "ConnectTarget",
     "ConnectionLost",
     # manager
     "ConnectionManager",

@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 from sqlalchemy.util import await_only, greenlet_spawn
 
+from .._credentials import Credentials
 from .._pool import Pool, finish, jittered_lifetime, shielded
 from ..config import PoolConfig
 from ..errors import (
@@ -41,6 +42,7 @@ from ..errors import (
     ConfigurationError,
     ConnmanError,
     PoolTimeout,
+    ServerUnavailable,
     SessionEnded,
     StatementTimeout,
 )
@@ -720,15 +722,25 @@ class BoundedQueuePool(AsyncAdaptedQueuePool):
             raise replacement from exc
 
 
+def _asyncpg_connect(*args: Any, **kw: Any) -> Any:
+    """asyncpg's own connect: its `timeout` covers the whole connect, handshake included."""
+    import asyncpg
+
+    return asyncpg.connect(*args, **kw)
+
+
 def _creator(driver: str, connect_timeout: float) -> Callable[..., Any] | None:
-    """The `async_creator_fn` connman gives SQLAlchemy for a driver (None: the driver's own)."""
+    """The driver connect connman's `async_creator_fn` calls for a driver (None: unknown driver,
+    SQLAlchemy's dialect connects as it would without connman)."""
     if driver == "aiosqlite":
         return _aiosqlite_connect
     if driver == "aiomysql":
         return _aiomysql_connect(connect_timeout)
     if driver == "asyncmy":
         return _asyncmy_connect(connect_timeout)
-    return None  # asyncpg's `timeout` covers the whole connect
+    if driver == "asyncpg":
+        return _asyncpg_connect
+    return None
 
 
 class SQLAlchemyPool(Pool):
@@ -771,11 +783,26 @@ class SQLAlchemyPool(Pool):
         self._out: set[Any] = set()
         self._recent: dict[int, float] = {}
         """When each open driver connection (by id) was last checked in: the pre-ping bypass."""
+        self._credentials = (
+            Credentials(name, config.credentials, config.connect_timeout, config.retry_after_s)
+            if config.credentials is not None else None)
+        """The `credentials` provider, called in each new connection's connect."""
+        if self._credentials is not None and _creator(config.driver_name, 1.0) is None:
+            raise ConfigurationError(
+                f"pool {name!r}: credentials: not supported for driver {config.driver_name!r}",
+                pool=name, field="credentials")
+        self._connect_ms: dict[int, float] = {}
+        """How long each new driver connection (by id) took to open, until its connect event."""
 
     # ------------------------------------------------------------------ lifecycle
     async def _open(self) -> None:
         self._disposed_pool = None
-        engine = create_async_engine(self.config.url.get_secret_value(), **self._options)
+        options = self._options
+        args: dict[str, Any] = dict(options.get("connect_args") or {})
+        connect = self._connect_fn(args.get("async_creator_fn"))
+        if connect is not None:
+            options = {**options, "connect_args": {**args, "async_creator_fn": connect}}
+        engine = create_async_engine(self.config.url.get_secret_value(), **options)
         self._engine = engine
         self._install_events(engine)
         self._sessionmaker = async_sessionmaker(engine, **self._session_kw)
@@ -826,6 +853,45 @@ class SQLAlchemyPool(Pool):
         self._engine = self._sessionmaker = None
         self._hot = []
         self._disposed_pool = None
+    def _connect_fn(self, given: Callable[..., Any] | None) -> Callable[..., Any] | None:
+        """The `async_creator_fn` SQLAlchemy's dialect awaits for each new connection.
+
+        It receives the connect arguments SQLAlchemy assembled after every `do_connect` listener
+        ran, so the documented recipe (a listener on `manager.native(name).sync_engine` that sets
+        `cparams["password"]`) works in whatever order listeners were registered: connman adds
+        none. It counts and times the connect, fetches `credentials` (awaited here, inside the
+        async connect), then calls `given` (an `async_creator_fn` from `options.connect_args`)
+        or the driver's connect with its deadline. None for a driver connman does not know.
+        """
+        inner = given or _creator(self.config.driver_name, self.config.connect_timeout)
+        if inner is None:
+            return None
+        credentials = self._credentials
+        counters = self.counters
+        started = self._connect_ms
+
+        async def connect(*args: Any, **kw: Any) -> Any:
+            t0 = time.monotonic()
+            counters.add("connections_num")
+            try:
+                if credentials is not None:
+                    await credentials.apply(kw)
+                conn = await inner(*args, **kw)
+            except BaseException as exc:
+                counters.add("connections_errors")
+                if _driver_timeout(exc):
+                    raise self._connect_expired() from exc
+                raise
+            finally:
+                elapsed_ms = (time.monotonic() - t0) * 1000
+                counters.add("connections_ms", elapsed_ms)
+            if len(started) > 1000:  # setups that failed after the connect never claimed theirs
+                started.clear()
+            started[id(conn)] = elapsed_ms
+            return conn
+
+        return connect
+
     # ------------------------------------------------------------------ deadlines
     def _statement_expired(self) -> StatementTimeout:
         return StatementTimeout(
@@ -972,31 +1038,13 @@ class SQLAlchemyPool(Pool):
         cfg = self.config
 
         sqlite = self._sqlite
-        creator = _creator(cfg.driver_name, cfg.connect_timeout)
         self._recent = {}
         self._refuse_overlapping_executes(sync_engine.dialect)
         self._bound_calls(sync_engine)
         out: set[Any] = set()
         self._out = out
+        connect_ms = self._connect_ms
 
-        @event.listens_for(sync_engine, "do_connect")
-        def do_connect(dialect: Any, conn_rec: Any, cargs: Any, cparams: Any) -> Any:
-            t0 = time.monotonic()
-            self.counters.add("connections_num")
-            if "async_creator_fn" not in cparams and creator is not None:
-                cparams = {**cparams, "async_creator_fn": creator}
-            try:
-                conn = dialect.connect(*cargs, **cparams)
-            except BaseException as exc:
-                self.counters.add("connections_errors")
-                if _driver_timeout(exc):
-                    raise self._connect_expired() from exc
-                raise
-            finally:
-                elapsed_ms = (time.monotonic() - t0) * 1000
-                self.counters.add("connections_ms", elapsed_ms)
-                conn_rec.info["cm_connect_ms"] = elapsed_ms
-            return conn
 
         kill = _KILL.get(cfg.driver_name)
         if kill is not None and isinstance(pool, BoundedQueuePool):
@@ -1032,7 +1080,7 @@ class SQLAlchemyPool(Pool):
             rec.info["cm_born"] = now
             if cfg.recycle is not None:
                 rec.info["cm_deadline"] = now + jittered_lifetime(cfg.recycle, cfg.recycle_jitter)
-            self._emit("connect", rec.info.pop("cm_connect_ms", 0.0))
+            self._emit("connect", connect_ms.pop(id(_driver_conn(dbapi_con)), 0.0))
 
         for hook in self.connect_hooks:
             event.listen(pool, "connect", hook)
@@ -1468,7 +1516,10 @@ class SQLAlchemyPool(Pool):
         await self._close_if_disposed()
 
     def is_connection_error(self, exc: BaseException) -> bool:
-        """A DBAPI error that invalidated the connection, or could not make one."""
+        """A DBAPI error that invalidated the connection, or could not make one (a failed
+        `credentials` provider included: a replica's reads then go to the next one)."""
+        if isinstance(exc, ServerUnavailable):
+            return True
         if isinstance(exc, sa_exc.DBAPIError):
             return bool(exc.connection_invalidated) or isinstance(
                 exc, (sa_exc.OperationalError, sa_exc.InterfaceError))
