@@ -112,7 +112,7 @@ class Login:
                 if self.pg:
                     await self.admin("SELECT pg_terminate_backend($1)", sid)
                 else:
-                    with contextlib.suppress(Exception):
+                    with contextlib.suppress(Exception):  # it ended by itself meanwhile
                         await self.admin(f"KILL CONNECTION {int(sid)}")
             assert loop.time() < deadline, f"{self.user}'s connections did not end: {ids}"
             await asyncio.sleep(0.05)
@@ -134,7 +134,7 @@ class Login:
                 conn = await aiomysql.connect(host=self.server.host, port=self.server.port,
                                               user=self.user, password=password, db="connman")
                 conn.close()
-        except Exception:
+        except Exception:  # any refusal will do
             return True
         return False
 
