@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import traceback
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -424,3 +426,35 @@ def test_the_field_is_refused_where_it_cannot_work(fields: dict[str, Any], says:
     assert info.value.field == "credentials"
     assert says in str(info.value)
     assert SECRET not in str(info.value)
+
+
+def vault_down() -> str:
+    """A provider whose secrets store fails, quoting a secret (see the CLI test)."""
+    raise RuntimeError(f"permission denied for token {SECRET}")
+
+
+def trusted() -> str:
+    """A provider for the throwaway server's trust-auth superuser (any password will do)."""
+    return SECRET
+
+
+@pytest.mark.postgres
+def test_connman_check_shows_neither_the_provider_value_nor_its_message(
+        postgres_server: Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from connman.cli import app as cli_app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CONNMAN_POOLS__MAIN__URL", postgres_server.url(driver="asyncpg"))
+    monkeypatch.setenv("CONNMAN_POOLS__MAIN__CONNECT_TIMEOUT", "5")
+    monkeypatch.setenv("CONNMAN_POOLS__MAIN__CREDENTIALS", "tests.test_credentials:trusted")
+    result = CliRunner().invoke(cli_app, ["check", "--json"])
+    assert result.exit_code == 0, result.output
+    assert SECRET not in result.output
+    monkeypatch.setenv("CONNMAN_POOLS__MAIN__CREDENTIALS", "tests.test_credentials:vault_down")
+    result = CliRunner().invoke(cli_app, ["check", "--json"])
+    assert result.exit_code == 1
+    error = json.loads(result.output)["pools"][0]["error"]
+    assert "tests.test_credentials.vault_down raised RuntimeError" in error
+    assert SECRET not in result.output
