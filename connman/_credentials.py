@@ -80,8 +80,7 @@ def _first(kw: MutableMapping[str, Any], *keys: str) -> Any:
 class Credentials:
     """One pool's provider, called for each new connection within `timeout` seconds."""
 
-    __slots__ = ("_name", "_pool", "_provider", "_retry_after", "_takes_target", "_timeout",
-                 "calls")
+    __slots__ = ("_name", "_pool", "_provider", "_retry_after", "_takes_target", "_timeout")
 
     def __init__(self, pool: str, provider: Callable[..., Any], timeout: float,
                  retry_after: int = 1) -> None:
@@ -91,8 +90,6 @@ class Credentials:
         self._name = provider_name(provider)
         self._takes_target = _takes_target(provider)
         self._timeout = timeout
-        self.calls = 0
-        """How many times the provider was called."""
 
     def _failed(self, why: str) -> ServerUnavailable:
         return ServerUnavailable(
@@ -108,7 +105,6 @@ class Credentials:
         quote a token or a secret's path) and its exception is not chained; it names only the
         exception's class.
         """
-        self.calls += 1
         failure: str | None = None
         value: Any = None
         try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import inspect
 import logging
 import time
@@ -722,25 +723,33 @@ class BoundedQueuePool(AsyncAdaptedQueuePool):
             raise replacement from exc
 
 
-def _asyncpg_connect(*args: Any, **kw: Any) -> Any:
-    """asyncpg's own connect: its `timeout` covers the whole connect, handshake included."""
-    import asyncpg
+def _driver_call(module: str, path: str) -> Callable[..., Any]:
+    """A driver's own connect function (`module` + dotted `path`), imported at the first call."""
 
-    return asyncpg.connect(*args, **kw)
+    def connect(*args: Any, **kw: Any) -> Any:
+        fn: Any = importlib.import_module(module)
+        for attr in path.split("."):
+            fn = getattr(fn, attr)
+        return fn(*args, **kw)
+
+    return connect
+
+
+# Each driver's connect as connman's `async_creator_fn` awaits it, given `connect_timeout`: the
+# one place a driver's connect is named (adding a driver is one line here). A driver missing here
+# connects as SQLAlchemy's dialect would without connman: no `credentials`, no connect stats.
+_CONNECT: dict[str, Callable[[float], Callable[..., Any]]] = {
+    "asyncpg": lambda _: _driver_call("asyncpg", "connect"),  # `timeout` bounds it all
+    "aiomysql": _aiomysql_connect,
+    "asyncmy": _asyncmy_connect,
+    "aiosqlite": lambda _: _aiosqlite_connect,
+}
 
 
 def _creator(driver: str, connect_timeout: float) -> Callable[..., Any] | None:
-    """The driver connect connman's `async_creator_fn` calls for a driver (None: unknown driver,
-    SQLAlchemy's dialect connects as it would without connman)."""
-    if driver == "aiosqlite":
-        return _aiosqlite_connect
-    if driver == "aiomysql":
-        return _aiomysql_connect(connect_timeout)
-    if driver == "asyncmy":
-        return _asyncmy_connect(connect_timeout)
-    if driver == "asyncpg":
-        return _asyncpg_connect
-    return None
+    """The driver connect connman's `async_creator_fn` calls (None: a driver not in `_CONNECT`)."""
+    factory = _CONNECT.get(driver)
+    return factory(connect_timeout) if factory is not None else None
 
 
 class SQLAlchemyPool(Pool):
@@ -787,7 +796,7 @@ class SQLAlchemyPool(Pool):
             Credentials(name, config.credentials, config.connect_timeout, config.retry_after_s)
             if config.credentials is not None else None)
         """The `credentials` provider, called in each new connection's connect."""
-        if self._credentials is not None and _creator(config.driver_name, 1.0) is None:
+        if self._credentials is not None and config.driver_name not in _CONNECT:
             raise ConfigurationError(
                 f"pool {name!r}: credentials: not supported for driver {config.driver_name!r}",
                 pool=name, field="credentials")
