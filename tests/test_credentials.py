@@ -35,6 +35,7 @@ from connman.testing.servers import PostgresServer, Server
 DRIVERS = [pytest.param("asyncpg", id="asyncpg", marks=pytest.mark.postgres),
            pytest.param("aiomysql", id="aiomysql", marks=pytest.mark.mysql),
            pytest.param("asyncmy", id="asyncmy", marks=pytest.mark.mysql)]
+PG_DRIVERS = ("asyncpg", "psycopg")
 SECRET = "vault-token-s3cr3t"  # what a failing provider's message quotes: must never surface
 
 
@@ -50,7 +51,7 @@ class Login:
 
     @property
     def pg(self) -> bool:
-        return self.driver == "asyncpg"
+        return self.driver in PG_DRIVERS
 
     def url(self, password: str | None = None) -> str:
         """The pool URL: this login as the user, with `password` (or none) in it."""
@@ -173,7 +174,7 @@ async def _create_logins(driver: str, server: Server) -> list[str]:
 @pytest.fixture
 async def logins(request: pytest.FixtureRequest, driver: str) -> AsyncIterator[list[Login]]:
     """This driver's server's two logins, each with a fresh password of its own."""
-    kind = "postgres" if driver == "asyncpg" else "mysql"
+    kind = "postgres" if driver in PG_DRIVERS else "mysql"
     server = request.getfixturevalue(f"{kind}_server")
     if kind not in _CREATED:
         _CREATED[kind] = await _create_logins(driver, server)
@@ -187,7 +188,7 @@ async def logins(request: pytest.FixtureRequest, driver: str) -> AsyncIterator[l
 
 
 def _who(driver: str) -> str:
-    return "SELECT current_user" if driver == "asyncpg" else (
+    return "SELECT current_user" if driver in PG_DRIVERS else (
         "SELECT SUBSTRING_INDEX(CURRENT_USER(), '@', 1)")
 
 
@@ -210,7 +211,7 @@ async def _fast_who(manager: ConnectionManager, driver: str) -> str:
     async with manager.connection("main") as conn:
         if driver == "asyncpg":
             return str(await conn.fetchval("SELECT current_user"))
-        async with conn.cursor() as cur:
+        async with conn.cursor() as cur:  # the DBAPI-style drivers
             await cur.execute(_who(driver))
             return str((await cur.fetchone())[0])
 
@@ -349,6 +350,33 @@ async def test_a_failing_provider_is_a_typed_503_that_names_the_pool_and_no_secr
     state["fail"] = False  # the secrets store is back: the pool heals by itself
     assert await _fast_who(m, driver) == login.user
     assert m.pool("main").stats()["connections_errors"] >= 3
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+async def test_reads_leave_a_replica_whose_provider_fails_for_the_primary(
+        driver: str, logins: list[Login], managers: list[ConnectionManager]) -> None:
+    login = logins[0]
+    broken: set[str] = set()
+
+    async def provider(target: ConnectTarget) -> str:
+        if target.pool in broken:
+            raise RuntimeError(SECRET)
+        return login.password
+
+    m = ConnectionManager({"main": {
+        "url": login.url(), "size": 1, "overflow": 1, "timeout": 10, "connect_timeout": 10,
+        "credentials": provider, "replicas": [login.url()]}})
+    managers.append(m)
+    await m.open()
+    replica = m.pool("main.replica1")
+    assert not replica.closed
+    broken.add("main.replica1")
+    await login.terminate()
+    async with _client(_app(m, driver)) as client:
+        r = await client.get("/who-replica")
+        assert r.status_code == 200, r.text
+        assert r.json() == {"user": login.user}
+    assert replica.stats()["connections_errors"] >= 1
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
