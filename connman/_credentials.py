@@ -107,13 +107,15 @@ class Credentials:
         """
         failure: str | None = None
         value: Any = None
+        deadline = asyncio.timeout(self._timeout)
         try:
-            async with asyncio.timeout(self._timeout):
+            async with deadline:
                 value = self._provider(target) if self._takes_target else self._provider()
                 if inspect.isawaitable(value):
                     value = await value
-        except TimeoutError:
-            failure = f"did not answer within connect_timeout={self._timeout:g}s"
+        except TimeoutError as exc:
+            failure = (f"did not answer within connect_timeout={self._timeout:g}s"
+                       if deadline.expired() else f"raised {type(exc).__name__}")
         except Exception as exc:
             failure = f"raised {type(exc).__name__} (its message is not shown: it may hold a secret)"
         if failure is not None:

@@ -486,3 +486,25 @@ def test_connman_check_shows_neither_the_provider_value_nor_its_message(
     error = json.loads(result.output)["pools"][0]["error"]
     assert "tests.test_credentials.vault_down raised RuntimeError" in error
     assert SECRET not in result.output
+
+
+async def test_a_provider_that_hangs_fails_its_connect_within_connect_timeout() -> None:
+    from connman._credentials import Credentials
+
+    target = ConnectTarget(pool="main", host="db", port=5432, database="app", user="app")
+
+    async def hangs() -> str:
+        await asyncio.Event().wait()
+        return "never"
+
+    def times_out_itself() -> str:
+        raise TimeoutError(SECRET)
+
+    with pytest.raises(ServerUnavailable) as info:
+        await Credentials("main", hangs, 0.2).fetch(target)
+    assert "did not answer within connect_timeout=0.2s" in str(info.value)
+    with pytest.raises(ServerUnavailable) as info:
+        await Credentials("main", times_out_itself, 5).fetch(target)
+    assert "raised TimeoutError" in str(info.value)
+    assert SECRET not in "".join(traceback.format_exception(info.value))
+    assert await Credentials("main", lambda t: (t.user, "pw"), 5).fetch(target) == ("app", "pw")

@@ -862,6 +862,7 @@ class SQLAlchemyPool(Pool):
         self._engine = self._sessionmaker = None
         self._hot = []
         self._disposed_pool = None
+
     def _connect_fn(self, given: Callable[..., Any] | None) -> Callable[..., Any] | None:
         """The `async_creator_fn` SQLAlchemy's dialect awaits for each new connection.
 
