@@ -508,3 +508,27 @@ async def test_a_provider_that_hangs_fails_its_connect_within_connect_timeout() 
     assert "raised TimeoutError" in str(info.value)
     assert SECRET not in "".join(traceback.format_exception(info.value))
     assert await Credentials("main", lambda t: (t.user, "pw"), 5).fetch(target) == ("app", "pw")
+
+
+@pytest.mark.mongo
+async def test_pymongos_own_oidc_callback_goes_through_options(mongo_server: Server) -> None:
+    """What docs/semantics.md tells Mongo users to do instead of `credentials`: PyMongo's
+    MONGODB-OIDC callback in `options` reaches PyMongo, which calls it for a token. (The test
+    server has no OIDC, so the login itself is refused: the pool does not open.)"""
+    from pymongo.auth_oidc import OIDCCallback, OIDCCallbackContext, OIDCCallbackResult
+
+    asked: list[OIDCCallbackContext] = []
+
+    class Workload(OIDCCallback):
+        def fetch(self, context: OIDCCallbackContext) -> OIDCCallbackResult:
+            asked.append(context)
+            return OIDCCallbackResult(access_token=f"{SECRET}.jwt")
+
+    m = ConnectionManager({"docs": {
+        "url": mongo_server.url(database="app"), "size": 1, "connect_timeout": 5,
+        "options": {"authMechanism": "MONGODB-OIDC",
+                    "authMechanismProperties": {"OIDC_CALLBACK": Workload()}}}})
+    with pytest.raises(PoolStartupError) as info:
+        await m.open()
+    assert asked
+    assert SECRET not in str(info.value)
