@@ -169,10 +169,10 @@ class PoolConfig(BaseModel):
     own target), inside the driver's connect: an async provider is awaited there, bounded by
     `connect_timeout`; a sync one runs on the event loop and must not block. Connections already
     open keep working; `recycle` bounds how long one outlives its credential. Unset: the URL's
-    user and password. A provider that fails fails that connect with `ServerUnavailable(
-    kind="credentials")` (503 + `Retry-After`; `PoolStartupError` at startup), naming the pool
-    and the provider, never its message. Shown by name only, never called for display. Mongo:
-    refused (see docs/semantics.md, "Credentials that rotate")."""
+    user and password. A provider that fails fails that connect with
+    `ServerUnavailable(kind="credentials")` (503 + `Retry-After`; `PoolStartupError` at startup),
+    naming the pool and the provider, never its message. Shown by name only, never called for
+    display. Mongo: refused (see docs/semantics.md, "Credentials that rotate")."""
     commit: Literal["auto", "manual"] = "auto"
     """`auto`: a unit of work commits when the handler succeeds; `manual`: the app commits
     (`await session.commit()` in the view), and what it left uncommitted when the unit ends is
