@@ -697,7 +697,7 @@ class BoundedQueuePool(AsyncAdaptedQueuePool):
     connection's setup got no answer in time.
 
     After the connect, the dialect sets the connection up (asyncpg: type codecs, one query each)
-    in the pool's `connect` event, out of reach of connman's `do_connect` bound; a driver
+    in the pool's `connect` event, out of reach of connman's connect bound; a driver
     timeout there (asyncpg's `command_timeout`), or the setup deadline connman arms around it,
     would otherwise surface as a bare `TimeoutError` or driver error.
     """
