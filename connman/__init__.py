@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._credentials import ConnectTarget
 from ._pool import Pool
 from ._url import SecretURL, mask_url
 from .config import PRESETS, ConnmanSettings, PoolConfig, load_settings
@@ -45,6 +46,7 @@ __all__ = [
     "CheckoutTimeout",
     "ConcurrentUse",
     "ConfigurationError",
+    "ConnectTarget",
     "ConnectionLost",
     # manager
     "ConnectionManager",

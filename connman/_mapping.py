@@ -147,6 +147,18 @@ MAPPING: dict[str, dict[str, Entry]] = {
                             "on sessions and the fast path"),
         "mongo": Entry("n/a", "-", "a Mongo connection carries no session state an app sets"),
     },
+    "credentials": {
+        "sqlalchemy": Entry("emulated", "connect_args: async_creator_fn",
+                            "the drivers take a fixed password (asyncpg's may be a callable; "
+                            "the MySQL drivers' not): connman calls the provider inside each new "
+                            "connection's async connect (after any `do_connect` listener) and "
+                            "passes its `user`/`password` to the driver; asyncpg, aiomysql, "
+                            "asyncmy; SQLite: n/a"),
+        "mongo": Entry("n/a", "-",
+                       "refused: PyMongo reads a client's credentials once; MONGODB-OIDC takes "
+                       "its own `authMechanismProperties.OIDC_CALLBACK` in `options`, called "
+                       "whenever PyMongo needs a token"),
+    },
     "options": {
         "sqlalchemy": Entry("native", "create_async_engine(**options)",
                             "passed through; a key that a schema field sets is an error"),
@@ -213,7 +225,8 @@ def render_configuration() -> str:
         "the code equal.",
         "",
         "Every pool is one `PoolConfig`. In the environment: `CONNMAN_POOLS__<NAME>__<FIELD>`, "
-        "e.g. `CONNMAN_POOLS__MAIN__SIZE=10`; `options` and `session_options` take JSON.",
+        "e.g. `CONNMAN_POOLS__MAIN__SIZE=10`; `options` and `session_options` take JSON, "
+        "`session_class` and `credentials` a dotted path.",
         "",
         "| field | default | what it is for |",
         "| --- | --- | --- |",

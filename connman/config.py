@@ -224,6 +224,20 @@ class PoolConfig(BaseModel):
     `join_transaction_mode`, ...); connman's default is `expire_on_commit=False`. `bind` and
     `binds` are refused (sessions use this pool's engine, so its limits hold), as is `class_`
     (use `session_class`)."""
+    credentials: Any = None
+    """SQL (asyncpg, aiomysql, asyncmy): where each new connection gets its password, for
+    passwords and tokens that rotate (RDS IAM, Entra ID, Vault). A callable or a dotted path
+    (`myapp.db:password`), sync or async, returning the password (`str` or `SecretStr`) or a
+    `(user, password)` pair; called with a `connman.ConnectTarget` (pool, host, port, database,
+    URL user) if it takes one argument, else with none. Called once for every new connection
+    (warm-up, overflow, a replacement after `recycle` or a lost connection; replicas with their
+    own target), inside the driver's connect: an async provider is awaited there, bounded by
+    `connect_timeout`; a sync one runs on the event loop and must not block. Connections already
+    open keep working; `recycle` bounds how long one outlives its credential. Unset: the URL's
+    user and password. A provider that fails fails that connect with
+    `ServerUnavailable(kind="credentials")` (503 + `Retry-After`; `PoolStartupError` at startup),
+    naming the pool and the provider, never its message. Shown by name only, never called for
+    display. Mongo: refused (see docs/semantics.md, "Credentials that rotate")."""
     commit: Literal["auto", "manual"] = "auto"
     """`auto`: a unit of work commits when the handler succeeds; `manual`: the app commits
     (`await session.commit()` in the view), and what it left uncommitted when the unit ends is
@@ -284,6 +298,26 @@ class PoolConfig(BaseModel):
             return _import_class(value.strip())
         raise ValueError(f"expected a class or a dotted path, not {type(value).__name__}")
 
+    @field_validator("credentials", mode="before")
+    @classmethod
+    def _credentials(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = _import_object(value.strip())
+            if not callable(value):
+                raise ValueError("the dotted path does not name a callable")
+            return value
+        if callable(value) and not isinstance(value, type):
+            return value
+        raise ValueError(f"expected a callable or a dotted path, not {type(value).__name__} "
+                         "(a password that rotates comes from a function; a fixed one goes in "
+                         "the URL)")
+
+    @field_serializer("credentials")
+    def _credentials_name(self, value: Any) -> str | None:
+        return None if value is None else _callable_name(value)
+
     @field_serializer("session_class")
     def _session_class_path(self, value: Any) -> str | None:
         return None if value is None else f"{value.__module__}.{value.__qualname__}"
@@ -308,7 +342,12 @@ class PoolConfig(BaseModel):
             if self.database is not None:
                 raise FieldError("database", "'database' applies to mongodb:// pools only; "
                                  "for SQL put the database in the URL path")
+            if self.credentials is not None and backend_of(self.url.scheme)[1] == "aiosqlite":
+                raise FieldError("credentials", "'credentials' does not apply to SQLite, "
+                                 "which has no password")
         else:
+            if self.credentials is not None:
+                raise FieldError("credentials", _MONGO_CREDENTIALS)
             for sql_only in ("session_class", "session_options"):
                 if getattr(self, sql_only):
                     raise FieldError(sql_only, f"{sql_only!r} applies to SQL pools only")
@@ -388,6 +427,8 @@ class PoolConfig(BaseModel):
         for key, value in super().__repr_args__():
             if key == "options":
                 yield key, _masked_options(value)
+            elif key == "credentials" and value is not None:
+                yield key, _callable_name(value)
             else:
                 yield key, value
 
@@ -420,22 +461,44 @@ _OWNED_SESSION_OPTIONS = {
 }
 
 
-def _import_class(path: str) -> type[Any]:
-    """The class a dotted path (`pkg.module.Class` or `pkg.module:Class`) names."""
+_MONGO_CREDENTIALS = (
+    "'credentials' applies to SQL pools: PyMongo reads a client's credentials once, when the "
+    "client is made. For MONGODB-OIDC (workload identity) give PyMongo its own callback in "
+    "'options' (authMechanism: MONGODB-OIDC, authMechanismProperties: {OIDC_CALLBACK: ...}), "
+    "which it calls whenever it needs a token; for a password that rotates, reopen the pool "
+    "(see docs/semantics.md, 'Credentials that rotate')")
+
+
+def _import_object(path: str) -> Any:
+    """What a dotted path (`pkg.module.name` or `pkg.module:name`) names."""
     import importlib
 
     module_name, sep, attr = path.replace(":", ".").rpartition(".")
     if not sep or not module_name or not attr:
-        raise ValueError(f"{path!r} is not a dotted path such as 'package.module.Class'")
+        raise ValueError(f"{path!r} is not a dotted path such as 'package.module.name'")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ValueError(f"cannot import {path!r}: {exc}") from None
     found = getattr(module, attr, None)
-    if not isinstance(found, type):
-        raise ValueError(f"{path!r} is not a class" if found is not None
-                         else f"module {module_name!r} has no {attr!r}")
+    if found is None:
+        raise ValueError(f"module {module_name!r} has no {attr!r}")
     return found
+
+
+def _import_class(path: str) -> type[Any]:
+    """The class a dotted path (`pkg.module.Class` or `pkg.module:Class`) names."""
+    found = _import_object(path)
+    if not isinstance(found, type):
+        raise ValueError(f"{path!r} is not a class")
+    return found
+
+
+def _callable_name(fn: Any) -> str:
+    """A callable's dotted name, for reprs and dumps: never its bound arguments."""
+    from ._credentials import provider_name
+
+    return provider_name(fn)
 
 
 def _masked_url(value: Any) -> str:

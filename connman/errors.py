@@ -193,7 +193,8 @@ class ServerUnavailable(ConnmanError):
     server's connection limit: PostgreSQL SQLSTATE 53300, MySQL 1040/1203), `"read_only"` (a
     demoted primary: SQLSTATE 25006, MySQL 1290/1792, Mongo `NotPrimaryError`), `"locked"` (SQLite
     waited `timeout` for another writer's lock), `"down"` (a pool that could not open is still
-    trying in the background). `since` is the wall-clock time (`time.time()`, seconds) the pool
+    trying in the background), `"credentials"` (the pool's `credentials` provider failed, so no
+    connection was opened). `since` is the wall-clock time (`time.time()`, seconds) the pool
     first saw it so, when known. The driver's error is the `__cause__`.
     """
 

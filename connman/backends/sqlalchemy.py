@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import inspect
 import logging
 import time
@@ -34,6 +35,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 from sqlalchemy.util import await_only, greenlet_spawn
 
+from .._credentials import Credentials
 from .._pool import Pool, finish, jittered_lifetime, shielded
 from ..config import PoolConfig
 from ..errors import (
@@ -677,7 +679,7 @@ class BoundedQueuePool(AsyncAdaptedQueuePool):
     connection's setup got no answer in time.
 
     After the connect, the dialect sets the connection up (asyncpg: type codecs, one query each)
-    in the pool's `connect` event, out of reach of connman's `do_connect` bound; a driver
+    in the pool's `connect` event, out of reach of connman's connect bound; a driver
     timeout there (asyncpg's `command_timeout`), or the setup deadline connman arms around it,
     would otherwise surface as a bare `TimeoutError` or driver error.
     """
@@ -703,17 +705,34 @@ class BoundedQueuePool(AsyncAdaptedQueuePool):
             raise replacement from exc
 
 
+def _driver_call(module: str, path: str) -> Callable[..., Any]:
+    """A driver's own connect function (`module` + dotted `path`), imported at the first call."""
+
+    def connect(*args: Any, **kw: Any) -> Any:
+        fn: Any = importlib.import_module(module)
+        for attr in path.split("."):
+            fn = getattr(fn, attr)
+        return fn(*args, **kw)
+
+    return connect
+
+
+# Each driver's connect as connman's `async_creator_fn` awaits it, given `connect_timeout`: the
+# one place a driver's connect is named (adding a driver is one line here). A driver missing here
+# connects as SQLAlchemy's dialect would without connman: no `credentials`, no connect stats.
+_CONNECT: dict[str, Callable[[float], Callable[..., Any]]] = {
+    "asyncpg": lambda _: _driver_call("asyncpg", "connect"),  # `timeout` bounds it all
+    "aiomysql": _aiomysql_connect,
+    "asyncmy": _asyncmy_connect,
+    "aiosqlite": lambda _: _aiosqlite_connect,
+    "psycopg": _psycopg.connect_within,
+}
+
+
 def _creator(driver: str, connect_timeout: float) -> Callable[..., Any] | None:
-    """The `async_creator_fn` connman gives SQLAlchemy for a driver (None: the driver's own)."""
-    if driver == "aiosqlite":
-        return _aiosqlite_connect
-    if driver == "aiomysql":
-        return _aiomysql_connect(connect_timeout)
-    if driver == "asyncmy":
-        return _asyncmy_connect(connect_timeout)
-    if driver == "psycopg":
-        return _psycopg.connect_within(connect_timeout)
-    return None  # asyncpg's `timeout` covers the whole connect
+    """The driver connect connman's `async_creator_fn` calls (None: a driver not in `_CONNECT`)."""
+    factory = _CONNECT.get(driver)
+    return factory(connect_timeout) if factory is not None else None
 
 
 class SQLAlchemyPool(Pool):
@@ -768,11 +787,26 @@ class SQLAlchemyPool(Pool):
         self._committed: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
         """Tasks whose current unit of work sent a COMMIT: a connection it loses later may have
         applied something, so its `ConnectionLost` gets no `Retry-After`."""
+        self._credentials = (
+            Credentials(name, config.credentials, config.connect_timeout, config.retry_after_s)
+            if config.credentials is not None else None)
+        """The `credentials` provider, called in each new connection's connect."""
+        if self._credentials is not None and config.driver_name not in _CONNECT:
+            raise ConfigurationError(
+                f"pool {name!r}: credentials: not supported for driver {config.driver_name!r}",
+                pool=name, field="credentials")
+        self._connect_ms: dict[int, float] = {}
+        """How long each new driver connection (by id) took to open, until its connect event."""
 
     # ------------------------------------------------------------------ lifecycle
     async def _open(self) -> None:
         self._disposed_pool = None
-        engine = create_async_engine(self.config.url.get_secret_value(), **self._options)
+        options = self._options
+        args: dict[str, Any] = dict(options.get("connect_args") or {})
+        connect = self._connect_fn(args.get("async_creator_fn"))
+        if connect is not None:
+            options = {**options, "connect_args": {**args, "async_creator_fn": connect}}
+        engine = create_async_engine(self.config.url.get_secret_value(), **options)
         self._engine = engine
         self._install_events(engine)
         self._sessionmaker = async_sessionmaker(engine, **self._session_kw)
@@ -821,6 +855,49 @@ class SQLAlchemyPool(Pool):
         self._engine = self._sessionmaker = None
         self._hot = []
         self._disposed_pool = None
+
+    def _connect_fn(self, given: Callable[..., Any] | None) -> Callable[..., Any] | None:
+        """The `async_creator_fn` SQLAlchemy's dialect awaits for each new connection.
+
+        It receives the connect arguments SQLAlchemy assembled after every `do_connect` listener
+        ran, so the documented recipe (a listener on `manager.native(name).sync_engine` that sets
+        `cparams["password"]`) works in whatever order listeners were registered: connman adds
+        none. It counts and times the connect, fetches `credentials` (awaited here, inside the
+        async connect), then calls `given` (an `async_creator_fn` from `options.connect_args`)
+        or the driver's connect with its deadline. None for a driver connman does not know.
+        """
+        inner = given or _creator(self.config.driver_name, self.config.connect_timeout)
+        if inner is None:
+            return None
+        credentials = self._credentials
+        counters = self.counters
+        started = self._connect_ms
+
+        async def connect(*args: Any, **kw: Any) -> Any:
+            t0 = time.monotonic()
+            counters.add("connections_num")
+            try:
+                if credentials is not None:
+                    await credentials.apply(kw)
+                conn = await inner(*args, **kw)
+            except BaseException as exc:
+                counters.add("connections_errors")
+                if _driver_timeout(exc):
+                    raise self._connect_expired() from exc
+                typed = _outage.typed_error(self, exc, "connect")
+                if typed is not None:
+                    raise typed from exc
+                raise
+            finally:
+                elapsed_ms = (time.monotonic() - t0) * 1000
+                counters.add("connections_ms", elapsed_ms)
+            if len(started) > 1000:  # setups that failed after the connect never claimed theirs
+                started.clear()
+            started[id(conn)] = elapsed_ms
+            return conn
+
+        return connect
+
     # ------------------------------------------------------------------ deadlines
     def _statement_expired(self) -> StatementTimeout:
         return StatementTimeout(
@@ -1018,7 +1095,6 @@ class SQLAlchemyPool(Pool):
         cfg = self.config
 
         sqlite = self._sqlite
-        creator = _creator(cfg.driver_name, cfg.connect_timeout)
         self._recent = {}
         self._refuse_overlapping_executes(sync_engine.dialect)
         if cfg.driver_name == "psycopg":
@@ -1037,28 +1113,8 @@ class SQLAlchemyPool(Pool):
                 guard.check(statement)
         out: set[Any] = set()
         self._out = out
+        connect_ms = self._connect_ms
 
-        @event.listens_for(sync_engine, "do_connect")
-        def do_connect(dialect: Any, conn_rec: Any, cargs: Any, cparams: Any) -> Any:
-            t0 = time.monotonic()
-            self.counters.add("connections_num")
-            if "async_creator_fn" not in cparams and creator is not None:
-                cparams = {**cparams, "async_creator_fn": creator}
-            try:
-                conn = dialect.connect(*cargs, **cparams)
-            except BaseException as exc:
-                self.counters.add("connections_errors")
-                if _driver_timeout(exc):
-                    raise self._connect_expired() from exc
-                typed = _outage.typed_error(self, exc, "connect")
-                if typed is not None:
-                    raise typed from exc
-                raise
-            finally:
-                elapsed_ms = (time.monotonic() - t0) * 1000
-                self.counters.add("connections_ms", elapsed_ms)
-                conn_rec.info["cm_connect_ms"] = elapsed_ms
-            return conn
 
         kill = _KILL.get(cfg.driver_name)
         if kill is not None and isinstance(pool, BoundedQueuePool):
@@ -1094,7 +1150,7 @@ class SQLAlchemyPool(Pool):
             rec.info["cm_born"] = now
             if cfg.recycle is not None:
                 rec.info["cm_deadline"] = now + jittered_lifetime(cfg.recycle, cfg.recycle_jitter)
-            self._emit("connect", rec.info.pop("cm_connect_ms", 0.0))
+            self._emit("connect", connect_ms.pop(id(_driver_conn(dbapi_con)), 0.0))
 
         for hook in self.connect_hooks:
             event.listen(pool, "connect", hook)
@@ -1609,9 +1665,10 @@ class SQLAlchemyPool(Pool):
         await self._close_if_disposed()
 
     def is_connection_error(self, exc: BaseException) -> bool:
-        """A DBAPI error that invalidated the connection, or could not make one."""
+        """A DBAPI error that invalidated the connection, or could not make one (a failed
+        `credentials` provider included: a replica's reads then go to the next one)."""
         if isinstance(exc, ServerUnavailable):
-            return exc.kind in ("unreachable", "full")
+            return exc.kind in ("unreachable", "full", "credentials")
         if isinstance(exc, ConnectionLost):
             return True
         if isinstance(exc, sa_exc.DBAPIError):
