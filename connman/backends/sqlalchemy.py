@@ -884,9 +884,13 @@ class SQLAlchemyPool(Pool):
                 counters.add("connections_errors")
                 if _driver_timeout(exc):
                     raise self._connect_expired() from exc
-                typed = _outage.typed_error(self, exc, "connect")
-                if typed is not None:
-                    raise typed from exc
+                if isinstance(exc, OSError):
+                    # A socket error (asyncpg's refused connect) is no DBAPI error: SQLAlchemy
+                    # passes it on as it is, past `handle_error`, so it is typed here. A driver's
+                    # own error is typed in `handle_error`, once SQLAlchemy has wrapped it.
+                    typed = _outage.typed_error(self, exc, "connect")
+                    if typed is not None:
+                        raise typed from exc
                 raise
             finally:
                 elapsed_ms = (time.monotonic() - t0) * 1000
@@ -1057,14 +1061,14 @@ class SQLAlchemyPool(Pool):
         @event.listens_for(sync_engine, "handle_error")
         def typed(ctx: Any) -> Exception | None:
             if ctx.is_pre_ping or not isinstance(ctx.original_exception, Exception):
-                # Pre-ping: SQLAlchemy reconnects (a failed reconnect is typed in do_connect).
+                # Pre-ping: SQLAlchemy reconnects (a failed reconnect comes here again).
                 # A cancellation stays a cancellation.
                 return None
             wrapper = ctx.sqlalchemy_exception
             # `chained_exception` (public) is only set once an earlier handler returned one.
             error = getattr(ctx, "chained_exception", None) or ctx.original_exception
             if isinstance(error, ConnmanError):
-                # Typed already (do_connect, a statement deadline): keep SQLAlchemy's class too,
+                # Typed already (the connect, a statement deadline): keep SQLAlchemy's class too,
                 # or the driver's when SQLAlchemy did not wrap it.
                 cause = wrapper if wrapper is not None else error.__cause__
                 if cause is None or isinstance(cause, ConnmanError):
@@ -1424,7 +1428,7 @@ class SQLAlchemyPool(Pool):
         try:
             fairy, conn = await self._checkout_raw()
         except Exception as exc:
-            # A refused connect is typed in do_connect; this types what fails after it (the
+            # A refused connect is typed in the connect; this types what fails after it (the
             # dialect's setup queries, a pooler that refuses at the first query).
             typed = _outage.typed_error(self, exc, "connect")
             _outage.count(self, typed or exc)
