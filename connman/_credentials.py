@@ -58,14 +58,9 @@ def _takes_target(provider: Callable[..., Any]) -> bool:
     except (TypeError, ValueError):  # a builtin without a signature: call it without one
         return False
     try:
-        sig.bind(None)
+        sig.bind(None)  # `def f(target)`, but also `def f(target=None)` or `def f(*args)`
     except TypeError:
-        return False
-    try:
-        sig.bind()
-    except TypeError:
-        return True  # one argument is required
-    # Both work (`def f(target=None)`, `def f(*args)`): it accepts the target, so it gets it.
+        return False  # `def f()`, `lambda: ...`
     return True
 
 
