@@ -282,10 +282,19 @@ async def test_terminated_backend_is_connection_lost(
                 await db.execute(text("SELECT 1"))
                 await asyncio.sleep(0.5)
                 await db.execute(text("SELECT 1"))
+        # A unit that already committed once: what it applied is kept, so no Retry-After.
+        with pytest.raises(ConnectionLost) as committed:
+            async with m.session("main") as db:
+                await db.execute(text("SELECT 1"))
+                await db.commit()
+                pid = (await db.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+                await _terminate_pid(postgres_server, pid)
+                await db.execute(text("SELECT 1"))
+        assert committed.value.retry_after is None
         async with m.session("main") as db:  # the pool serves again
             assert (await db.execute(text("SELECT 1"))).scalar_one() == 1
         stats = m.stats("main")
-        assert stats["requests_lost"] == 3
+        assert stats["requests_lost"] == 4
         assert stats["requests_active"] == 0
 
 

@@ -688,7 +688,8 @@ class BoundedQueuePool(AsyncAdaptedQueuePool):
     _sqla_logger_namespace = "sqlalchemy.pool.impl.AsyncAdaptedQueuePool"
 
     cm_setup_expired: Callable[[BaseException, int], Exception | None] | None = None
-    """Set by connman: (the error, setup kills before the checkout) -> the error to raise."""
+    """Set by connman: (the error, setup kills before the checkout) -> the error to raise
+    (`CheckoutTimeout` for an expired setup, `ServerUnavailable` for a refused one)."""
     cm_setup_kills = 0
     """Setups connman's deadline killed so far."""
 
@@ -1129,7 +1130,9 @@ class SQLAlchemyPool(Pool):
                     return None
                 if _driver_timeout(exc) or bounded_pool.cm_setup_kills != kills:
                     return self._connect_expired()
-                return None
+                # The dialect's setup queries after the connect (a pooler that answers the
+                # login, then fails the first query): nothing of the request ran.
+                return _outage.typed_error(self, exc, "connect")
 
             pool.cm_setup_expired = setup_expired
 
