@@ -20,6 +20,7 @@ import pytest
 from fastapi import Depends, FastAPI
 from pydantic import SecretStr
 from sqlalchemy import event, text
+from sqlalchemy import exc as sa_exc
 
 from connman import (
     ConfigurationError,
@@ -33,6 +34,7 @@ from connman.backends.sqlalchemy import ALIVE_BYPASS_S
 from connman.testing.servers import PostgresServer, Server
 
 DRIVERS = [pytest.param("asyncpg", id="asyncpg", marks=pytest.mark.postgres),
+           pytest.param("psycopg", id="psycopg", marks=pytest.mark.postgres),
            pytest.param("aiomysql", id="aiomysql", marks=pytest.mark.mysql),
            pytest.param("asyncmy", id="asyncmy", marks=pytest.mark.mysql)]
 PG_DRIVERS = ("asyncpg", "psycopg")
@@ -211,6 +213,9 @@ async def _fast_who(manager: ConnectionManager, driver: str) -> str:
     async with manager.connection("main") as conn:
         if driver == "asyncpg":
             return str(await conn.fetchval("SELECT current_user"))
+        if driver == "psycopg":
+            cur = await conn.execute("SELECT current_user")
+            return str((await cur.fetchone())[0])
         async with conn.cursor() as cur:  # the DBAPI-style drivers
             await cur.execute(_who(driver))
             return str((await cur.fetchone())[0])
@@ -350,6 +355,41 @@ async def test_a_failing_provider_is_a_typed_503_that_names_the_pool_and_no_secr
     state["fail"] = False  # the secrets store is back: the pool heals by itself
     assert await _fast_who(m, driver) == login.user
     assert m.pool("main").stats()["connections_errors"] >= 3
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+async def test_a_login_the_server_refuses_is_a_typed_503_of_the_drivers_class(
+        driver: str, logins: list[Login], managers: list[ConnectionManager]) -> None:
+    """The window of a rotation where the server has the new password and the app's source not
+    yet: the refused login (SQLSTATE 28P01, MySQL 1045) is `ServerUnavailable(kind=
+    "credentials")` (nothing ran: 503 + Retry-After), still SQLAlchemy's `OperationalError` on
+    the session path, and the pool heals once the source has the new password."""
+    login = logins[0]
+    source = {"password": login.password}
+    m = ConnectionManager({"main": {"url": login.url(), "size": 1, "overflow": 1, "timeout": 10,
+                                    "connect_timeout": 10,
+                                    "credentials": lambda: source["password"]}})
+    managers.append(m)
+    await m.open()
+    await login.rotate()  # the server's password changes; the source still gives the old one
+    await login.terminate()
+    async with _client(_app(m, driver)) as client:
+        r = await client.get("/who")
+        assert r.status_code == 503, r.text
+        assert r.headers["Retry-After"] == "10"
+        assert login.password not in r.text
+    with pytest.raises(ServerUnavailable) as caught:
+        async with m.session("main") as db:
+            await db.execute(text("SELECT 1"))
+    assert isinstance(caught.value, sa_exc.DBAPIError)  # what the app's own except clause names
+    assert caught.value.kind == "credentials"
+    assert caught.value.pool == "main"
+    with pytest.raises(ServerUnavailable) as fast:
+        await _fast_who(m, driver)
+    assert fast.value.kind == "credentials"
+    assert m.pool("main").stats()["requests_unavailable"] >= 2
+    source["password"] = login.password  # the source caught up: no restart needed
+    assert await _fast_who(m, driver) == login.user
 
 
 @pytest.mark.parametrize("driver", DRIVERS)

@@ -35,6 +35,7 @@ _SAYS: dict[Kind, str] = {
     "locked": "the database stayed locked by another writer",
     "lost": "the connection to the server was lost while in use",
     "ended": "the server ended the connection while in use",
+    "credentials": "the server refused the login (a wrong or rotated password?)",
 }
 
 

@@ -19,9 +19,9 @@ import socket
 from collections.abc import Callable, Iterator
 from typing import Literal
 
-__all__ = ["KINDS", "Kind", "classified", "classify", "os_kind"]
+__all__ = ["KINDS", "POSTGRES_SQLSTATES", "Kind", "classified", "classify", "os_kind", "postgres_kind"]
 
-Kind = Literal["unreachable", "full", "read_only", "locked", "lost", "ended"]
+Kind = Literal["unreachable", "full", "read_only", "locked", "lost", "ended", "credentials"]
 """How a server failed a request:
 
 - `unreachable`: no connection could be made (refused, no route, the server is starting or
@@ -33,8 +33,36 @@ Kind = Literal["unreachable", "full", "read_only", "locked", "lost", "ended"]
 - `lost`: the connection broke while in use (reset, closed mid-statement).
 - `ended`: the server ended the session on purpose (terminated backend, idle-in-transaction
   timeout, shutdown).
+- `credentials`: the server refused the login (a wrong or expired password: a credential that
+  rotated on the server before the app's secret source caught up); nothing ran.
 """
-KINDS: tuple[Kind, ...] = ("unreachable", "full", "read_only", "locked", "lost", "ended")
+KINDS: tuple[Kind, ...] = ("unreachable", "full", "read_only", "locked", "lost", "ended",
+                           "credentials")
+
+POSTGRES_SQLSTATES: dict[str, Kind] = {
+    "53300": "full",         # too_many_connections
+    "53400": "full",         # configuration_limit_exceeded
+    "57P03": "unreachable",  # cannot_connect_now: starting up, shutting down, in recovery
+    "08001": "unreachable",  # sqlclient_unable_to_establish_sqlconnection
+    "08004": "unreachable",  # sqlserver_rejected_establishment_of_sqlconnection
+    "25006": "read_only",    # read_only_sql_transaction: a demoted primary
+    "57P01": "ended",        # admin_shutdown: a terminated backend
+    "57P02": "ended",        # crash_shutdown
+    "57P04": "ended",        # database_dropped
+    "25P03": "ended",        # idle_in_transaction_session_timeout
+    "57P05": "ended",        # idle_session_timeout
+    "28P01": "credentials",  # invalid_password
+    "28000": "credentials",  # invalid_authorization_specification
+}
+"""PostgreSQL's SQLSTATEs by kind: the server's, whichever driver (asyncpg, psycopg) carries them."""
+
+
+def postgres_kind(code: str) -> Kind | None:
+    """The kind of a PostgreSQL SQLSTATE; any other of class 08 (connection exception) is `lost`."""
+    kind = POSTGRES_SQLSTATES.get(code)
+    if kind is None and code.startswith("08"):
+        kind = "lost"
+    return kind
 
 # driver name (PoolConfig.driver_name) -> module of this package
 _MODULES = {

@@ -1,6 +1,7 @@
 """asyncpg: error classification, and killing a connection without I/O.
 
-Classified by SQLSTATE (`PostgresError.sqlstate`, which SQLAlchemy's adapted error copies):
+Classified by SQLSTATE (`PostgresError.sqlstate`, which SQLAlchemy's adapted error copies), with
+the table both PostgreSQL drivers share (`connman.backends.drivers.POSTGRES_SQLSTATES`):
 
 | SQLSTATE | name | kind |
 | --- | --- | --- |
@@ -11,6 +12,7 @@ Classified by SQLSTATE (`PostgresError.sqlstate`, which SQLAlchemy's adapted err
 | 25006 | read_only_sql_transaction | read_only |
 | 57P01, 57P02, 57P04 | admin_shutdown (terminated backend), crash_shutdown, database_dropped | ended |
 | 25P03, 57P05 | idle_in_transaction_session_timeout, idle_session_timeout | ended |
+| 28P01, 28000 | invalid_password, invalid_authorization_specification | credentials |
 | other 08xxx | connection_exception (08003: closed mid-operation; PgBouncer's 08P01) | lost |
 | (none) | `InternalClientError`: the protocol lost its state (a session ended mid-send) | lost |
 
@@ -29,33 +31,17 @@ from typing import Any
 
 import asyncpg
 
-from . import Kind, os_kind
+from . import Kind, os_kind, postgres_kind
 
 __all__ = ["classify", "closed", "kill"]
 
-_BY_SQLSTATE: dict[str, Kind] = {
-    "53300": "full",
-    "53400": "full",
-    "57P03": "unreachable",
-    "08001": "unreachable",
-    "08004": "unreachable",
-    "25006": "read_only",
-    "57P01": "ended",
-    "57P02": "ended",
-    "57P04": "ended",
-    "25P03": "ended",
-    "57P05": "ended",
-}
 
 
 def classify(exc: BaseException) -> Kind | None:
     """The kind of one asyncpg (or SQLAlchemy-adapted asyncpg) error; None if not a server failure."""
     code = getattr(exc, "sqlstate", None)  # public on asyncpg's errors; absent on others
     if isinstance(code, str) and code:
-        kind = _BY_SQLSTATE.get(code)
-        if kind is None and code.startswith("08"):
-            kind = "lost"
-        return kind
+        return postgres_kind(code)
     if isinstance(exc, asyncpg.exceptions.InternalClientError):
         # The protocol lost its footing ("cannot switch to state ..."): seen when the server ends
         # the session (a terminated backend) while a statement is being sent. Never reusable.

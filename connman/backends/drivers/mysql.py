@@ -54,6 +54,7 @@ _BY_CODE: dict[int, Kind] = {
     1053: "ended",
     1927: "ended",
     4031: "ended",
+    1045: "credentials",  # ER_ACCESS_DENIED_ERROR: a wrong or rotated password
 }
 _MODULES = ("pymysql.", "aiomysql.", "asyncmy.")
 

@@ -32,11 +32,11 @@ import select
 import socket
 import threading
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
+
+from . import Kind, postgres_kind
 
 logger = logging.getLogger("connman")
-
-Kind = Literal["unreachable", "full", "read_only", "locked", "lost", "ended"]
 
 CANCEL_TIMEOUT_S = 10.0
 """How long a server-side cancel sent at a deadline may take (it runs in the background)."""
@@ -250,16 +250,17 @@ LIMIT_SQL = ("SELECT current_setting('max_connections')::int"
 
 
 # ------------------------------------------------------------------ errors
-_LOST_CODES = frozenset({"57P01", "57P02", "57P05"})  # admin shutdown, crash shutdown, idle session
-_ENDED_CODES = frozenset({"25P03"})  # idle_in_transaction_session_timeout
-
-
 def classify(exc: BaseException) -> Kind | None:
     """What a psycopg error says about the server or the connection (None: nothing of that).
 
-    By SQLSTATE: 53300/53400 the server is full, 57P03 it cannot accept connections yet, 25006 it
-    is read-only, 57P01/57P02 and class 08 the connection is lost, 25P03 the server ended an idle
-    transaction. An `OperationalError` with no SQLSTATE raised while connecting: unreachable.
+    By SQLSTATE, with the table both PostgreSQL drivers share
+    (`connman.backends.drivers.POSTGRES_SQLSTATES`). An `OperationalError` with no SQLSTATE:
+    unreachable while connecting, lost on a connection in use.
+
+    A connect that the server refused with a FATAL carries no SQLSTATE in psycopg (libpq reports
+    connection failures as text only), so there, and only there, the server's own words tell a
+    full server (53300) and a refused login (28P01) from an unreachable one; a server whose
+    `lc_messages` is not English falls back to `unreachable`, which is also a 503 + Retry-After.
     """
     try:
         import psycopg
@@ -268,21 +269,30 @@ def classify(exc: BaseException) -> Kind | None:
     if not isinstance(exc, psycopg.Error):
         return None
     code = getattr(exc, "sqlstate", None)
-    if code in ("53300", "53400"):
-        return "full"
-    if code == "57P03":
-        return "unreachable"
-    if code == "25006":
-        return "read_only"
-    if code in _ENDED_CODES:
-        return "ended"
-    if code in _LOST_CODES or (code is not None and code.startswith("08")):
-        return "lost"
+    if code:
+        return postgres_kind(code)
     if code is None and isinstance(exc, psycopg.OperationalError):
         # No answer from a server: at connect, it could not be reached; on a connection in use,
         # the connection is gone.
-        return "unreachable" if _at_connect(exc) else "lost"
+        if not _at_connect(exc):
+            return "lost"
+        said = str(exc)
+        for words, kind in _CONNECT_FATALS:
+            if words in said:
+                return kind
+        return "unreachable"
     return None
+
+
+_CONNECT_FATALS: tuple[tuple[str, Kind], ...] = (
+    ("too many clients already", "full"),                         # 53300
+    ("remaining connection slots are reserved", "full"),          # 53300
+    ("too many connections for role", "full"),                    # 53300
+    ("too many connections for database", "full"),                # 53300
+    ("password authentication failed", "credentials"),            # 28P01
+    ("no pg_hba.conf entry", "credentials"),                      # 28000
+)
+"""libpq's text of a FATAL at connect, where psycopg has no SQLSTATE (see `classify`)."""
 
 
 def _at_connect(exc: BaseException) -> bool:
