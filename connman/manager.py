@@ -7,7 +7,7 @@ import contextvars
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -375,7 +375,10 @@ class ConnectionManager:
     async def open(self) -> None:
         """Open every pool at once; if a required one fails, close the others and raise naming it.
 
-        A pool with `required=False` (replicas are) that cannot open is logged and left closed.
+        A pool with `required=False` (replicas are) that cannot open does not stop startup: it is
+        logged, its requests get `ServerUnavailable(kind="down")` (503 + `Retry-After`), and it
+        keeps trying in the background (bounded, jittered backoff, at most `connman._outage.HEAL_TICK`
+        seconds apart) until its server answers, then opens: no restart needed.
         Pools read at `open()` (`from_settings()` without pool settings at import, or a function
         given to the constructor) are read here first: `ConfigurationError` names what is
         missing, `UnknownPool` a name the app asked a session for that the settings lack.
@@ -391,7 +394,9 @@ class ConnectionManager:
             if pool.config.required or not isinstance(result, Exception):
                 failures.append((pool, result))
             else:
-                logger.warning("connman: optional %s", result)
+                pool.go_down(result)
+                logger.warning("connman: optional %s; serving without it (503 for its requests) "
+                               "and trying again in the background", result)
         if not failures:
             self._warn_budget()
             return
@@ -458,16 +463,20 @@ class ConnectionManager:
         return lifespan
 
     def health_router(self, *, prefix: str = "/health", include_stats: bool = True,
-                      ping_timeout: float = 2.0) -> Any:
-        """A FastAPI router: per-pool status, ping latency and stats; 503 if a required pool is down.
+                      ping_timeout: float = 2.0, detail: bool = False,
+                      dependencies: Sequence[Any] | None = None) -> Any:
+        """A FastAPI router: per-pool status (`up`, `busy`, `down` since when and why); 503 if a
+        required pool is down.
 
-        Each check takes at most `ping_timeout` seconds and never waits behind sessions: see
-        `connman.fastapi.health_router`.
+        Public by default (status per pool only); `detail=True` adds URLs (masked), driver
+        errors, ping latency and stats, for an internal port or behind `dependencies` that
+        authenticate. Each check takes at most `ping_timeout` seconds and never waits behind
+        sessions: see `connman.fastapi.health_router`.
         """
         from .fastapi import health_router
 
         return health_router(self, prefix=prefix, include_stats=include_stats,
-                             ping_timeout=ping_timeout)
+                             ping_timeout=ping_timeout, detail=detail, dependencies=dependencies)
 
     def __repr__(self) -> str:
         if self.deferred:

@@ -26,7 +26,7 @@ async def test_health_turns_503_when_a_required_pool_is_down_and_200_for_an_opti
         })
         managers.append(m)
         app = FastAPI(lifespan=m.lifespan)
-        app.include_router(m.health_router())
+        app.include_router(m.health_router(detail=True))
         async with serve(app) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
             r = await client.get("/health")
             assert r.status_code == 200
