@@ -140,6 +140,22 @@ class PoolConfig(BaseModel):
     """Set to `pgbouncer` when a transaction-mode PgBouncer sits in front of PostgreSQL."""
     replicas: list[SecretURL] = Field(default_factory=list)
     """Read replica URLs (SQL): `session(name, readonly=True)` reads from them, round-robin."""
+    read_your_writes: Literal["off", "request", "process"] = "off"
+    """With `replicas`: whether a `readonly=True` unit sees the commits made before it.
+    `request`: after a unit on the primary commits, later readonly units of the same request
+    (asyncio context) read from the primary or from a replica that has replayed that commit;
+    `process`: the same for every request of this process (a write is seen by all reads that
+    start after it). Costs: one round trip on the primary after each committed unit that ran a
+    statement (`pg_current_wal_insert_lsn()`, on a free connection; none free: those reads use the
+    primary), and one on the replica for a read whose replica has not been seen that far
+    (`pg_last_wal_replay_lsn()`); under steady writes, `process` sends more reads to the primary.
+    PostgreSQL only compares positions; on MariaDB/MySQL the reads that follow a write go to the
+    primary. `true` means `request`. See docs/outages.md."""
+    max_replica_lag: float | None = Field(None, gt=0)
+    """With `replicas` (PostgreSQL): seconds a replica may be behind before it leaves the read
+    rotation (until it catches up). Checked in the background about once a second on a free
+    connection of each replica (`now() - pg_last_xact_replay_timestamp()` while it has WAL to
+    replay), never on a request's path; None: no bound. Not applied on MariaDB/MySQL."""
     options: dict[str, Any] = Field(default_factory=dict)
     """Raw driver keyword arguments passed through; a key a field above sets is an error."""
     reset_on_return: Literal["rollback", "full"] = "rollback"
@@ -189,6 +205,15 @@ class PoolConfig(BaseModel):
         backend_of(url.scheme)
         return url
 
+    @field_validator("read_your_writes", mode="before")
+    @classmethod
+    def _read_your_writes(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return "request" if value else "off"
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return "request" if value.lower() == "true" else "off"
+        return value
+
     @field_validator("session_class", mode="before")
     @classmethod
     def _session_class(cls, value: Any) -> Any:
@@ -235,6 +260,11 @@ class PoolConfig(BaseModel):
             if not (self.database or url_path_database(self.url.get_secret_value())):
                 raise FieldError("database",
                                  "no database: set 'database' or put it in the URL path")
+        if backend != "sqlalchemy" and (self.read_your_writes != "off"
+                                        or self.max_replica_lag is not None):
+            what = "read_your_writes" if self.read_your_writes != "off" else "max_replica_lag"
+            raise FieldError(what, f"{what!r} applies to SQL pools with replicas; Mongo "
+                             "reads follow the URL's readPreference (causal sessions)")
         for replica in self.replicas:
             if backend != "sqlalchemy":
                 raise FieldError("replicas", "'replicas' applies to SQL pools; for Mongo use a "

@@ -6,7 +6,6 @@ import asyncio
 import contextvars
 import inspect
 import logging
-import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
@@ -16,6 +15,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from ._pool import Pool, not_open_message
+from ._replicas import ReplicaRouter
 from .config import ConnmanSettings, PoolConfig, load_settings, validate_pools
 from .errors import ConfigurationError, PoolNotOpen, PoolStartupError, UnknownPool, WrongEventLoop
 from .stats import EventHub, PoolEvent
@@ -42,62 +42,6 @@ def _make_pool(name: str, config: PoolConfig, hub: EventHub) -> Pool:
         return MongoPool(name, config, hub)
     except ValueError as exc:
         raise ConfigurationError(f"pool {name!r}: {exc}", pool=name, field="database") from None
-
-
-class ReplicaRouter:
-    """Reads for one pool: its replicas round-robin, skipping unhealthy ones, else the primary."""
-
-    def __init__(self, primary: Pool, replicas: list[Pool], cooldown: float = 5.0) -> None:
-        self.primary = primary
-        self.replicas = replicas
-        self.cooldown = cooldown
-        self._next = 0
-        self._down_until: dict[str, float] = {}
-
-    def candidates(self) -> list[Pool]:
-        """Healthy replicas in round-robin order, then the primary as the last resort."""
-        now = time.monotonic()
-        n = len(self.replicas)
-        start, self._next = self._next, (self._next + 1) % max(1, n)
-        order = [self.replicas[(start + i) % n] for i in range(n)]
-        healthy = [p for p in order
-                   if not p.closed and self._down_until.get(p.name, 0.0) <= now]
-        return [*healthy, self.primary]
-
-    def mark_down(self, pool: Pool) -> None:
-        """Skip `pool` for `cooldown` seconds."""
-        self._down_until[pool.name] = time.monotonic() + self.cooldown
-        logger.warning("connman: replica %r unreachable; reading from others for %.0fs",
-                       pool.name, self.cooldown)
-
-    @asynccontextmanager
-    async def session(self) -> AsyncIterator[Any]:
-        """A unit of work on the first replica that answers (or the primary)."""
-        for pool in self.candidates():
-            cm = pool.session()
-            try:
-                unit = await cm.__aenter__()
-            except Exception as exc:
-                if pool is not self.primary and pool.is_connection_error(exc):
-                    self.mark_down(pool)
-                    continue
-                raise
-            if pool is not self.primary:
-                try:
-                    await pool.touch(unit)
-                except BaseException as exc:
-                    await cm.__aexit__(type(exc), exc, exc.__traceback__)
-                    if isinstance(exc, Exception) and pool.is_connection_error(exc):
-                        self.mark_down(pool)
-                        continue
-                    raise
-            try:
-                yield unit
-            except BaseException as exc:
-                await cm.__aexit__(type(exc), exc, exc.__traceback__)
-                raise
-            await cm.__aexit__(None, None, None)
-            return
 
 
 class SessionProvider:
@@ -289,8 +233,9 @@ class ConnectionManager:
 
         SQL: an `AsyncSession` (expire_on_commit=False), committed on success, rolled back on
         error, its connection always returned. Mongo: the database handle.
-        `readonly=True` reads from the pool's replicas (round-robin, skipping unreachable ones;
-        the primary when none answers or none is configured).
+        `readonly=True` reads from the pool's replicas (round-robin, skipping one that is down,
+        lagging beyond `max_replica_lag`, or, with `read_your_writes`, behind this request's last
+        commit; the primary when none qualifies or none is configured).
         `scope` (FastAPI's `Depends(scope=...)`): `"function"` ends the unit of work when the
         handler returns, before the response is sent, so a failed commit is a 5xx;
         `"request"` keeps it open until the response has been sent, for a `StreamingResponse`
@@ -322,8 +267,12 @@ class ConnectionManager:
     def _unit_opener(self, name: str, readonly: bool
                      ) -> Callable[[], AbstractAsyncContextManager[Any]]:
         pool = self.pool(name)
-        router = self._routers.get(pool.name) if readonly else None
-        return router.session if router is not None else pool.session
+        router = self._routers.get(pool.name)
+        if router is None:
+            return pool.session
+        if readonly:
+            return router.session
+        return router.write_session if router.mode != "off" else pool.session
 
     def _not_open_yet(self, name: str) -> AbstractAsyncContextManager[Any]:
         raise PoolNotOpen(not_open_message(name), pool=name)
@@ -398,6 +347,8 @@ class ConnectionManager:
                 logger.warning("connman: optional %s; serving without it (503 for its requests) "
                                "and trying again in the background", result)
         if not failures:
+            for router in self._routers.values():
+                router.start()
             self._warn_budget()
             return
         await asyncio.gather(*(p.close(0) for p in pools), return_exceptions=True)
@@ -430,6 +381,7 @@ class ConnectionManager:
 
     async def close(self) -> None:
         """Drain every pool (each within its `drain_timeout`), then dispose them all."""
+        await asyncio.gather(*(r.stop() for r in self._routers.values()))
         await asyncio.gather(*(p.close() for p in self._pools.values()), return_exceptions=True)
 
     async def __aenter__(self) -> ConnectionManager:
