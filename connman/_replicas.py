@@ -6,9 +6,12 @@ the background and it rejoins when it answers), one lagging beyond `max_replica_
 the background), and, with `read_your_writes`, one that has not replayed the last commit of this
 request (or process) yet; the primary is the last resort.
 
-Replication positions are PostgreSQL's WAL positions (LSNs): `pg_current_wal_lsn()` on the
-primary after a commit, `pg_last_wal_replay_lsn()` on a replica. Where they are not available
-(MariaDB, SQLite), read-your-writes sends the reads that follow a write to the primary.
+With `read_your_writes="request"` the reads that follow a write in the same request go to the
+primary (no round trip spent). With `"process"`, a replica serves a read once it has replayed
+this process's last commit: PostgreSQL WAL positions (LSNs), `pg_current_wal_insert_lsn()` on
+the primary after a commit (at or past the commit record, also for an asynchronous commit),
+`pg_last_wal_replay_lsn()` on a replica. MariaDB has no such check here: `"process"` is refused
+at configuration there.
 """
 
 from __future__ import annotations
@@ -177,7 +180,10 @@ class ReplicaRouter:
                  or bool(in_transaction()))
         await cm.__aexit__(None, None, None)
         if wrote:
-            self._note(await self._commit_position())
+            # Per request the reads that follow simply go to the primary: no round trip at all.
+            # Per process a pin would never lift: note the commit's position, for replicas to
+            # reach.
+            self._note(PIN if self.mode == "request" else await self._commit_position())
 
     # ------------------------------------------------------------------ reads
     @asynccontextmanager

@@ -142,15 +142,16 @@ class PoolConfig(BaseModel):
     """Read replica URLs (SQL): `session(name, readonly=True)` reads from them, round-robin."""
     read_your_writes: Literal["off", "request", "process"] = "off"
     """With `replicas`: whether a `readonly=True` unit sees the commits made before it.
-    `request`: after a unit on the primary commits, later readonly units of the same request
-    (asyncio context) read from the primary or from a replica that has replayed that commit;
-    `process`: the same for every request of this process (a write is seen by all reads that
-    start after it). Costs: one round trip on the primary after each committed unit that ran a
-    statement (`pg_current_wal_insert_lsn()`, on a free connection; none free: those reads use the
-    primary), and one on the replica for a read whose replica has not been seen that far
-    (`pg_last_wal_replay_lsn()`); under steady writes, `process` sends more reads to the primary.
-    PostgreSQL only compares positions; on MariaDB/MySQL the reads that follow a write go to the
-    primary. `true` means `request`. See docs/outages.md."""
+    `request` (`true`): after a unit on the primary commits, later readonly units of the same
+    request (asyncio context: the request's task under an ASGI server) read from the primary;
+    costs no round trip, the primary takes those reads. `process` (PostgreSQL): every readonly
+    unit that starts after a commit of this process reads from a replica that has replayed it
+    (WAL positions), else the primary; costs one round trip on the primary after each committed
+    unit that ran a statement (`pg_current_wal_insert_lsn()`, on a free connection; none free:
+    the reads use the primary until a later commit's position is known) and one on the replica
+    for a read whose replica was not yet seen that far (`pg_last_wal_replay_lsn()`); under
+    steady writes most reads go to the primary. Another process's writes are not covered. See
+    docs/outages.md."""
     max_replica_lag: float | None = Field(None, gt=0)
     """With `replicas` (PostgreSQL): seconds a replica may be behind before it leaves the read
     rotation (until it catches up). Checked in the background about once a second on a free
@@ -265,6 +266,11 @@ class PoolConfig(BaseModel):
             what = "read_your_writes" if self.read_your_writes != "off" else "max_replica_lag"
             raise FieldError(what, f"{what!r} applies to SQL pools with replicas; Mongo "
                              "reads follow the URL's readPreference (causal sessions)")
+        if self.read_your_writes == "process" and self.replicas and self.url.scheme.startswith(
+                "mysql"):
+            raise FieldError("read_your_writes", "'process' needs replication positions, which "
+                             "connman reads on PostgreSQL only; use 'request' (the reads after a "
+                             "write in a request go to the primary)")
         for replica in self.replicas:
             if backend != "sqlalchemy":
                 raise FieldError("replicas", "'replicas' applies to SQL pools; for Mongo use a "
