@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from ._outage import Outage, heal
+from ._outage import Outage, heal, utc
 from ._url import redact
 from .config import PoolConfig
 from .errors import (
@@ -159,6 +159,7 @@ class Pool(abc.ABC):
         self.outage: Outage | None = None
         """Set while the pool's server is down and a background task tries again (`heal`)."""
         self._heal_task: asyncio.Task[None] | None = None
+        self._probe_down_since: float | None = None  # first failed probe of an open pool
         self._tried = False  # open() was called (the lifespan ran), whatever came of it
         self._open_error: tuple[str, BaseException | None] = ("", None)
         _POOLS.add(self)
@@ -653,13 +654,21 @@ class Pool(abc.ABC):
                 ms = await self._ping()
         except TimeoutError:
             said = f"no answer within {timeout:g}s"
-            return {"status": "down", "reason": said, "error": f"{said} from the server"}
+            return self._probe_failed(said, f"{said} from the server")
         except Exception as exc:
-            return {"status": "down", "reason": f"ping failed ({type(exc).__name__})",
-                    "error": self.redact(f"{type(exc).__name__}: {exc}")[:300]}
+            return self._probe_failed(f"ping failed ({type(exc).__name__})",
+                                      self.redact(f"{type(exc).__name__}: {exc}")[:300])
         finally:
             self._unreserve()
+        self._probe_down_since = None
         return {"status": "up", "ping_ms": round(ms, 3)}
+
+    def _probe_failed(self, reason: str, error: str) -> dict[str, Any]:
+        """A probe of an open pool failed: down since the first failed probe in a row."""
+        if self._probe_down_since is None:
+            self._probe_down_since = time.time()
+        return {"status": "down", "since": utc(self._probe_down_since), "reason": reason,
+                "error": error}
 
     def _leaked(self, lease: Lease, stack: str) -> None:
         self.counters.bump("leaks_detected")

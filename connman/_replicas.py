@@ -25,7 +25,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from ._outage import HEAL_TICK
-from .errors import CheckoutTimeout, ServerUnavailable
+from .errors import CheckoutTimeout, ConnectionLost, ServerUnavailable, StatementTimeout
 
 if TYPE_CHECKING:
     from ._pool import Pool
@@ -219,6 +219,12 @@ class ReplicaRouter:
                 yield unit
             except BaseException as exc:
                 await cm.__aexit__(type(exc), exc, exc.__traceback__)
+                if pool is not self.primary and isinstance(exc, Exception) and (
+                        isinstance(exc, (StatementTimeout, ConnectionLost))
+                        or self._unreachable(pool, exc)):
+                    # Frozen or gone under this unit (its connection had skipped the pre-ping):
+                    # the next reads go elsewhere until a ping gets an answer again.
+                    self.mark_down(pool, exc)
                 raise
             await cm.__aexit__(None, None, None)
             return
