@@ -75,8 +75,9 @@ async def heal(pool: Pool) -> None:
     while True:
         await asyncio.sleep(delay * (1.0 - 0.2 * random.random()))
         delay = next_delay(delay)
+        outage = pool.outage
         if await pool._try_heal():
-            outage, pool.outage = pool.outage, None
+            pool.outage = None
             if outage is not None:
                 logger.warning("connman: pool %r is reachable again (down since %s, %.0fs)",
                                pool.name, outage.when, time.time() - outage.since)

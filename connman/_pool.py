@@ -313,6 +313,7 @@ class Pool(abc.ABC):
         self._opened = True
         self._pid = os.getpid()
         self._was_opened = True
+        self.outage = None  # opened by its healer, or by a second `open()`
         interval = self._maintenance_interval()
         if interval is not None:
             self._maint_task = asyncio.create_task(self._maintenance_loop(interval),
@@ -345,6 +346,8 @@ class Pool(abc.ABC):
 
     async def _try_heal(self) -> bool:
         """One attempt to reach the server of a down pool (see `go_down`); True once it answers."""
+        if self._opened and self.outage is None:
+            return True  # opened meanwhile by another `open()`
         if not self._opened:
             try:
                 await self.open()

@@ -18,6 +18,8 @@ from connman import ConfigurationError, ConnectionManager, StatementTimeout
 from connman.testing.proxy import TcpProxy
 from connman.testing.servers import PostgresReplicaServer, PostgresServer, free_port
 
+from .faults.frozen import frozen
+
 pytestmark = pytest.mark.postgres
 
 
@@ -245,3 +247,30 @@ def test_read_your_writes_per_process_needs_positions_mariadb_does_not_give() ->
                                     "replicas": ["mysql+aiomysql://u:pw@replica/app"],
                                     "read_your_writes": True}})
     assert m.pool("main").config.read_your_writes == "request"
+
+
+async def test_a_replica_stopped_by_sigstop_is_left_and_rejoins_after_sigcont(
+        postgres_server: PostgresServer, replica: PostgresReplicaServer,
+        managers: list[ConnectionManager]) -> None:
+    m = ConnectionManager({"main": {"url": postgres_server.url(driver="asyncpg"),
+                                    "replicas": [replica.url(driver="asyncpg")],
+                                    "size": 1, "overflow": 1, "connect_timeout": 1,
+                                    "statement_timeout": 2}})
+    managers.append(m)
+    async with m:
+        assert await read_where(m) == "replica"
+        with frozen(replica):  # the whole process tree stopped: a hung host
+
+            async def on_primary() -> bool:
+                try:
+                    return await read_where(m) == "primary"
+                except StatementTimeout:  # a unit already on the frozen replica: marks it down
+                    return False
+
+            await until(on_primary, "reading from the primary")
+            assert m.pool("main.replica1").outage is not None
+
+        async def on_replica() -> bool:
+            return await read_where(m) == "replica"
+
+        await until(on_replica, "back on the replica")
