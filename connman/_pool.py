@@ -291,6 +291,12 @@ class Pool(abc.ABC):
             if self._loop is not None and not self._loop.is_closed():
                 raise self._wrong_loop()
             self._drop()
+        healer = self._heal_task
+        if healer is not None and healer is not asyncio.current_task() and not healer.done():
+            if healer.get_loop() is loop:  # one attempt at a time: this one replaces it
+                healer.cancel()
+                await asyncio.gather(healer, return_exceptions=True)
+            self._heal_task = None
         self._closing = False
         self._loop = loop
         self._tried = True
@@ -314,6 +320,7 @@ class Pool(abc.ABC):
         self._pid = os.getpid()
         self._was_opened = True
         self.outage = None  # opened by its healer, or by a second `open()`
+        self._open_error = ("", None)
         interval = self._maintenance_interval()
         if interval is not None:
             self._maint_task = asyncio.create_task(self._maintenance_loop(interval),
@@ -439,8 +446,16 @@ class Pool(abc.ABC):
         running, raises `WrongEventLoop`: close it in its own loop. A pool that is down stops
         trying to reach its server.
         """
-        if self._heal_task is not None and self._loop is asyncio.get_running_loop():
-            await self._stop_healing()
+        healer = self._heal_task
+        if healer is not None:
+            home = healer.get_loop()
+            if home is asyncio.get_running_loop():
+                await self._stop_healing()
+            elif home.is_running() and not home.is_closed():
+                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
+                    self._stop_healing(), home))
+            else:
+                self._heal_task = None
         if not self._opened:
             self.outage = None
             return

@@ -203,3 +203,24 @@ async def test_an_app_lifespan_that_fails_after_the_pools_opened_raises_its_own_
             pass
     assert m.pool("main").closed
     assert m.stats("main")["pool_size"] == 0
+
+
+@pytest.mark.postgres
+async def test_a_second_open_while_a_pool_heals_takes_over_from_its_attempts(
+        postgres_server: Any, managers: list[ConnectionManager], tmp_path: Path) -> None:
+    with TcpProxy(postgres_server.host, postgres_server.port) as proxy:
+        proxy.cut()
+        url = postgres_server.url(driver="asyncpg").replace(
+            f":{postgres_server.port}/", f":{proxy.port}/")
+        m = ConnectionManager({"main": {"url": f"sqlite+aiosqlite:///{tmp_path}/m.db"},
+                               "late": {"url": url, "size": 1, "connect_timeout": 1,
+                                        "required": False}})
+        managers.append(m)
+        async with m:
+            assert heal_tasks() == ["connman-heal-late"]
+            proxy.restore()
+            await m.open()  # opens "late" itself, the background attempts stop
+            assert heal_tasks() == []
+            assert (await m.pool("late").probe(5))["status"] == "up"
+            async with m.session("late") as db:
+                await db.execute(text("SELECT 1"))
