@@ -39,7 +39,9 @@ PIN = math.inf
 POSITION_DRIVERS = ("asyncpg", "psycopg")
 """PostgreSQL drivers: WAL positions are known, so a replica that replayed a commit may serve."""
 
-_COMMIT_POSITION = "SELECT pg_current_wal_insert_lsn()::text"
+_COMMIT_POSITION = ("SELECT pg_current_wal_insert_lsn()::text, "
+                    "current_setting('wal_block_size')::int, "
+                    "pg_size_bytes(current_setting('wal_segment_size'))::bigint")
 _REPLAY_POSITION = "SELECT pg_last_wal_replay_lsn()::text"
 # Seconds behind: 0 when the replica has replayed all it received, else the age of the last
 # transaction it replayed (an idle primary does not look like a lagging replica).
@@ -60,6 +62,19 @@ def parse_lsn(text: str | None) -> float:
         return 0.0
     high, _, low = text.partition("/")
     return float((int(high, 16) << 32) + int(low, 16))
+
+
+def record_end(lsn: float, block_size: int, segment_size: int) -> float:
+    """An insert position just past a WAL page header, turned back into the page boundary.
+
+    `pg_current_wal_insert_lsn()` points past the header of a new page when the last record ended
+    exactly at a page boundary, while a replica's `pg_last_wal_replay_lsn()` is that record's
+    end, the boundary itself; no record ends inside a page header, so both mean the same place.
+    """
+    position = int(lsn)
+    offset = position % block_size
+    header = 40 if position % segment_size < block_size else 24  # long / short page header
+    return float(position - offset) if offset == header else lsn
 
 
 async def _fetch(conn: Any, sql: str) -> tuple[Any, ...]:
@@ -149,7 +164,9 @@ class ReplicaRouter:
             logger.debug("connman: pool %r: commit position unknown (%s); the reads that follow "
                          "go to the primary", primary.name, type(exc).__name__)
             return PIN
-        return parse_lsn(row[0] if row else None) or PIN
+        if not row or not row[0]:
+            return PIN
+        return record_end(parse_lsn(row[0]), int(row[1]), int(row[2]))
 
     async def _caught_up(self, pool: Pool, unit: Any, target: float) -> bool:
         """Whether replica `pool` has replayed `target` (asks it only when the last position

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import text
 
 from connman import ConfigurationError, ConnectionManager, StatementTimeout
+from connman._replicas import parse_lsn, record_end
 from connman.testing.proxy import TcpProxy
 from connman.testing.servers import PostgresReplicaServer, PostgresServer, free_port
 
@@ -274,3 +275,11 @@ async def test_a_replica_stopped_by_sigstop_is_left_and_rejoins_after_sigcont(
             return await read_where(m) == "replica"
 
         await until(on_replica, "back on the replica")
+
+
+def test_an_insert_position_past_a_page_header_is_the_record_end_a_replica_reports() -> None:
+    block, segment = 8192, 16 * 1024 * 1024
+    assert record_end(parse_lsn("0/3000028"), block, segment) == parse_lsn("0/3000000")  # long
+    assert record_end(parse_lsn("0/3002018"), block, segment) == parse_lsn("0/3002000")  # short
+    assert record_end(parse_lsn("0/3002060"), block, segment) == parse_lsn("0/3002060")
+    assert parse_lsn("16/B374D848") == float((0x16 << 32) + 0xB374D848)
