@@ -224,3 +224,27 @@ async def test_a_second_open_while_a_pool_heals_takes_over_from_its_attempts(
             assert (await m.pool("late").probe(5))["status"] == "up"
             async with m.session("late") as db:
                 await db.execute(text("SELECT 1"))
+
+
+@only(exclude=("sqlite",))
+async def test_an_optional_pool_whose_server_is_frozen_at_startup_heals_when_it_answers(
+        target: Target, managers: list[ConnectionManager], tmp_path: Path) -> None:
+    ops = Ops(target)
+    with TcpProxy("127.0.0.1", target.server.port) as proxy:  # type: ignore[union-attr]
+        proxy.blackhole()  # connects are accepted and never answered
+        m = ConnectionManager({
+            "main": {"url": f"sqlite+aiosqlite:///{tmp_path}/main.db", "size": 1},
+            "late": target.config(url=via(target, proxy), size=1, overflow=0, timeout=2,
+                                  connect_timeout=1, required=False)})
+        managers.append(m)
+        async with m:  # startup is not held up past the attempt's own bound
+            with pytest.raises(ServerUnavailable, match="unreachable since"):
+                async with m.session("late"):
+                    pass
+            proxy.restore()
+            deadline = time.monotonic() + DEADLINE
+            while m.pool("late").closed:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            async with m.session("late") as unit:
+                await ops.select1(unit)
