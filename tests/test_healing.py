@@ -248,3 +248,29 @@ async def test_an_optional_pool_whose_server_is_frozen_at_startup_heals_when_it_
                 await asyncio.sleep(0.05)
             async with m.session("late") as unit:
                 await ops.select1(unit)
+
+
+async def test_a_late_pool_never_shows_its_password(
+        managers: list[ConnectionManager], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG", logger="connman")
+    with TcpProxy("127.0.0.1", 9) as proxy:
+        proxy.cut()
+        m = ConnectionManager({
+            "main": {"url": f"sqlite+aiosqlite:///{tmp_path}/m.db"},
+            "late": {"url": f"postgresql+asyncpg://app:s3cret-pw@127.0.0.1:{proxy.port}/db",
+                     "connect_timeout": 1, "required": False}})
+        managers.append(m)
+        app = FastAPI(lifespan=m.lifespan)
+        app.include_router(m.health_router(detail=True))
+        async with m:
+            with pytest.raises(ServerUnavailable) as info:
+                async with m.session("late"):
+                    pass
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+                health = (await http.get("/health")).text
+        seen = [str(info.value), repr(info.value), str(info.value.__cause__), health,
+                caplog.text]
+        assert all("s3cret-pw" not in text for text in seen)
+        assert "app:***@" in str(info.value)
