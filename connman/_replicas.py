@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -34,7 +33,7 @@ __all__ = ["ReplicaRouter", "parse_lsn"]
 
 logger = logging.getLogger("connman")
 
-PIN = math.inf
+PIN = 1 << 64
 """A position no replica reaches: the reads that follow go to the primary."""
 POSITION_DRIVERS = ("asyncpg", "psycopg")
 """PostgreSQL drivers: WAL positions are known, so a replica that replayed a commit may serve."""
@@ -51,30 +50,29 @@ _REPLICA_STATUS = (
     "END::float8, pg_last_wal_replay_lsn()::text")
 
 # Per request (context): pool name -> the position its reads must see (read_your_writes="request").
-_WRITTEN: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar(
+_WRITTEN: contextvars.ContextVar[dict[str, int] | None] = contextvars.ContextVar(
     "connman_written", default=None)
 
 
-def parse_lsn(text: str | None) -> float:
+def parse_lsn(text: str | None) -> int:
     """A PostgreSQL LSN (`'16/B374D848'`) as a number; 0 for None (not a replica, or nothing
     replayed yet)."""
     if not text:
-        return 0.0
+        return 0
     high, _, low = text.partition("/")
-    return float((int(high, 16) << 32) + int(low, 16))
+    return (int(high, 16) << 32) + int(low, 16)
 
 
-def record_end(lsn: float, block_size: int, segment_size: int) -> float:
+def record_end(lsn: int, block_size: int, segment_size: int) -> int:
     """An insert position just past a WAL page header, turned back into the page boundary.
 
     `pg_current_wal_insert_lsn()` points past the header of a new page when the last record ended
     exactly at a page boundary, while a replica's `pg_last_wal_replay_lsn()` is that record's
     end, the boundary itself; no record ends inside a page header, so both mean the same place.
     """
-    position = int(lsn)
-    offset = position % block_size
-    header = 40 if position % segment_size < block_size else 24  # long / short page header
-    return float(position - offset) if offset == header else lsn
+    offset = lsn % block_size
+    header = 40 if lsn % segment_size < block_size else 24  # long / short page header
+    return lsn - offset if offset == header else lsn
 
 
 async def _fetch(conn: Any, sql: str) -> tuple[Any, ...]:
@@ -99,8 +97,8 @@ class ReplicaRouter:
         self.max_lag = config.max_replica_lag
         self.positions = config.driver_name in POSITION_DRIVERS
         self._next = 0
-        self._process_target = 0.0
-        self.replayed: dict[str, float] = {}
+        self._process_target = 0
+        self.replayed: dict[str, int] = {}
         """The last replay position seen on each replica (background check or a read)."""
         self.lag: dict[str, float] = {}
         """Seconds each replica was behind at the last background check."""
@@ -131,16 +129,16 @@ class ReplicaRouter:
             exc)
 
     # ------------------------------------------------------------------ read-your-writes
-    def target(self) -> float:
+    def target(self) -> int:
         """The position a read must see here: this request's (or process's) last commit."""
         if self.mode == "off":
-            return 0.0
+            return 0
         if self.mode == "process":
             return self._process_target
         written = _WRITTEN.get()
-        return written.get(self.primary.name, 0.0) if written else 0.0
+        return written.get(self.primary.name, 0) if written else 0
 
-    def _note(self, position: float) -> None:
+    def _note(self, position: int) -> None:
         if self.mode == "process":
             self._process_target = max(self._process_target, position)
             return
@@ -148,9 +146,9 @@ class ReplicaRouter:
         if written is None:
             written = {}
             _WRITTEN.set(written)
-        written[self.primary.name] = max(written.get(self.primary.name, 0.0), position)
+        written[self.primary.name] = max(written.get(self.primary.name, 0), position)
 
-    async def _commit_position(self) -> float:
+    async def _commit_position(self) -> int:
         """The primary's WAL position now (after this unit's commit), or `PIN` when it cannot
         be had at once (no free connection, not PostgreSQL, an error)."""
         primary = self.primary
@@ -168,17 +166,17 @@ class ReplicaRouter:
             return PIN
         return record_end(parse_lsn(row[0]), int(row[1]), int(row[2]))
 
-    async def _caught_up(self, pool: Pool, unit: Any, target: float) -> bool:
+    async def _caught_up(self, pool: Pool, unit: Any, target: int) -> bool:
         """Whether replica `pool` has replayed `target` (asks it only when the last position
         seen is behind)."""
         if target == PIN:
             return False
-        if self.replayed.get(pool.name, 0.0) >= target:
+        if self.replayed.get(pool.name, 0) >= target:
             return True
         from sqlalchemy import text
 
         replayed = parse_lsn((await unit.execute(text(_REPLAY_POSITION))).scalar())
-        self.replayed[pool.name] = max(self.replayed.get(pool.name, 0.0), replayed)
+        self.replayed[pool.name] = max(self.replayed.get(pool.name, 0), replayed)
         return replayed >= target
 
     @asynccontextmanager
@@ -289,7 +287,7 @@ class ReplicaRouter:
             return
         lag, replayed = float(row[0] or 0.0), parse_lsn(row[1])
         self.lag[pool.name] = lag
-        self.replayed[pool.name] = max(self.replayed.get(pool.name, 0.0), replayed)
+        self.replayed[pool.name] = max(self.replayed.get(pool.name, 0), replayed)
         behind = self.max_lag is not None and lag > self.max_lag
         if behind and pool.name not in self.lagging:
             logger.warning("connman: replica %r is %.1fs behind (max_replica_lag=%gs): out of "

@@ -282,4 +282,4 @@ def test_an_insert_position_past_a_page_header_is_the_record_end_a_replica_repor
     assert record_end(parse_lsn("0/3000028"), block, segment) == parse_lsn("0/3000000")  # long
     assert record_end(parse_lsn("0/3002018"), block, segment) == parse_lsn("0/3002000")  # short
     assert record_end(parse_lsn("0/3002060"), block, segment) == parse_lsn("0/3002060")
-    assert parse_lsn("16/B374D848") == float((0x16 << 32) + 0xB374D848)
+    assert parse_lsn("16/B374D848") == (0x16 << 32) + 0xB374D848
