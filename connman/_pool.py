@@ -20,6 +20,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from ._outage import Outage, heal, utc
 from ._url import redact
 from .config import PoolConfig
 from .errors import (
@@ -28,8 +29,10 @@ from .errors import (
     PoolNotOpen,
     PoolStartupError,
     PoolTimeout,
+    ServerUnavailable,
     TooManyWaiters,
     WrongEventLoop,
+    keep_driver_class,
 )
 from .stats import EventHub, PoolEvent, PoolStats
 
@@ -159,6 +162,12 @@ class Pool(abc.ABC):
         self.connection_limit: int | None = None
         """Connections the server accepts for this app (read while warming up; None: unknown)."""
         self._pid: int | None = None  # the process that opened the driver pool (fork detection)
+        self.outage: Outage | None = None
+        """Set while the pool's server is down and a background task tries again (`heal`)."""
+        self._heal_task: asyncio.Task[None] | None = None
+        self._probe_down_since: float | None = None  # first failed probe of an open pool
+        self._tried = False  # open() was called (the lifespan ran), whatever came of it
+        self._open_error: tuple[str, BaseException | None] = ("", None)
         _POOLS.add(self)
 
     # ------------------------------------------------------------------ backend verbs
@@ -288,8 +297,15 @@ class Pool(abc.ABC):
             if self._loop is not None and not self._loop.is_closed():
                 raise self._wrong_loop()
             self._drop()
+        healer = self._heal_task
+        if healer is not None and healer is not asyncio.current_task() and not healer.done():
+            if healer.get_loop() is loop:  # one attempt at a time: this one replaces it
+                healer.cancel()
+                await asyncio.gather(healer, return_exceptions=True)
+            self._heal_task = None
         self._closing = False
         self._loop = loop
+        self._tried = True
         try:
             async with asyncio.timeout(self.config.connect_timeout + 1.0):
                 await self._open()
@@ -297,22 +313,87 @@ class Pool(abc.ABC):
             await shielded(self._close_quietly())
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            reason = "timed out" if isinstance(exc, TimeoutError) else (
-                f"{type(exc).__name__}: {exc}")
+            reason = self.redact("timed out" if isinstance(exc, TimeoutError) else (
+                f"{type(exc).__name__}: {exc}"))
+            self._open_error = (reason, exc.with_traceback(None))
             # Only the driver's words are redacted: connman's own (pool name, masked URL) stay
             # readable whatever the password equals.
             raise PoolStartupError(
-                f"pool {self.name!r} ({self.config.url.masked}) could not be opened: "
-                f"{self.redact(reason)}",
+                f"pool {self.name!r} ({self.config.url.masked}) could not be opened: {reason}",
                 pool=self.name,
             ) from None
         self._opened = True
         self._pid = os.getpid()
         self._was_opened = True
+        self.outage = None  # opened by its healer, or by a second `open()`
+        self._open_error = ("", None)
         interval = self._maintenance_interval()
         if interval is not None:
             self._maint_task = asyncio.create_task(self._maintenance_loop(interval),
                                                    name=f"connman-maintain-{self.name}")
+
+    def go_down(self, error: BaseException) -> None:
+        """Mark the pool down since now (or since it first was) for `error`, and keep trying to
+        reach its server in the background (`connman-heal-<name>`) until it answers.
+
+        A pool that never opened (its `open()` raised) opens when its server answers; until then
+        its requests get `ServerUnavailable(kind="down")`. An open pool (a replica that stopped
+        answering) is put back in rotation by its router once a ping succeeds.
+        """
+        if isinstance(error, PoolStartupError) and self._open_error[0]:
+            cause, driver_error = self._open_error
+        else:
+            cause = self.redact(f"{type(error).__name__}: {error}")[:300]
+            driver_error = error.__cause__ if isinstance(error, ConnmanError) else error
+        if type(driver_error) is TimeoutError:
+            driver_error = None  # connman's own bound on the attempt, not the driver's error
+        if driver_error is not None:
+            driver_error = driver_error.with_traceback(None)
+        if self.outage is None:
+            self.outage = Outage(time.time(), cause, driver_error)
+        else:
+            self.outage.cause, self.outage.error = cause, driver_error
+        if self._heal_task is None or self._heal_task.done():
+            self._heal_task = asyncio.get_running_loop().create_task(
+                heal(self), name=f"connman-heal-{self.name}")
+
+    async def _try_heal(self) -> bool:
+        """One attempt to reach the server of a down pool (see `go_down`); True once it answers."""
+        if self._opened and self.outage is None:
+            return True  # opened meanwhile by another `open()`
+        if not self._opened:
+            try:
+                await self.open()
+            except (PoolStartupError, WrongEventLoop) as exc:
+                self.go_down(exc)
+                return False
+            return True
+        if not self._reserve():
+            return False  # every slot is held: no evidence either way, try again later
+        try:
+            async with asyncio.timeout(self.config.connect_timeout):
+                await self._ping()
+        except TimeoutError:
+            self.outage_cause(f"no answer within connect_timeout={self.config.connect_timeout:g}s")
+            return False
+        except Exception as exc:
+            self.outage_cause(self.redact(f"{type(exc).__name__}: {exc}")[:300])
+            return False
+        finally:
+            self._unreserve()
+        return True
+
+    def outage_cause(self, cause: str) -> None:
+        """Update what the current outage's last attempt met (no-op when the pool is up)."""
+        if self.outage is not None:
+            self.outage.cause = cause
+
+    async def _stop_healing(self) -> None:
+        task, self._heal_task = self._heal_task, None
+        self.outage = None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     def _reset_after_fork(self) -> None:
         """Forget the parent's driver pool and gate state (futures and tasks of its loop)."""
@@ -329,6 +410,8 @@ class Pool(abc.ABC):
         self._nwaiting = self._active = 0
         self._idle_event = None
         self._maint_task = None
+        self._heal_task = None
+        self.outage = None
         self._loop = None
 
     async def _close_quietly(self) -> None:
@@ -351,6 +434,8 @@ class Pool(abc.ABC):
             logger.debug("connman: pool %r: dropping the driver objects failed", self.name,
                          exc_info=True)
         self._maint_task = None
+        self._heal_task = None
+        self.outage = None
         self._waiters.clear()
         self._nwaiting = 0
         self._active = 0
@@ -364,9 +449,21 @@ class Pool(abc.ABC):
         After the pool's event loop closed, the driver objects are dropped without waiting on
         them (their sockets closed directly). From another thread while the pool's loop runs,
         the close runs in that loop. From another loop while the pool's loop exists but is not
-        running, raises `WrongEventLoop`: close it in its own loop.
+        running, raises `WrongEventLoop`: close it in its own loop. A pool that is down stops
+        trying to reach its server.
         """
+        healer = self._heal_task
+        if healer is not None:
+            home = healer.get_loop()
+            if home is asyncio.get_running_loop():
+                await self._stop_healing()
+            elif home.is_running() and not home.is_closed():
+                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
+                    self._stop_healing(), home))
+            else:
+                self._heal_task = None
         if not self._opened:
+            self.outage = None
             return
         if self._pid != os.getpid():  # the parent's pool: not ours to close
             self._reset_after_fork()
@@ -429,7 +526,10 @@ class Pool(abc.ABC):
                               "process forked: open it here (the app's lifespan)", pool=self.name)
         if self._closing or not self._opened:
             self.counters.bump("requests_errors")
-            raise self._refusal()
+            refusal = self._refusal()
+            if isinstance(refusal, ServerUnavailable):
+                self.counters.bump("requests_unavailable")
+            raise refusal
         if self._loop is not asyncio.get_running_loop():
             raise self._wrong_loop()
         if self._free > 0 and not self._nwaiting:
@@ -468,9 +568,17 @@ class Pool(abc.ABC):
             self._nwaiting -= 1
         return self._grant((time.monotonic() - t0) * 1000, queued=True)
 
-    def _refusal(self) -> PoolClosed:
-        """Why a closed pool refuses: never opened (`PoolNotOpen`, saying why), closing or closed."""
-        if not self._was_opened:
+    def _refusal(self) -> ConnmanError:
+        """Why a closed pool refuses: its server is down (`ServerUnavailable`, since when and why),
+        never opened (`PoolNotOpen`: the lifespan did not run), closing or closed."""
+        outage = self.outage
+        if outage is not None and not self._closing:
+            error = ServerUnavailable(
+                f"pool {self.name!r} ({self.config.url.masked}) is {outage.reason()}: "
+                f"{outage.cause}; connman keeps trying in the background", pool=self.name,
+                kind="down", retry_after=self.config.retry_after_s, since=outage.since)
+            return error if outage.error is None else keep_driver_class(error, outage.error)
+        if not self._was_opened and not self._tried:
             return PoolNotOpen(not_open_message(self.name), pool=self.name)
         state = "closing" if self._closing else "closed"
         return PoolClosed(f"pool {self.name!r} is {state}: the app is shutting down", pool=self.name)
@@ -546,29 +654,45 @@ class Pool(abc.ABC):
         """A health check that never queues behind sessions.
 
         Returns `{"status": "up", "ping_ms": ...}` after one round trip on a free connection
-        (bounded by `timeout` seconds), `{"status": "up", "saturated": True}` without I/O when
-        every connection is in use (the sessions holding them are the evidence), or
-        `{"status": "down", "error": ...}` with a non-empty reason. The probe takes a free slot
-        of the gate like any checkout, without counting as a request.
+        (bounded by `timeout` seconds); `{"status": "busy", "saturated": True}` without I/O when
+        every connection is in use (the sessions holding them are the evidence that it works);
+        or `{"status": "down", "reason": ..., "error": ...}`: `reason` in connman's own words
+        (safe to show anyone: "unreachable since <UTC time>", "no answer within 2s"), `error`
+        with the driver's (masked), and `since` (UTC) when the pool knows since when. The probe
+        takes a free slot of the gate like any checkout, without counting as a request.
         """
+        if self.outage is not None:
+            return self.outage.report()
         if not self._opened or self._closing:
-            return {"status": "down", "error": str(self._refusal())}
+            refusal = self._refusal()
+            reason = ("not open: the app's lifespan did not run"
+                      if isinstance(refusal, PoolNotOpen) else "closed")
+            return {"status": "down", "reason": reason, "error": str(refusal)}
         if self._loop is not asyncio.get_running_loop():
-            return {"status": "down", "error": str(self._wrong_loop())}
+            return {"status": "down", "reason": "opened in another event loop",
+                    "error": str(self._wrong_loop())}
         if not self._reserve():
-            return {"status": "up", "saturated": True}
+            return {"status": "busy", "saturated": True}
         try:
             async with asyncio.timeout(timeout):
                 ms = await self._ping()
         except TimeoutError:
-            return {"status": "down",
-                    "error": f"no answer from the server within {timeout:g}s"}
+            said = f"no answer within {timeout:g}s"
+            return self._probe_failed(said, f"{said} from the server")
         except Exception as exc:
-            return {"status": "down",
-                    "error": self.redact(f"{type(exc).__name__}: {exc}")[:300]}
+            return self._probe_failed(f"ping failed ({type(exc).__name__})",
+                                      self.redact(f"{type(exc).__name__}: {exc}")[:300])
         finally:
             self._unreserve()
+        self._probe_down_since = None
         return {"status": "up", "ping_ms": round(ms, 3)}
+
+    def _probe_failed(self, reason: str, error: str) -> dict[str, Any]:
+        """A probe of an open pool failed: down since the first failed probe in a row."""
+        if self._probe_down_since is None:
+            self._probe_down_since = time.time()
+        return {"status": "down", "since": utc(self._probe_down_since), "reason": reason,
+                "error": error}
 
     def _leaked(self, lease: Lease, stack: str, site: Callable[[], str] | None) -> None:
         self.counters.bump("leaks_detected")

@@ -205,6 +205,23 @@ class PoolConfig(BaseModel):
     `prepare_threshold=None`)."""
     replicas: list[SecretURL] = Field(default_factory=list)
     """Read replica URLs (SQL): `session(name, readonly=True)` reads from them, round-robin."""
+    read_your_writes: Literal["off", "request", "process"] = "off"
+    """With `replicas`: whether a `readonly=True` unit sees the commits made before it.
+    `request` (`true`): after a unit on the primary commits, later readonly units of the same
+    request (asyncio context: the request's task under an ASGI server) read from the primary;
+    costs no round trip, the primary takes those reads. `process` (PostgreSQL): every readonly
+    unit that starts after a commit of this process reads from a replica that has replayed it
+    (WAL positions), else the primary; costs one round trip on the primary after each committed
+    unit that ran a statement (`pg_current_wal_insert_lsn()`, on a free connection; none free:
+    the reads use the primary until a later commit's position is known) and one on the replica
+    for a read whose replica was not yet seen that far (`pg_last_wal_replay_lsn()`); under
+    steady writes most reads go to the primary. Another process's writes are not covered. See
+    docs/outages.md."""
+    max_replica_lag: float | None = Field(None, gt=0)
+    """With `replicas` (PostgreSQL): seconds a replica may be behind before it leaves the read
+    rotation (until it catches up). Checked in the background about once a second on a free
+    connection of each replica (`now() - pg_last_xact_replay_timestamp()` while it has WAL to
+    replay), never on a request's path; None: no bound. Not applied on MariaDB/MySQL."""
     options: dict[str, Any] = Field(default_factory=dict)
     """Raw driver keyword arguments passed through; a key a field above sets is an error."""
     reset_on_return: Literal["rollback", "full"] = "rollback"
@@ -289,6 +306,15 @@ class PoolConfig(BaseModel):
     def _known_replica_schemes(cls, urls: list[SecretURL]) -> list[SecretURL]:
         return [resolve_url(url) for url in urls]
 
+    @field_validator("read_your_writes", mode="before")
+    @classmethod
+    def _read_your_writes(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return "request" if value else "off"
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return "request" if value.lower() == "true" else "off"
+        return value
+
     @field_validator("session_class", mode="before")
     @classmethod
     def _session_class(cls, value: Any) -> Any:
@@ -367,6 +393,16 @@ class PoolConfig(BaseModel):
                              "runs, so the reset lands on another client's session; keep "
                              "'rollback' and use transaction-scoped state (SET LOCAL, "
                              "pg_advisory_xact_lock, ON COMMIT DROP)")
+        if backend != "sqlalchemy" and (self.read_your_writes != "off"
+                                        or self.max_replica_lag is not None):
+            what = "read_your_writes" if self.read_your_writes != "off" else "max_replica_lag"
+            raise FieldError(what, f"{what!r} applies to SQL pools with replicas; Mongo "
+                             "reads follow the URL's readPreference (causal sessions)")
+        if self.read_your_writes == "process" and self.replicas and self.url.scheme.startswith(
+                "mysql"):
+            raise FieldError("read_your_writes", "'process' needs replication positions, which "
+                             "connman reads on PostgreSQL only; use 'request' (the reads after a "
+                             "write in a request go to the primary)")
         for replica in self.replicas:
             if backend != "sqlalchemy":
                 raise FieldError("replicas", "'replicas' applies to SQL pools; for Mongo use a "

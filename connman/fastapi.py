@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import AsyncIterator, Callable, MutableMapping
+from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -62,7 +62,13 @@ def unavailable_from(exc: BaseException) -> HTTPException | None:
         return HTTPException(503, detail=f"database pool {exc.pool!r} is busy",
                              headers={"Retry-After": str(exc.retry_after)})
     if isinstance(exc, ServerUnavailable):
-        return HTTPException(503, detail=f"database pool {exc.pool!r} is unavailable: {exc.kind}",
+        if exc.kind == "down" and exc.since is not None:
+            from ._outage import utc
+
+            why = f"unreachable since {utc(exc.since)}"  # the cause stays in the logs
+        else:
+            why = exc.kind
+        return HTTPException(503, detail=f"database pool {exc.pool!r} is unavailable: {why}",
                              headers={"Retry-After": str(exc.retry_after)})
     if isinstance(exc, ConnectionLost):
         headers = None if exc.retry_after is None else {"Retry-After": str(exc.retry_after)}
@@ -171,22 +177,38 @@ def add_exception_handlers(app: FastAPI) -> None:
 
 
 def health_router(manager: ConnectionManager, *, prefix: str = "/health",
-                  include_stats: bool = True, ping_timeout: float = 2.0) -> APIRouter:
-    """A router with GET `prefix`: each pool's status, ping latency and stats.
+                  include_stats: bool = True, ping_timeout: float = 2.0, detail: bool = False,
+                  dependencies: Sequence[Any] | None = None) -> APIRouter:
+    """A router with GET `prefix`: each pool's status; 503 when a pool marked `required` is down.
 
     Each pool is checked with `Pool.probe()`: one round trip on a free connection, at most
-    `ping_timeout` seconds, and never a wait behind sessions: a pool whose connections are all in
-    use reports `"status": "up", "saturated": true` with its stats (`requests_waiting`,
-    `pool_available`). Answers 503 when any pool marked `required` is down, with the reason in
-    its `error`; URLs are shown masked.
+    `ping_timeout` seconds, never a wait behind sessions. A pool's `status` is `"up"`, `"busy"`
+    (every connection in use: working, saturated; still 200) or `"down"`, with `since` (UTC,
+    when known) and `error` saying why in connman's own words ("unreachable since <time>").
+
+    `detail=False` (the default) is for a public endpoint: status per pool only, no URLs, no
+    driver errors, no stats. `detail=True` adds each pool's backend, driver, masked URL,
+    `required`, `ping_ms`, the driver's error (masked) and, with `include_stats`, its stats:
+    serve it on an internal port or behind an authenticating dependency
+    (`manager.health_router(detail=True, dependencies=[Depends(check_token)])`), as it shows
+    infrastructure (hosts, ports, users, database names). `dependencies` are FastAPI's own.
     """
-    router = APIRouter(prefix=prefix, tags=["health"])
+    router = APIRouter(prefix=prefix, tags=["health"], dependencies=list(dependencies or ()))
 
     async def check(name: str) -> dict[str, Any]:
         pool = manager.pool(name)
+        probe = await pool.probe(ping_timeout)
+        status = probe["status"]
+        if not detail:
+            public: dict[str, Any] = {"status": status}
+            if "since" in probe:
+                public["since"] = probe["since"]
+            if "reason" in probe:
+                public["error"] = probe["reason"]
+            return public
         entry: dict[str, Any] = {"backend": pool.backend, "driver": pool.config.driver_name,
                                  "url": pool.config.url.masked, "required": pool.config.required}
-        entry.update(await pool.probe(ping_timeout))
+        entry.update({k: v for k, v in probe.items() if k != "reason"})
         if include_stats:
             entry["stats"] = pool.stats()
         return entry
@@ -200,7 +222,8 @@ def health_router(manager: ConnectionManager, *, prefix: str = "/health",
         names = manager.names
         results = await asyncio.gather(*(check(n) for n in names))
         pools = dict(zip(names, results, strict=True))
-        down = [n for n, e in pools.items() if e["status"] != "up" and e["required"]]
+        down = [n for n, e in pools.items()
+                if e["status"] == "down" and manager.pool(n).config.required]
         body = {"status": "down" if down else "up", "pools": pools}
         return JSONResponse(body, status_code=503 if down else 200)
 

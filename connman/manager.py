@@ -6,8 +6,7 @@ import asyncio
 import contextvars
 import inspect
 import logging
-import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 from pydantic import ValidationError
 
 from ._pool import Pool, not_open_message
+from ._replicas import ReplicaRouter
 from .config import ConnmanSettings, PoolConfig, load_settings, settings_pools, validate_pools
 from .errors import ConfigurationError, PoolNotOpen, PoolStartupError, UnknownPool, WrongEventLoop
 from .stats import EventHub, PoolEvent
@@ -54,62 +54,6 @@ async def _on_database(opener: Callable[[], AbstractAsyncContextManager[Any]],
     async with opener() as unit:
         unit._retarget(database)
         yield unit
-
-
-class ReplicaRouter:
-    """Reads for one pool: its replicas round-robin, skipping unhealthy ones, else the primary."""
-
-    def __init__(self, primary: Pool, replicas: list[Pool], cooldown: float = 5.0) -> None:
-        self.primary = primary
-        self.replicas = replicas
-        self.cooldown = cooldown
-        self._next = 0
-        self._down_until: dict[str, float] = {}
-
-    def candidates(self) -> list[Pool]:
-        """Healthy replicas in round-robin order, then the primary as the last resort."""
-        now = time.monotonic()
-        n = len(self.replicas)
-        start, self._next = self._next, (self._next + 1) % max(1, n)
-        order = [self.replicas[(start + i) % n] for i in range(n)]
-        healthy = [p for p in order
-                   if not p.closed and self._down_until.get(p.name, 0.0) <= now]
-        return [*healthy, self.primary]
-
-    def mark_down(self, pool: Pool) -> None:
-        """Skip `pool` for `cooldown` seconds."""
-        self._down_until[pool.name] = time.monotonic() + self.cooldown
-        logger.warning("connman: replica %r unreachable; reading from others for %.0fs",
-                       pool.name, self.cooldown)
-
-    @asynccontextmanager
-    async def session(self) -> AsyncIterator[Any]:
-        """A unit of work on the first replica that answers (or the primary)."""
-        for pool in self.candidates():
-            cm = pool.session()
-            try:
-                unit = await cm.__aenter__()
-            except Exception as exc:
-                if pool is not self.primary and pool.is_connection_error(exc):
-                    self.mark_down(pool)
-                    continue
-                raise
-            if pool is not self.primary:
-                try:
-                    await pool.touch(unit)
-                except BaseException as exc:
-                    await cm.__aexit__(type(exc), exc, exc.__traceback__)
-                    if isinstance(exc, Exception) and pool.is_connection_error(exc):
-                        self.mark_down(pool)
-                        continue
-                    raise
-            try:
-                yield unit
-            except BaseException as exc:
-                await cm.__aexit__(type(exc), exc, exc.__traceback__)
-                raise
-            await cm.__aexit__(None, None, None)
-            return
 
 
 class SessionProvider:
@@ -320,8 +264,9 @@ class ConnectionManager:
 
         SQL: an `AsyncSession` (expire_on_commit=False), committed on success, rolled back on
         error, its connection always returned. Mongo: the database handle.
-        `readonly=True` reads from the pool's replicas (round-robin, skipping unreachable ones;
-        the primary when none answers or none is configured).
+        `readonly=True` reads from the pool's replicas (round-robin, skipping one that is down,
+        lagging beyond `max_replica_lag`, or, with `read_your_writes`, behind this request's last
+        commit; the primary when none qualifies or none is configured).
         `scope` (FastAPI's `Depends(scope=...)`): `"function"` ends the unit of work when the
         handler returns, before the response is sent, so a failed commit is a 5xx;
         `"request"` keeps it open until the response has been sent, for a `StreamingResponse`
@@ -355,8 +300,14 @@ class ConnectionManager:
     def _unit_opener(self, name: str, readonly: bool, database: str | None = None
                      ) -> Callable[[], AbstractAsyncContextManager[Any]]:
         pool = self.pool(name)
-        router = self._routers.get(pool.name) if readonly else None
-        opener = router.session if router is not None else pool.session
+        router = self._routers.get(pool.name)
+        opener: Callable[[], AbstractAsyncContextManager[Any]]
+        if router is None:
+            opener = pool.session
+        elif readonly:
+            opener = router.session
+        else:
+            opener = router.write_session if router.mode != "off" else pool.session
         if database is None:
             return opener
         if pool.backend != "mongo" or not isinstance(database, str) or not database:
@@ -414,7 +365,10 @@ class ConnectionManager:
     async def open(self) -> None:
         """Open every pool at once; if a required one fails, close the others and raise naming it.
 
-        A pool with `required=False` (replicas are) that cannot open is logged and left closed.
+        A pool with `required=False` (replicas are) that cannot open does not stop startup: it is
+        logged, its requests get `ServerUnavailable(kind="down")` (503 + `Retry-After`), and it
+        keeps trying in the background (bounded, jittered backoff, at most `connman._outage.HEAL_TICK`
+        seconds apart) until its server answers, then opens: no restart needed.
         Pools read at `open()` (`from_settings()` without pool settings at import, or a function
         given to the constructor) are read here first: `ConfigurationError` names what is
         missing, `UnknownPool` a name the app asked a session for that the settings lack.
@@ -430,8 +384,12 @@ class ConnectionManager:
             if pool.config.required or not isinstance(result, Exception):
                 failures.append((pool, result))
             else:
-                logger.warning("connman: optional %s", result)
+                pool.go_down(result)
+                logger.warning("connman: optional %s; serving without it (503 for its requests) "
+                               "and trying again in the background", result)
         if not failures:
+            for router in self._routers.values():
+                router.start()
             self._warn_budget()
             return
         await asyncio.gather(*(p.close(0) for p in pools), return_exceptions=True)
@@ -464,6 +422,7 @@ class ConnectionManager:
 
     async def close(self) -> None:
         """Drain every pool (each within its `drain_timeout`), then dispose them all."""
+        await asyncio.gather(*(r.stop() for r in self._routers.values()))
         await asyncio.gather(*(p.close() for p in self._pools.values()), return_exceptions=True)
 
     async def __aenter__(self) -> ConnectionManager:
@@ -504,16 +463,20 @@ class ConnectionManager:
         return lifespan
 
     def health_router(self, *, prefix: str = "/health", include_stats: bool = True,
-                      ping_timeout: float = 2.0) -> Any:
-        """A FastAPI router: per-pool status, ping latency and stats; 503 if a required pool is down.
+                      ping_timeout: float = 2.0, detail: bool = False,
+                      dependencies: Sequence[Any] | None = None) -> Any:
+        """A FastAPI router: per-pool status (`up`, `busy`, `down` since when and why); 503 if a
+        required pool is down.
 
-        Each check takes at most `ping_timeout` seconds and never waits behind sessions: see
-        `connman.fastapi.health_router`.
+        Public by default (status per pool only); `detail=True` adds URLs (masked), driver
+        errors, ping latency and stats, for an internal port or behind `dependencies` that
+        authenticate. Each check takes at most `ping_timeout` seconds and never waits behind
+        sessions: see `connman.fastapi.health_router`.
         """
         from .fastapi import health_router
 
         return health_router(self, prefix=prefix, include_stats=include_stats,
-                             ping_timeout=ping_timeout)
+                             ping_timeout=ping_timeout, detail=detail, dependencies=dependencies)
 
     def __repr__(self) -> str:
         if self.deferred:

@@ -41,7 +41,9 @@ def create_app(manager: ConnectionManager | None = None) -> FastAPI:
     if manager.pool("main").config.driver_name == "aiosqlite":
         manager.on_connect("main", sqlite_pragmas)
     app = FastAPI(lifespan=manager.lifespan)
-    app.include_router(manager.health_router())
+    app.include_router(manager.health_router())  # public: status per pool
+    # URLs, driver errors, stats: keep it off the public port (or behind an auth dependency).
+    app.include_router(manager.health_router(prefix="/internal/health", detail=True))
     app.state.manager = manager
 
     @app.post("/users")

@@ -63,7 +63,7 @@ async def main(requests: int, concurrency: int) -> int:
         base = f"http://127.0.0.1:{port}"
         codes, elapsed = await drive(base, requests, concurrency)
         async with httpx.AsyncClient(base_url=base) as client:
-            health = (await client.get("/health")).json()
+            health = (await client.get("/internal/health")).json()
         print(f"\n{requests} HTTP requests at concurrency {concurrency} in {elapsed:.2f}s "
               f"({requests / elapsed:.0f} req/s); status codes: {codes}")
         print(f"health: {health['status']} " + ", ".join(

@@ -331,7 +331,7 @@ async def test_health_on_a_saturated_pool_is_up_at_once_and_never_queues(
         make_manager: Make, target: Target, ops: Ops) -> None:
     m = make_manager(size=1, overflow=1, timeout=10)
     app = FastAPI(lifespan=m.lifespan)
-    app.include_router(m.health_router())
+    app.include_router(m.health_router(detail=True))
     release = asyncio.Event()
     holding = 0
 
@@ -350,7 +350,7 @@ async def test_health_on_a_saturated_pool_is_up_at_once_and_never_queues(
             r = await asyncio.wait_for(client.get("/health"), 5)
             entry = r.json()["pools"]["main"]
             assert r.status_code == 200
-            assert entry["status"] == "up"
+            assert entry["status"] == "busy"  # saturated, working: not down
             assert entry["saturated"] is True
             assert entry["stats"]["requests_waiting"] == 1
             assert entry["stats"]["pool_available"] == 0
@@ -372,7 +372,7 @@ async def test_health_with_the_server_unreachable_is_503_with_a_reason(
                                                       connect_timeout=1)})
         managers.append(m)
         app = FastAPI(lifespan=m.lifespan)
-        app.include_router(m.health_router(ping_timeout=1.5))
+        app.include_router(m.health_router(ping_timeout=1.5, detail=True))
         async with serve(app) as base, httpx.AsyncClient(base_url=base, timeout=15) as client:
             assert (await client.get("/health")).status_code == 200
             proxy.cut()

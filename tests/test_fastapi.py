@@ -17,7 +17,7 @@ from ._targets import Ops, Target, serve
 
 def build_app(m: ConnectionManager, ops: Ops) -> FastAPI:
     app = FastAPI(lifespan=m.lifespan)
-    app.include_router(m.health_router())
+    app.include_router(m.health_router(detail=True))
 
     @app.post("/items/{key}")
     async def create(key: str, fail: bool = False,

@@ -253,7 +253,7 @@ async def exercise(url: str, seen: Seen, *, driver: str | None = None) -> None:
 async def get_health(manager: ConnectionManager) -> httpx.Response:
     """GET /health from the manager's health router, in process."""
     app = FastAPI()
-    app.include_router(manager.health_router())
+    app.include_router(manager.health_router(detail=True))  # the level that shows the most
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="http://app") as client:
         return await client.get("/health")
