@@ -94,7 +94,7 @@ def _app_manager(spec: str, settings_names: list[str], env_file: Path | None,
     managers = managers_of(app, module)
     manager = managers[0] if managers else None
     for m in managers:  # names asked for at import, in routes or not
-        for name, _, _ in m._providers:
+        for name in m.requested_pools():
             used.setdefault(name, [])
     if manager is not None and manager.deferred:
         # As open() would: the app's function or its settings; a pool it lacks is reported

@@ -61,6 +61,19 @@ def keep_driver_class(error: ConnmanError, cause: BaseException) -> ConnmanError
         error.__cause__ = cause
         return error
     key = (own, driver)
+    if issubclass(driver, own):
+        # `cause` is connman's same error, typed at a lower level for a driver error: its class
+        # already is own + the driver's.
+        _MIXED[key] = driver
+    elif issubclass(driver, ConnmanError):
+        # connman's other error for a driver error: keep the driver's class it carries, not
+        # connman's own twice.
+        driver = next(c for c in driver.__mro__
+                      if issubclass(c, BaseException) and not issubclass(c, ConnmanError))
+        if isinstance(error, driver):
+            error.__cause__ = cause
+            return error
+        key = (own, driver)
     if key not in _MIXED:
         try:
             _MIXED[key] = type(own.__name__, (own, driver), {

@@ -154,6 +154,13 @@ class ConnectionManager:
                 routers[name] = ReplicaRouter(built[name], readers)
         self._pools, self._routers = built, routers
 
+    def requested_pools(self) -> set[str]:
+        """The pool names the app has asked for so far (`session(name)`, `connection(name)`,
+        `on_connect(name)`), lower-cased: what `open()` and `connman check --app` expect the
+        settings to define. Read at any time; no I/O."""
+        return ({key[0] for key in self._providers}
+                | {name.lower() for name, _ in self._pending_hooks})
+
     @property
     def deferred(self) -> bool:
         """Whether the pools are still to be read (at `open()`) from the settings or a function."""
@@ -170,8 +177,7 @@ class ConnectionManager:
                                 f"{e['msg']}" for e in errors)
             raise ConfigurationError(f"the pools could not be read: {exc.title}: {details}",
                                      field="pools") from None
-        wanted = sorted({name for name, _, _, _ in self._providers}
-                        | {name.lower() for name, _ in self._pending_hooks})
+        wanted = sorted(self.requested_pools())
         if not pools:
             variables = ", ".join(f"CONNMAN_POOLS__{n.upper()}__URL" for n in wanted)
             hint = (f"set {variables}" if wanted and self._missing_hint.startswith("set")

@@ -43,3 +43,19 @@ def test_an_error_already_of_the_drivers_class_is_returned_as_is() -> None:
     error = StatementTimeout("pool 'p': slow", pool="p")
     assert keep_driver_class(error, cause) is error
     assert error.__cause__ is cause
+
+
+def test_a_typed_cause_lends_its_drivers_class_not_connmans_twice() -> None:
+    from connman.errors import ServerUnavailable
+
+    refused = ConnectionRefusedError(111, "refused")
+    lower = keep_driver_class(ServerUnavailable("pool 'p': refused", pool="p", kind="unreachable"),
+                              refused)
+    upper = keep_driver_class(ServerUnavailable("pool 'p': down since", pool="p", kind="down"),
+                              lower)
+    assert isinstance(upper, ConnectionRefusedError)
+    assert upper.kind == "down"  # connman's own fields are the outer error's
+    assert upper.__cause__ is lower
+    assert type(upper).__mro__.count(ServerUnavailable) == 1
+    timeout = keep_driver_class(StatementTimeout("pool 'p': slow", pool="p"), lower)
+    assert isinstance(timeout, ConnectionRefusedError) and not isinstance(timeout, ServerUnavailable)
