@@ -30,7 +30,7 @@ from connman import (
     ServerUnavailable,
     StatementTimeout,
 )
-from connman.backends._mongo_unit import OUTSIDE_TRANSACTION, SESSION_CALLS
+from connman.backends._mongo_calls import OUTSIDE_TRANSACTION, SESSION_CALLS
 
 from ._targets import Target, serve
 from .conftest import only
