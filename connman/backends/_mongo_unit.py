@@ -74,7 +74,8 @@ class MongoUnit:
     the same gate and transaction.
     """
 
-    __slots__ = ("_busy", "_cursors", "_ended", "_idle", "_pool", "_session", "_txn", "delegate")
+    __slots__ = ("_busy", "_cursors", "_ended", "_idle", "_pool", "_session", "_threaded", "_txn",
+                 "delegate")
 
     def __init__(self, pool: UnitPool, database: Any, session: Any, transaction: bool) -> None:
         if not Kinds.loaded:
@@ -87,6 +88,9 @@ class MongoUnit:
         self._busy = False
         self._idle: asyncio.Event | None = None
         self._cursors: set[_Cursor] = set()
+        # Motor runs each operation in a worker thread that a cancellation cannot stop: the
+        # operation keeps its driver connection until it returns, so it keeps its slot too.
+        self._threaded = type(database).__module__.startswith("motor")
 
     @property
     def client_session(self) -> Any:
@@ -167,7 +171,7 @@ class MongoUnit:
             lease = await pool.acquire()
         on_server = cursor.on_server() if cursor is not None else None
         try:
-            if opens or (cursor is not None and not cursor.started()):
+            if opens or self._threaded or (cursor is not None and not cursor.started()):
                 result = await _reply_then_cancel(call, pool.config.timeout, self)
             else:
                 result = await call()
@@ -384,7 +388,9 @@ async def _reply_then_cancel(call: Callable[[], Any], limit: float, unit: MongoU
 
     The cursor's id is only in the reply: a request cancelled before it arrives would leave the
     cursor open on the server (mongod keeps it 10 minutes). So the cancel waits for the reply (at
-    most `limit` seconds), the cursor is closed, and then the cancel goes on.
+    most `limit` seconds), the cursor is closed, and then the cancel goes on. Every Motor operation
+    goes this way too: its worker thread holds a driver connection until the operation returns,
+    so its gate slot is held as long (at most `limit` seconds after the cancel).
     """
     task: asyncio.Future[Any] = asyncio.ensure_future(call())
     try:
