@@ -121,6 +121,11 @@ READS: dict[str, Call] = {
     "count_documents": lambda db, c: db[c].count_documents({}),
     "estimated_document_count": lambda db, c: db[c].estimated_document_count(),
     "database_command_find": lambda db, c: _cmd_find(db, c),
+    "database_cursor_command": lambda db, c: _len_awaited(db.cursor_command("find", c)),
+    "database_aggregate_lookup": lambda db, c: _len(db.aggregate([
+        {"$documents": [{"x": 1}]},
+        {"$lookup": {"from": c, "pipeline": [], "as": "found"}},
+        {"$unwind": "$found"}]).to_list(None)),
     "unit_database": lambda db, c: db.database(db.name)[c].count_documents({}),
     "unit_client": lambda db, c: db.client[db.name][c].count_documents({}),
     "collection_database": lambda db, c: db[c].database[c].count_documents({}),

@@ -18,7 +18,7 @@ CURSOR_OPS = frozenset({"next", "try_next", "to_list", "explain", "distinct", "_
 # Whatever the driver, the unit returns a cursor that can be awaited (PyMongo's shape) and
 # iterated, `to_list`-ed or entered (Motor's).
 OPENERS = frozenset({"aggregate", "watch", "list_collections", "list_indexes",
-                      "aggregate_raw_batches", "list_search_indexes"})
+                     "aggregate_raw_batches", "list_search_indexes", "cursor_command"})
 
 # Which calls take `session=`, by the kind of object they are called on. PyMongo 4.13-4.20 name it
 # in their signatures except `find`, `find_one` and `find_raw_batches` (through `**kwargs`); Motor
