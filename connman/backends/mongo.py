@@ -23,12 +23,18 @@ from .._url import url_path_database
 from ..config import PoolConfig
 from ..errors import ConnectionLost, PoolNotOpen, ServerUnavailable
 from ..stats import EventHub
-from ._mongo_errors import conflict, handshake_refusal, one_line, transient, typed_error
+from ._mongo_errors import (
+    AUTHENTICATION_FAILED,
+    conflict,
+    handshake_refusal,
+    one_line,
+    transient,
+    typed_error,
+)
 from ._mongo_events import CMAPListener, CommandLogger, retiring_checkin
 from ._mongo_unit import MongoUnit, _Cursor, close_cursors
 
 logger = logging.getLogger("connman.mongo")
-_AUTHENTICATION_FAILED = 18  # the server's error code for a failed handshake authentication
 
 
 def client_options(name: str, config: PoolConfig) -> dict[str, Any]:
@@ -205,7 +211,7 @@ class MongoPool(Pool):
         try:
             status = await self._client.admin.command("serverStatus")
         except OperationFailure as exc:
-            if exc.code == _AUTHENTICATION_FAILED:  # not a missing privilege: the open fails
+            if exc.code == AUTHENTICATION_FAILED:  # not a missing privilege: the open fails
                 raise
             await self._client.admin.command("ping")  # not authorised to read it: a ping warms
             return
