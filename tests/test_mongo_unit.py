@@ -30,7 +30,8 @@ from connman import (
     ServerUnavailable,
     StatementTimeout,
 )
-from connman.backends._mongo_unit import OUTSIDE_TRANSACTION, SESSION_CALLS
+from connman.backends._mongo_calls import OUTSIDE_TRANSACTION, SESSION_CALLS
+from connman.fastapi import unavailable_from
 
 from ._targets import Target, serve
 from .conftest import only
@@ -120,6 +121,11 @@ READS: dict[str, Call] = {
     "count_documents": lambda db, c: db[c].count_documents({}),
     "estimated_document_count": lambda db, c: db[c].estimated_document_count(),
     "database_command_find": lambda db, c: _cmd_find(db, c),
+    "database_cursor_command": lambda db, c: _len_awaited(db.cursor_command("find", c)),
+    "database_aggregate_lookup": lambda db, c: _len(db.aggregate([
+        {"$documents": [{"x": 1}]},
+        {"$lookup": {"from": c, "pipeline": [], "as": "found"}},
+        {"$unwind": "$found"}]).to_list(None)),
     "unit_database": lambda db, c: db.database(db.name)[c].count_documents({}),
     "unit_client": lambda db, c: db.client[db.name][c].count_documents({}),
     "collection_database": lambda db, c: db[c].database[c].count_documents({}),
@@ -238,14 +244,20 @@ async def test_commands_the_server_refuses_in_a_transaction_never_run_outside_it
         "list_indexes": lambda db, c: _len(db[c].list_indexes().to_list(None)),
         "index_information": lambda db, c: db[c].index_information(),
         "list_collection_names": lambda db, c: db.list_collection_names(),
+        "list_collections": lambda db, c: _len(db.list_collections().to_list(None)),
+        "options": lambda db, c: db[c].options(),
+        "drop_index": lambda db, c: db[c].drop_index("k_1"),
+        "drop_indexes": lambda db, c: db[c].drop_indexes(),
     }
     async with m, admin(target) as client:
         await client.connman.create_collection(coll)
+        await client.connman[coll].create_index("k")
         for name, call in refused.items():
             with pytest.raises(OperationFailure):
                 async with m.session("main") as db:
                     await call(db, coll)
             assert coll in await client.connman.list_collection_names(), name
+            assert "k_1" in await client.connman[coll].index_information(), name
         async with m.session("main") as db:
             assert "watch" in OUTSIDE_TRANSACTION
             async with db[coll].watch(max_await_time_ms=50) as stream:
@@ -417,6 +429,11 @@ async def test_a_not_primary_refusal_is_server_unavailable_and_nothing_is_applie
         assert isinstance(err, NotPrimaryError)
         assert isinstance(err.__cause__, NotPrimaryError)
         assert "full error" not in str(err)
+        http = unavailable_from(err)
+        assert http is not None
+        assert http.status_code == 503
+        assert http.headers is not None
+        assert http.headers["Retry-After"]
         # Without connman the app's `except NotPrimaryError` catches the same refusal.
         async with failpoint(client, {"times": 4}, failCommands=["insert"], errorCode=10107,
                              appName="connman:main"):
@@ -448,6 +465,49 @@ async def test_a_connection_reset_mid_operation_is_connection_lost(
                     await db[coll].insert_one({"k": 1})
         assert info.value.retry_after is None
         assert m.stats("main")["requests_lost"] >= 2
+        assert await client.connman[coll].count_documents({}) <= 1
+
+
+@mongo_only
+async def test_a_connection_lost_in_a_transaction_or_its_commit(
+        coll: str, make_manager: Make, target: Target) -> None:
+    m = make_manager(transaction=True, timeout=1.0)
+    async with m, admin(target) as client:
+        await client.connman.create_collection(coll)
+        # Mid-transaction: the unit is aborted, nothing applied -> Retry-After.
+        async with failpoint(client, {"times": 1}, failCommands=["insert"], closeConnection=True,
+                             appName="connman:main"):
+            with pytest.raises(ConnectionLost) as info:
+                async with m.session("main") as db:
+                    await db[coll].insert_one({"k": 1})
+        assert info.value.retry_after is not None
+        assert await client.connman[coll].count_documents({}) == 0
+        # The commit keeps being cut (retried within `timeout`): its outcome is unknown.
+        async with failpoint(client, "alwaysOn", failCommands=["commitTransaction"],
+                             closeConnection=True, appName="connman:main"):
+            with pytest.raises(ConnectionLost) as info:
+                async with m.session("main") as db:
+                    await db[coll].insert_one({"k": 2})
+        assert info.value.retry_after is None
+        assert "outcome is unknown" in str(info.value)
+        http = unavailable_from(info.value)
+        assert http is not None
+        assert http.status_code == 503
+        assert not http.headers
+
+
+@mongo_only
+async def test_the_apps_own_asyncio_timeout_stays_its_timeout_error(
+        coll: str, make_manager: Make, target: Target) -> None:
+    m = make_manager()
+    async with m, admin(target) as client, failpoint(
+            client, {"times": 1}, failCommands=["find"], blockConnection=True,
+            blockTimeMS=1000, appName="connman:main"), m.session("main") as db:
+        with pytest.raises(TimeoutError) as info:
+            async with asyncio.timeout(0.2):
+                await db[coll].find_one({})
+        assert not isinstance(info.value, ConnmanError)
+        assert await db[coll].count_documents({}) == 0  # the unit goes on
 
 
 @mongo_only

@@ -35,8 +35,8 @@ from ..errors import (
 )
 from ..stats import PoolStats
 
-__all__ = ["READS", "RETRIED_WRITES", "app_deadline", "conflict", "handshake_refusal", "one_line",
-           "transient", "typed_error"]
+__all__ = ["AUTHENTICATION_FAILED", "READS", "RETRIED_WRITES", "app_deadline", "conflict",
+           "handshake_refusal", "one_line", "transient", "typed_error"]
 
 # The writes PyMongo retries once (retryable writes): a retry's error may hide a first attempt.
 RETRIED_WRITES = frozenset({
@@ -97,6 +97,9 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+AUTHENTICATION_FAILED = 18  # the server's code for a failed handshake authentication
+
+
 def one_line(exc: PyMongoError) -> PyMongoError:
     """`exc`'s class with a one-line message: without the server's raw reply (`full error`:
     `$clusterTime` and its signature bytes) or the topology description PyMongo appends."""
@@ -123,7 +126,7 @@ def handshake_refusal(client: Any) -> PyMongoError | None:
     except Exception:
         return None
     for sd in servers:
-        if isinstance(sd.error, OperationFailure):
+        if isinstance(sd.error, OperationFailure) and sd.error.code == AUTHENTICATION_FAILED:
             return one_line(sd.error)
     return None
 

@@ -32,6 +32,16 @@ from .._pool import Lease, shielded
 from ..config import PoolConfig
 from ..errors import ConcurrentUse, PoolClosed, PoolTimeout, SessionEnded
 from ..stats import PoolStats
+from ._mongo_calls import (
+    CLIENT_REFUSED,
+    CURSOR_OPS,
+    OPENERS,
+    OUTSIDE_TRANSACTION,
+    Kinds,
+    is_op,
+    kind_of,
+    takes_session,
+)
 from ._mongo_errors import RETRIED_WRITES, typed_error
 
 __all__ = ["MongoUnit", "close_cursors"]
@@ -53,112 +63,6 @@ class UnitPool(Protocol):
     def _disown(self, cursor: _Cursor) -> None: ...
 
 
-# Cursor methods that do I/O (Motor's `to_list` returns a Future that starts at once).
-_CURSOR_OPS = frozenset({"next", "try_next", "to_list", "explain", "distinct", "__anext__"})
-# Calls that create a cursor on the server: its id is only in the reply (see `_reply_then_cancel`).
-# Whatever the driver, the unit returns a cursor that can be awaited (PyMongo's shape) and
-# iterated, `to_list`-ed or entered (Motor's).
-_OPENERS = frozenset({"aggregate", "watch", "list_collections", "list_indexes",
-                      "aggregate_raw_batches", "list_search_indexes"})
-
-# Which calls take `session=`, by the kind of object they are called on. PyMongo 4.13-4.20 name it
-# in their signatures except `find`, `find_one` and `find_raw_batches` (through `**kwargs`); Motor
-# forwards `**kwargs` to PyMongo. An explicit table rather than signatures read at run time, and
-# tests/test_mongo_unit.py checks it against both drivers' signatures on both dependency sets.
-SESSION_CALLS: dict[str, frozenset[str]] = {
-    "collection": frozenset({
-        "find", "find_one", "find_raw_batches", "aggregate", "aggregate_raw_batches", "watch",
-        "distinct", "count_documents", "bulk_write", "insert_one", "insert_many", "update_one",
-        "update_many", "replace_one", "delete_one", "delete_many", "find_one_and_delete",
-        "find_one_and_replace", "find_one_and_update", "create_index", "create_indexes",
-        "drop_index", "drop_indexes", "list_indexes", "index_information", "drop", "rename",
-        "options", "create_search_index", "create_search_indexes", "drop_search_index",
-        "list_search_indexes", "update_search_index"}),
-    "database": frozenset({
-        "aggregate", "command", "cursor_command", "create_collection", "drop_collection",
-        "list_collection_names", "list_collections", "validate_collection", "watch",
-        "dereference"}),
-    "client": frozenset({
-        "bulk_write", "drop_database", "list_database_names", "list_databases", "server_info",
-        "watch"}),
-}
-# Take `session=` but never run inside a transaction on any MongoDB server: a change stream.
-# In a transaction unit they run outside it (a read: nothing of the unit escapes).
-OUTSIDE_TRANSACTION = frozenset({"watch"})
-# The client's calls a unit refuses: they would close or bypass the pool's client.
-_CLIENT_REFUSED = frozenset({"close", "aclose", "start_session", "bind", "aconnect"})
-
-
-def _kind(owner: Any) -> str:
-    if isinstance(owner, _Kinds.collections):
-        return "collection"
-    if isinstance(owner, _Kinds.databases):
-        return "database"
-    return "client" if isinstance(owner, _Kinds.clients) else ""
-
-
-def _takes_session(owner: Any, name: str) -> bool:
-    """Whether `owner.name(...)` accepts `session=` on this driver (the table above)."""
-    return name in SESSION_CALLS.get(_kind(owner), frozenset())
-
-
-_op_cache: dict[tuple[type, str], bool] = {}
-
-
-def _is_op(func: Any, owner: Any = None, name: str = "") -> bool:
-    """Whether calling `func` starts I/O: a coroutine function, or a Motor asynchronized method."""
-    key = (type(owner), name)
-    known = _op_cache.get(key) if owner is not None else None
-    if known is None:
-        known = inspect.iscoroutinefunction(func) or bool(getattr(func, "is_async_method", False))
-        if owner is not None:
-            _op_cache[key] = known
-    return known
-
-
-class _Kinds:
-    """The driver classes a result is sorted by (imported once, lazily)."""
-
-    collections: tuple[type, ...] = ()
-    databases: tuple[type, ...] = ()
-    clients: tuple[type, ...] = ()
-    handles: tuple[type, ...] = ()
-    cursors: tuple[type, ...] = ()
-    streams: tuple[type, ...] = ()
-    loaded = False
-
-    @classmethod
-    def load(cls) -> None:
-        from pymongo.asynchronous.change_stream import AsyncChangeStream
-        from pymongo.asynchronous.collection import AsyncCollection
-        from pymongo.asynchronous.command_cursor import AsyncCommandCursor
-        from pymongo.asynchronous.cursor import AsyncCursor
-        from pymongo.asynchronous.database import AsyncDatabase
-        from pymongo.asynchronous.mongo_client import AsyncMongoClient
-
-        collections: list[type] = [AsyncCollection]
-        databases: list[type] = [AsyncDatabase]
-        clients: list[type] = [AsyncMongoClient]
-        cursors: list[type] = [AsyncCursor, AsyncCommandCursor]
-        streams: list[type] = [AsyncChangeStream]
-        try:
-            from motor import motor_asyncio as m
-        except ImportError:
-            pass
-        else:
-            collections.append(m.AsyncIOMotorCollection)
-            databases.append(m.AsyncIOMotorDatabase)
-            clients.append(m.AsyncIOMotorClient)
-            cursors += [m.AsyncIOMotorCursor, m.AsyncIOMotorCommandCursor,
-                        m.AsyncIOMotorLatentCommandCursor]
-            streams.append(m.AsyncIOMotorChangeStream)
-        cls.collections, cls.databases, cls.clients = (
-            tuple(collections), tuple(databases), tuple(clients))
-        cls.handles = (*cls.databases, *cls.collections)
-        cls.cursors, cls.streams = tuple(cursors), tuple(streams)
-        cls.loaded = True
-
-
 class MongoUnit:
     """One Mongo unit of work: use it as the database (`unit.orders.find_one(...)`, `unit["x"]`).
 
@@ -170,11 +74,12 @@ class MongoUnit:
     the same gate and transaction.
     """
 
-    __slots__ = ("_busy", "_cursors", "_ended", "_idle", "_pool", "_session", "_txn", "delegate")
+    __slots__ = ("_busy", "_cursors", "_ended", "_idle", "_pool", "_session", "_threaded", "_txn",
+                 "delegate")
 
     def __init__(self, pool: UnitPool, database: Any, session: Any, transaction: bool) -> None:
-        if not _Kinds.loaded:
-            _Kinds.load()
+        if not Kinds.loaded:
+            Kinds.load()
         self._pool = pool
         self.delegate = database
         self._session = session
@@ -183,6 +88,9 @@ class MongoUnit:
         self._busy = False
         self._idle: asyncio.Event | None = None
         self._cursors: set[_Cursor] = set()
+        # Motor runs each operation in a worker thread that a cancellation cannot stop: the
+        # operation keeps its driver connection until it returns, so it keeps its slot too.
+        self._threaded = type(database).__module__.startswith("motor")
 
     @property
     def client_session(self) -> Any:
@@ -263,7 +171,7 @@ class MongoUnit:
             lease = await pool.acquire()
         on_server = cursor.on_server() if cursor is not None else None
         try:
-            if opens or (cursor is not None and not cursor.started()):
+            if opens or self._threaded or (cursor is not None and not cursor.started()):
                 result = await _reply_then_cancel(call, pool.config.timeout, self)
             else:
                 result = await call()
@@ -457,7 +365,7 @@ class _Cursor:
         attr = getattr(self.delegate, name)
         if not callable(attr):
             return attr
-        if name in _CURSOR_OPS or _is_op(attr):
+        if name in CURSOR_OPS or is_op(attr):
             def op(*args: Any, **kwargs: Any) -> Awaitable[Any]:
                 return self.unit._run(lambda: attr(*args, **kwargs), self, op=name)
             return op
@@ -480,7 +388,9 @@ async def _reply_then_cancel(call: Callable[[], Any], limit: float, unit: MongoU
 
     The cursor's id is only in the reply: a request cancelled before it arrives would leave the
     cursor open on the server (mongod keeps it 10 minutes). So the cancel waits for the reply (at
-    most `limit` seconds), the cursor is closed, and then the cancel goes on.
+    most `limit` seconds), the cursor is closed, and then the cancel goes on. Every Motor operation
+    goes this way too: its worker thread holds a driver connection until the operation returns,
+    so its gate slot is held as long (at most `limit` seconds after the cancel).
     """
     task: asyncio.Future[Any] = asyncio.ensure_future(call())
     try:
@@ -492,7 +402,7 @@ async def _reply_then_cancel(call: Callable[[], Any], limit: float, unit: MongoU
             task.cancel()
         elif not task.cancelled() and task.exception() is None:
             result = task.result()
-            if isinstance(result, (*_Kinds.cursors, *_Kinds.streams)):
+            if isinstance(result, (*Kinds.cursors, *Kinds.streams)):
                 with contextlib.suppress(Exception):
                     await shielded(_close_quietly(result), limit)
         raise
@@ -505,13 +415,13 @@ async def _close_quietly(delegate: Any) -> None:
 
 
 def _wrap_result(unit: MongoUnit, value: Any) -> Any:
-    if isinstance(value, _Kinds.handles):
+    if isinstance(value, Kinds.handles):
         return _Handle(unit, value)
-    if isinstance(value, _Kinds.streams):
+    if isinstance(value, Kinds.streams):
         return _Cursor(unit, value, stream=True)
-    if isinstance(value, _Kinds.cursors):
+    if isinstance(value, Kinds.cursors):
         return _Cursor(unit, value, stream=False)
-    if isinstance(value, _Kinds.clients):
+    if isinstance(value, Kinds.clients):
         return _ClientHandle(unit, value)
     return value
 
@@ -529,16 +439,16 @@ def _estimated_count(owner: Any) -> Callable[..., Any]:
 
 def _wrap(unit: MongoUnit, attr: Any, owner: Any, name: str) -> Any:
     """An attribute of a database/collection/client, as the unit hands it out."""
-    if not callable(attr) or isinstance(attr, (*_Kinds.handles, *_Kinds.clients)):
+    if not callable(attr) or isinstance(attr, (*Kinds.handles, *Kinds.clients)):
         return _wrap_result(unit, attr)
     session = unit._session
     inject = (session is not None and name not in OUTSIDE_TRANSACTION
-              and _takes_session(owner, name))
-    is_op = _is_op(attr, owner, name)
-    if session is not None and name == "estimated_document_count" and _kind(owner):
+              and takes_session(owner, name))
+    does_io = is_op(attr, owner, name)
+    if session is not None and name == "estimated_document_count" and kind_of(owner):
         attr, inject = _estimated_count(owner), True
-    if is_op:
-        if name in _OPENERS:
+    if does_io:
+        if name in OPENERS:
             def opener(*args: Any, **kwargs: Any) -> _PendingCursor:
                 if inject and "session" not in kwargs:
                     kwargs["session"] = unit._session
@@ -579,7 +489,7 @@ class _ClientHandle:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
-        if name in _CLIENT_REFUSED:
+        if name in CLIENT_REFUSED:
             pool = self.unit._pool.name
             raise TypeError(
                 f"pool {pool!r}: `{name}` on a unit's client is refused: the client is the pool's "

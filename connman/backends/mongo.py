@@ -12,23 +12,29 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import threading
 import time
 from typing import Any
 
 from pymongo import monitoring
 from pymongo.errors import OperationFailure, PyMongoError
 
-from .._pool import Pool, jittered_lifetime, shielded
+from .._pool import Pool, shielded
 from .._url import url_path_database
 from ..config import PoolConfig
 from ..errors import ConnectionLost, PoolNotOpen, ServerUnavailable
 from ..stats import EventHub
-from ._mongo_errors import conflict, handshake_refusal, one_line, transient, typed_error
+from ._mongo_errors import (
+    AUTHENTICATION_FAILED,
+    conflict,
+    handshake_refusal,
+    one_line,
+    transient,
+    typed_error,
+)
+from ._mongo_events import CMAPListener, CommandLogger, retiring_checkin
 from ._mongo_unit import MongoUnit, _Cursor, close_cursors
 
 logger = logging.getLogger("connman.mongo")
-_AUTHENTICATION_FAILED = 18  # the server's error code for a failed handshake authentication
 
 
 def client_options(name: str, config: PoolConfig) -> dict[str, Any]:
@@ -96,154 +102,6 @@ def database_of(config: PoolConfig) -> str:
     return db
 
 
-class _CMAPListener(monitoring.ConnectionPoolListener):
-    """Turns PyMongo's pool events into connman stats; thread-safe (Motor calls from threads)."""
-
-    def __init__(self, pool: MongoPool) -> None:
-        self.pool = pool
-        self.lock = threading.Lock()
-        self.open = 0
-        self.in_use = 0
-        self.deadlines: dict[tuple[Any, int], float] = {}
-        self.marked: set[tuple[Any, int]] = set()
-        self.ready: set[tuple[Any, int]] = set()
-        self.changed: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
-
-    def _signal(self) -> None:
-        # Wake the warm-up waiting on the counts; Motor calls from its worker threads.
-        waiter = self.changed
-        if waiter is not None:
-            loop, event = waiter
-            with contextlib.suppress(RuntimeError):  # that loop is closed
-                loop.call_soon_threadsafe(event.set)
-
-    def pool_created(self, event: Any) -> None:
-        """Nothing to count."""
-
-    def pool_ready(self, event: Any) -> None:
-        """Nothing to count."""
-
-    def pool_cleared(self, event: Any) -> None:
-        """Nothing to count: the cleared connections are counted as they close."""
-
-    def pool_closed(self, event: Any) -> None:
-        """Nothing to count."""
-
-    def connection_created(self, event: Any) -> None:
-        """A connection attempt began."""
-        cfg = self.pool.config
-        with self.lock:
-            self.open += 1
-            if cfg.recycle is not None:
-                life = jittered_lifetime(cfg.recycle, cfg.recycle_jitter)
-                self.deadlines[(event.address, event.connection_id)] = time.monotonic() + life
-        self.pool.counters.add("connections_num")
-
-    def connection_ready(self, event: Any) -> None:
-        """A connection finished its handshake."""
-        with self.lock:
-            self.ready.add((event.address, event.connection_id))
-        self._signal()
-        duration = getattr(event, "duration", None)
-        if duration is not None:
-            self.pool.counters.add("connections_ms", duration * 1000)
-        self.pool._emit("connect", (duration or 0.0) * 1000)
-
-    def connection_closed(self, event: Any) -> None:
-        """A connection was closed; count why."""
-        key = (event.address, event.connection_id)
-        with self.lock:
-            self.open -= 1
-            self.deadlines.pop(key, None)
-            self.ready.discard(key)
-            was_marked = key in self.marked
-            self.marked.discard(key)
-        reason = event.reason
-        if reason == monitoring.ConnectionClosedReason.IDLE:
-            name = "idle_close"
-        elif reason == monitoring.ConnectionClosedReason.STALE:
-            name = "recycle" if was_marked else "lost"
-        elif reason == monitoring.ConnectionClosedReason.ERROR:
-            name = "lost"
-        else:
-            name = "close"
-        self.pool.connection_event(name, reason=str(reason))
-        self._signal()
-
-    def connection_check_out_started(self, event: Any) -> None:
-        """Nothing to count."""
-
-    def connection_check_out_failed(self, event: Any) -> None:
-        """A checkout failed; a connection error counts as a failed connection attempt."""
-        if event.reason == monitoring.ConnectionCheckOutFailedReason.CONN_ERROR:
-            self.pool.counters.add("connections_errors")
-
-    def connection_checked_out(self, event: Any) -> None:
-        """A connection left the idle set."""
-        with self.lock:
-            self.in_use += 1
-
-    def connection_checked_in(self, event: Any) -> None:
-        """A connection came back to the idle set."""
-        with self.lock:
-            self.in_use -= 1
-
-    def retire_if_expired(self, address: Any, conn: Any) -> None:
-        """At check-in: give a connection past its lifetime an outdated generation.
-
-        PyMongo's check-in then closes it as stale instead of putting it back, so `recycle`
-        holds under steady load, where a connection is almost never seen idle.
-        """
-        if self.expired(address, conn.id, time.monotonic()):
-            conn.generation = -1
-
-    def expired(self, address: Any, conn_id: int, now: float) -> bool:
-        """Whether this connection outlived its (jittered) lifetime; marks it if so."""
-        key = (address, conn_id)
-        with self.lock:
-            deadline = self.deadlines.get(key)
-            if deadline is None or now < deadline or key in self.marked:
-                return False
-            self.marked.add(key)
-            return True
-
-
-class _CommandLogger(monitoring.CommandListener):
-    """Logs every command (the `echo` setting)."""
-
-    def __init__(self, pool_name: str) -> None:
-        self.pool_name = pool_name
-
-    def started(self, event: Any) -> None:
-        """Log the command name and database."""
-        logger.info("connman[%s]: %s on %s", self.pool_name, event.command_name,
-                    event.database_name)
-
-    def succeeded(self, event: Any) -> None:
-        """Nothing to log."""
-
-    def failed(self, event: Any) -> None:
-        """Log the failure."""
-        logger.info("connman[%s]: %s failed", self.pool_name, event.command_name)
-
-
-def _retiring_checkin(pool: Any, listener: _CMAPListener) -> Any:
-    """PyMongo's `pool.checkin`, retiring a connection past its lifetime on its way back."""
-    original = pool.checkin
-    if inspect.iscoroutinefunction(original):
-        async def checkin(conn: Any) -> None:
-            listener.retire_if_expired(pool.address, conn)
-            await original(conn)
-        checkin.connman_retiring = True  # type: ignore[attr-defined]
-        return checkin
-
-    def checkin_sync(conn: Any) -> None:  # Motor: PyMongo's synchronous pool, in worker threads
-        listener.retire_if_expired(pool.address, conn)
-        original(conn)
-    checkin_sync.connman_retiring = True  # type: ignore[attr-defined]
-    return checkin_sync
-
-
 def _limit_of(status: Any) -> int | None:
     """The connection limit in a `serverStatus` reply.
 
@@ -265,7 +123,7 @@ class MongoPool(Pool):
         super().__init__(name, config, hub)
         self._options = client_options(name, config)
         self._database = database_of(config)
-        self._listener = _CMAPListener(self)
+        self._listener = CMAPListener(self)
         self._client: Any = None
         self._db: Any = None
         self._motor = config.driver_name == "motor"
@@ -277,7 +135,7 @@ class MongoPool(Pool):
     async def _open(self) -> None:
         listeners: list[Any] = [self._listener]
         if self.config.echo:
-            listeners.append(_CommandLogger(self.name))
+            listeners.append(CommandLogger(self.name))
         url = self.config.url.get_secret_value()
         if self._motor:
             from motor.motor_asyncio import AsyncIOMotorClient
@@ -353,7 +211,7 @@ class MongoPool(Pool):
         try:
             status = await self._client.admin.command("serverStatus")
         except OperationFailure as exc:
-            if exc.code == _AUTHENTICATION_FAILED:  # not a missing privilege: the open fails
+            if exc.code == AUTHENTICATION_FAILED:  # not a missing privilege: the open fails
                 raise
             await self._client.admin.command("ping")  # not authorised to read it: a ping warms
             return
@@ -380,7 +238,7 @@ class MongoPool(Pool):
         if self._client is not None:
             self._inherited.append(self._client)
         self._client = self._db = None
-        self._listener = _CMAPListener(self)
+        self._listener = CMAPListener(self)
         self._orphans.clear()
         self._orphan_of.clear()
         self._cleanups.clear()
@@ -405,7 +263,7 @@ class MongoPool(Pool):
             return
         for pool in self._server_pools():
             if not getattr(pool.checkin, "connman_retiring", False):
-                pool.checkin = _retiring_checkin(pool, self._listener)
+                pool.checkin = retiring_checkin(pool, self._listener)
 
     async def _maintain(self) -> None:
         # Idle connections past their deadline get an outdated generation too: PyMongo then closes
