@@ -58,4 +58,5 @@ def test_a_typed_cause_lends_its_drivers_class_not_connmans_twice() -> None:
     assert upper.__cause__ is lower
     assert type(upper).__mro__.count(ServerUnavailable) == 1
     timeout = keep_driver_class(StatementTimeout("pool 'p': slow", pool="p"), lower)
-    assert isinstance(timeout, ConnectionRefusedError) and not isinstance(timeout, ServerUnavailable)
+    assert isinstance(timeout, ConnectionRefusedError)
+    assert not isinstance(timeout, ServerUnavailable)
