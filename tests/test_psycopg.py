@@ -295,6 +295,23 @@ def test_the_pq_layer_connman_relies_on_is_there() -> None:
     assert hasattr(psycopg.AsyncConnection, "cancel_safe")
 
 
+async def test_the_connection_lock_connman_waits_for_is_there(
+        postgres_server: PostgresServer) -> None:
+    # Contract: `AsyncConnection.lock` is held while an operation runs (terminate waits for it
+    # before freeing libpq's connection).
+    conn = await psycopg.AsyncConnection.connect(postgres_server.url())
+    try:
+        assert isinstance(conn.lock, asyncio.Lock)
+        assert not conn.lock.locked()
+        pending = asyncio.ensure_future(conn.execute("SELECT pg_sleep(0.3)"))
+        await asyncio.sleep(0.1)
+        assert conn.lock.locked()
+        await pending
+        assert not conn.lock.locked()
+    finally:
+        await conn.close()
+
+
 async def test_the_bench_variants_run_on_psycopg(postgres_server: PostgresServer) -> None:
     # connman's session and fast path against psycopg_pool's own pool, the raw anchor.
     from connman.bench.targets import BACKENDS, PoolSettings, Target, prepare

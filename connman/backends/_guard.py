@@ -99,8 +99,8 @@ def ended_message(pool: str, what: str) -> str:
 class FastConnection:
     """The driver's connection from `manager.connection(name)`, valid inside its `async with`.
 
-    Attribute access is delegated to the driver's connection (asyncpg, aiomysql, asyncmy,
-    aiosqlite). Coroutine methods (`fetch`, `execute`, ...) are tracked: a second one started while
+    Attribute access is delegated to the driver's connection (asyncpg, psycopg, aiomysql,
+    asyncmy, aiosqlite). Coroutine methods (`fetch`, `execute`, ...) are tracked: a second one started while
     one runs raises `ConcurrentUse` before the driver sees it. With `statement_timeout` set, each
     one that gets no answer within it raises `StatementTimeout` (the connection is killed and
     discarded when the block ends). After the `async with` ended every access raises

@@ -2,7 +2,7 @@
 
 The only module that touches psycopg's objects. It uses psycopg's public API and its documented
 low-level `psycopg.pq` layer (`PGconn.socket`, `status`, `transaction_status`, `consume_input`,
-`finish`); it reaches into nothing private.
+`finish`); it reaches into nothing else (see `lock` below).
 
 - **kill** (`kill`): no I/O on the connection. psycopg waits for its socket through the event loop,
   so closing the file descriptor under a pending call would leave it waiting forever; the socket is
@@ -10,7 +10,10 @@ low-level `psycopg.pq` layer (`PGconn.socket`, `status`, `transaction_status`, `
   server is cancelled first (`cancel_safe`, libpq >= 17; else libpq's blocking cancel on a daemon
   thread): unlike asyncpg, psycopg has no command timeout that would send the cancel itself, and a
   killed client does not stop the server's query.
-- **close without the loop** (`close_without_loop`, `terminate`): `PGconn.finish()`, synchronous.
+- **close without the loop** (`close_without_loop`, `terminate`): `PGconn.finish()`, synchronous;
+  never while an operation holds the connection's `lock` (psycopg's compiled generators keep
+  libpq's pointer meanwhile: freeing it under them crashes the process). `AsyncConnection.lock`
+  is the one attribute read that psycopg does not document; a contract test pins it.
 - **hang-up check** (`hung_up`): psycopg reads its socket only while a call runs, so a server that
   hung up on an idle connection is seen by polling the socket (no wait) and letting libpq read
   what is there.
@@ -161,7 +164,28 @@ def terminate(conn: Any) -> None:
     """Close the connection now, with no round trip and no coroutine: `kill`, then libpq's own
     close. (SQLAlchemy's psycopg adapter has no terminate of its own: it awaits `close()`, which
     outside its greenlet fails and leaves the connection open.)"""
-    kill(conn, then=lambda: close_without_loop(conn))
+    kill(conn, then=lambda: _finish_when_idle(conn))
+
+
+def _finish_when_idle(conn: Any) -> None:
+    # psycopg's compiled generators keep libpq's connection pointer while an operation runs
+    # (its `lock` is held meanwhile): freeing it under them crashes the process. The operation
+    # fails on the shut-down socket; libpq's close then runs once psycopg let go of it.
+    if not conn.lock.locked():
+        close_without_loop(conn)
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return  # no loop to wait in: the garbage collector frees it once the operation is gone
+    task = loop.create_task(_finish_after(conn))
+    _cancels.add(task)
+    task.add_done_callback(_cancels.discard)
+
+
+async def _finish_after(conn: Any) -> None:
+    async with conn.lock:
+        close_without_loop(conn)
 
 
 def close_without_loop(conn: Any) -> None:
