@@ -93,9 +93,12 @@ class ReplicaRouter:
         self.primary = primary
         self.replicas = replicas
         config = primary.config
-        self.mode = config.read_your_writes
         self.max_lag = config.max_replica_lag
         self.positions = config.driver_name in POSITION_DRIVERS
+        mode = config.read_your_writes
+        if mode == "auto":  # positions where the server gives them, else the request's pin
+            mode = "process" if self.positions else "request"
+        self.mode = mode
         self._next = 0
         self._process_target = 0
         self.replayed: dict[str, int] = {}

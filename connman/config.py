@@ -205,8 +205,12 @@ class PoolConfig(BaseModel):
     `prepare_threshold=None`)."""
     replicas: list[SecretURL] = Field(default_factory=list)
     """Read replica URLs (SQL): `session(name, readonly=True)` reads from them, round-robin."""
-    read_your_writes: Literal["off", "request", "process"] = "off"
+    read_your_writes: Literal["auto", "off", "request", "process"] = "auto"
     """With `replicas`: whether a `readonly=True` unit sees the commits made before it.
+    `auto` (the default): `process` on PostgreSQL, `request` elsewhere — a read never misses a
+    write this process committed, whatever the replica's lag, which is what an app that splits
+    reads from writes assumes; `off` for plain round-robin (reads may lag: then bound them with
+    `max_replica_lag`). Without `replicas` it costs nothing.
     `request` (`true`): after a unit on the primary commits, later readonly units of the same
     request (asyncio context: the request's task under an ASGI server) read from the primary;
     costs no round trip, the primary takes those reads. `process` (PostgreSQL): every readonly
@@ -393,9 +397,10 @@ class PoolConfig(BaseModel):
                              "runs, so the reset lands on another client's session; keep "
                              "'rollback' and use transaction-scoped state (SET LOCAL, "
                              "pg_advisory_xact_lock, ON COMMIT DROP)")
-        if backend != "sqlalchemy" and (self.read_your_writes != "off"
+        if backend != "sqlalchemy" and (self.read_your_writes not in ("auto", "off")
                                         or self.max_replica_lag is not None):
-            what = "read_your_writes" if self.read_your_writes != "off" else "max_replica_lag"
+            what = ("read_your_writes" if self.read_your_writes not in ("auto", "off")
+                    else "max_replica_lag")
             raise FieldError(what, f"{what!r} applies to SQL pools with replicas; Mongo "
                              "reads follow the URL's readPreference (causal sessions)")
         if self.read_your_writes == "process" and self.replicas and self.url.scheme.startswith(

@@ -43,7 +43,9 @@ async def test_readonly_sessions_read_from_the_replica_and_writes_stay_on_the_pr
         managers: list[ConnectionManager], driver: str) -> None:
     m = ConnectionManager({"main": {"url": postgres_server.url(driver=driver),
                                     "replicas": [replica.url(driver=driver)],
-                                    "size": 1, "overflow": 1}})
+                                    "size": 1, "overflow": 1,
+                                    # plain routing: no commit position read after the write
+                                    "read_your_writes": "off"}})
     managers.append(m)
     async with m:
         async with m.session("main") as db:
