@@ -15,10 +15,7 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from ._pool import Pool
+from typing import Any, Protocol
 
 __all__ = ["HEAL_TICK", "Outage", "heal", "next_delay"]
 
@@ -68,7 +65,16 @@ class Outage:
                 "error": f"{self.reason()}: {self.cause}"}
 
 
-async def heal(pool: Pool) -> None:
+class Healable(Protocol):
+    """What `heal` needs of a pool (`connman.Pool` is one)."""
+
+    name: str
+    outage: Outage | None
+
+    async def _try_heal(self) -> bool: ...
+
+
+async def heal(pool: Healable) -> None:
     """Try to reach `pool`'s server until it answers: open a pool that never opened, or ping an
     open one that was marked down (a replica). Each attempt is bounded by `connect_timeout`."""
     delay = FIRST_DELAY

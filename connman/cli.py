@@ -77,7 +77,7 @@ def _app_manager(spec: str, settings_names: list[str], env_file: Path | None,
                  config_file: Path | None) -> tuple[ConnectionManager | None, list[str]]:
     """Import the app `module:app`; its manager (pools read as the app reads them) and the
     problems: each pool the app uses (`manager.session(name)`) that it would not have."""
-    from ._app import load_app, managers_of, pools_used
+    from ._appscan import load_app, managers_of, pools_used
 
     try:
         module, app = load_app(spec)

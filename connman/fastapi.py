@@ -7,7 +7,7 @@ import logging
 import weakref
 from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 try:
     from fastapi import APIRouter, FastAPI, HTTPException, Request
@@ -33,7 +33,30 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .manager import ConnectionManager, SessionProvider
+    from contextlib import AbstractAsyncContextManager
+
+    from ._pool import Pool
+
+
+class _Provider(Protocol):
+    """What this glue needs of `connman.SessionProvider` (`manager.session(name)`); a Protocol,
+    so that `connman.manager` imports this module and not the other way round."""
+
+    name: str
+
+    def _open_unit(self) -> AbstractAsyncContextManager[Any]: ...
+
+
+class _Manager(Protocol):
+    """What the health router needs of `connman.ConnectionManager`."""
+
+    @property
+    def deferred(self) -> bool: ...
+
+    @property
+    def names(self) -> tuple[str, ...]: ...
+
+    def pool(self, name: str) -> Pool: ...
 
 __all__ = ["add_exception_handlers", "health_router", "route_of", "unavailable_from"]
 
@@ -98,7 +121,7 @@ def route_of(scope: MutableMapping[str, Any]) -> str:
     return f"{method} {path}{handler}"
 
 
-def session_dependency(provider: SessionProvider) -> Callable[..., AsyncIterator[Any]]:
+def session_dependency(provider: _Provider) -> Callable[..., AsyncIterator[Any]]:
     """The generator FastAPI runs for `Depends(manager.session(name))`: one unit of work.
 
     The unit ends (commit or rollback, connection back) when the generator is closed, which
@@ -125,10 +148,10 @@ def session_dependency(provider: SessionProvider) -> Callable[..., AsyncIterator
 
 
 # The routes each provider refused and logged, so a reconnecting client does not flood the log.
-_REFUSED_ROUTES: weakref.WeakKeyDictionary[SessionProvider, set[str]] = weakref.WeakKeyDictionary()
+_REFUSED_ROUTES: weakref.WeakKeyDictionary[_Provider, set[str]] = weakref.WeakKeyDictionary()
 
 
-def _refuse_websocket(provider: SessionProvider, scope: MutableMapping[str, Any]
+def _refuse_websocket(provider: _Provider, scope: MutableMapping[str, Any]
                       ) -> HTTPException | WebSocketException:
     """Why a websocket route gets no unit of work, as the error that refuses its handshake."""
     route = route_of(scope)
@@ -176,7 +199,7 @@ def add_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ConnectionLost, _handle)
 
 
-def health_router(manager: ConnectionManager, *, prefix: str = "/health",
+def health_router(manager: _Manager, *, prefix: str = "/health",
                   include_stats: bool = True, ping_timeout: float = 2.0, detail: bool = False,
                   dependencies: Sequence[Any] | None = None) -> APIRouter:
     """A router with GET `prefix`: each pool's status; 503 when a pool marked `required` is down.

@@ -458,7 +458,7 @@ def test_check_app_passes_when_every_pool_the_app_uses_is_set(
 
 
 def test_pools_used_walks_sub_dependencies_and_included_routers() -> None:
-    from connman._app import pools_used
+    from connman._appscan import pools_used
 
     m = ConnectionManager({"main": "sqlite+aiosqlite:////tmp/x.db",
                            "docs": "mongodb://127.0.0.1/app"})

@@ -314,8 +314,8 @@ async def test_the_connection_lock_connman_waits_for_is_there(
 
 async def test_the_bench_variants_run_on_psycopg(postgres_server: PostgresServer) -> None:
     # connman's session and fast path against psycopg_pool's own pool, the raw anchor.
+    from connman.bench.raw import make_variants
     from connman.bench.targets import BACKENDS, PoolSettings, Target, prepare
-    from connman.bench.variants import make_variants
 
     target = Target(BACKENDS["postgres-psycopg"], postgres_server.url(driver="psycopg"))
     await prepare(target)

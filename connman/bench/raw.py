@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine import make_url
 
 from .targets import TABLE, PoolSettings, Target
-from .variants import DRIVER_OPS, HandMongo, Variant, driver_sql, perf
+from .variants import DRIVER_OPS, ConnmanVariant, FastVariant, HandMongo, HandSql, Variant, driver_sql, perf
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -254,3 +254,24 @@ class RawAiosqlite(RawSql):
             yield self.conn
         finally:
             self.lock.release()
+
+
+def raw_variant(target: Target, settings: PoolSettings) -> Variant:
+    """The driver's own pool (or client) for `target`, not opened yet."""
+    if target.backend.family == "mongo":
+        return RawMongo(target, settings)
+    if target.backend.driver == "asyncpg":
+        return RawAsyncpg(target, settings)
+    if target.backend.driver == "psycopg":
+        return RawPsycopg(target, settings)
+    if target.backend.driver == "aiosqlite":
+        return RawAiosqlite(target, settings)
+    return RawMySQL(target, settings)
+
+
+def make_variants(target: Target, settings: PoolSettings) -> list[Variant]:
+    """connman, hand, raw and fast for one target, not opened yet (fast shares connman's pool)."""
+    connman = ConnmanVariant(target, settings)
+    hand: Variant = (HandMongo(target, settings) if target.backend.family == "mongo"
+                     else HandSql(target, settings))
+    return [connman, hand, raw_variant(target, settings), FastVariant(connman)]

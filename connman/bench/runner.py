@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 from .bursts import burst_series, probe
 from .deps import require_bench, require_drivers
 from .infra import SECANTUS_NOTE, Servers, environment, parse_urls
+from .raw import make_variants, raw_variant
 from .report import write as write_report
 from .scenarios import (
     SWEEP_SCENARIOS,
@@ -43,8 +44,6 @@ from .variants import (
     HandMongo,
     HandSql,
     Variant,
-    make_variants,
-    raw_variant,
     with_max_waiting,
 )
 

@@ -29,8 +29,7 @@ from .targets import TABLE, PoolSettings, Target
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-__all__ = ["VARIANTS", "ConnmanVariant", "HandSql", "Variant", "make_variants", "raw_variant",
-           "with_max_waiting"]
+__all__ = ["VARIANTS", "ConnmanVariant", "HandSql", "Variant", "with_max_waiting"]
 
 VARIANTS = ("connman", "hand", "raw", "fast")
 """The variant names, in the order a repetition runs them (rotated each repetition)."""
@@ -465,29 +464,6 @@ async def _mongo_close(client: Any) -> None:
     result = client.close()
     if asyncio.iscoroutine(result):
         await result
-
-
-def raw_variant(target: Target, settings: PoolSettings) -> Variant:
-    """The driver's own pool (or client) for `target`, not opened yet."""
-    from .raw import RawAiosqlite, RawAsyncpg, RawMongo, RawMySQL, RawPsycopg
-
-    if target.backend.family == "mongo":
-        return RawMongo(target, settings)
-    if target.backend.driver == "asyncpg":
-        return RawAsyncpg(target, settings)
-    if target.backend.driver == "psycopg":
-        return RawPsycopg(target, settings)
-    if target.backend.driver == "aiosqlite":
-        return RawAiosqlite(target, settings)
-    return RawMySQL(target, settings)
-
-
-def make_variants(target: Target, settings: PoolSettings) -> list[Variant]:
-    """connman, hand, raw and fast for one target, not opened yet (fast shares connman's pool)."""
-    connman = ConnmanVariant(target, settings)
-    hand: Variant = (HandMongo(target, settings) if target.backend.family == "mongo"
-                     else HandSql(target, settings))
-    return [connman, hand, raw_variant(target, settings), FastVariant(connman)]
 
 
 def with_max_waiting(settings: PoolSettings, max_waiting: int) -> PoolSettings:
