@@ -7,11 +7,13 @@ them at the test servers after import, or every inner test fails.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -419,10 +421,22 @@ async def _make_table(manager: Any, ops: Any) -> None:
         await ops.create(unit)
 
 
+@contextlib.contextmanager
+def inside_app() -> Iterator[None]:
+    """Run as the app's code does inside a request (what `AppMark` marks)."""
+    from connman.testing.binding import _IN_APP
+
+    token = _IN_APP.set(True)
+    try:
+        yield
+    finally:
+        _IN_APP.reset(token)
+
+
 @only(kinds=("sql",))
-async def test_units_take_turns_through_the_gate(make_manager: Any, ops: Any) -> None:
-    """Concurrent units of work in one test run one after the other on the outer connection, each
-    through the gate (counted), and all of it is rolled back."""
+async def test_request_units_take_turns_through_the_gate(make_manager: Any, ops: Any) -> None:
+    """Concurrent units of work of requests in one test run one after the other on the outer
+    connection, each through the gate (counted), and all of it is rolled back."""
     import asyncio
 
     from connman.testing import Isolation
@@ -435,11 +449,12 @@ async def test_units_take_turns_through_the_gate(make_manager: Any, ops: Any) ->
     iso = Isolation(manager).start()
 
     async def unit(key: str) -> None:
-        async with manager.session("main") as db:
-            spans.append(("in", key))
-            await ops.insert(db, key)
-            await asyncio.sleep(0.05)
-            spans.append(("out", key))
+        with inside_app():
+            async with manager.session("main") as db:
+                spans.append(("in", key))
+                await ops.insert(db, key)
+                await asyncio.sleep(0.05)
+                spans.append(("out", key))
 
     await asyncio.gather(*(unit(k) for k in "abc"))
     assert [s for s, _ in spans] == ["in", "out"] * 3  # never two inside at once
@@ -452,7 +467,84 @@ async def test_units_take_turns_through_the_gate(make_manager: Any, ops: Any) ->
 
 
 @only(kinds=("sql",))
-async def test_a_unit_that_waits_too_long_gets_pool_timeout(make_manager: Any, ops: Any) -> None:
+async def test_the_tests_own_units_stack_and_all_commit(make_manager: Any, ops: Any) -> None:
+    """Concurrent units the test opens itself (gather in a test body) stack as nested savepoints:
+    each waits for the ones above it to end, and every commit is kept."""
+    import asyncio
+
+    from connman.testing import Isolation
+
+    manager = make_manager(timeout=10)
+    await manager.open()
+    await _make_table(manager, ops)
+    iso = Isolation(manager).start()
+
+    async def unit(key: str) -> None:
+        async with manager.session("main") as db:
+            await ops.insert(db, key)
+            await asyncio.sleep(0.05)
+
+    await asyncio.gather(*(unit(k) for k in "abc"))
+    async with manager.session("main") as db:
+        assert await ops.keys(db) == {"a", "b", "c"}
+    await iso.aclose()
+
+
+@only(kinds=("sql",))
+async def test_the_tests_open_session_lets_requests_through(make_manager: Any, ops: Any) -> None:
+    """Issue 23: a test's own session kept open across requests (a `db_session` fixture, even in
+    a transaction) does not block them; each sees what the other committed; all is rolled back."""
+    import asyncio
+
+    from connman.testing import Isolation
+
+    manager = make_manager(timeout=2)
+    await manager.open()
+    await _make_table(manager, ops)
+    iso = Isolation(manager).start()
+
+    async def request(key: str | None) -> set[str]:
+        with inside_app():
+            async with manager.session("main") as db:
+                if key is not None:
+                    await ops.insert(db, key)
+                return set(await ops.keys(db))
+
+    async def fail() -> None:
+        with inside_app():
+            async with manager.session("main") as db:
+                await ops.insert(db, "failed")
+                raise ValueError("the handler fails")
+
+    async def fast_path_count() -> int:
+        with inside_app():
+            async with manager.connection("main"):
+                return 1
+
+    async with manager.session("main") as mine:
+        await ops.insert(mine, "arranged")
+        await mine.commit()
+        assert await request(None) == {"arranged"}          # sees the test's committed write
+        assert await ops.keys(mine) == {"arranged"}          # in a transaction again: still no block
+        assert await request("by-request") == {"arranged", "by-request"}
+        with pytest.raises(ValueError):
+            await fail()
+        assert await ops.keys(mine) == {"arranged", "by-request"}  # sees the request's commit
+        assert await fast_path_count() == 1
+        async with manager.session("main", readonly=True) as ro:
+            assert await ops.keys(ro) == {"arranged", "by-request"}
+        # Driven from another task, as a fixture's session used by the test is.
+        assert await asyncio.create_task(ops.keys(mine)) == {"arranged", "by-request"}
+    await iso.aclose()
+    async with manager.session("main") as db:
+        assert await ops.keys(db) == set()
+    assert manager.stats("main")["requests_active"] == 0
+
+
+@only(kinds=("sql",))
+async def test_a_unit_that_waits_on_another_unit_says_so(make_manager: Any, ops: Any) -> None:
+    """A request's unit that waits for another unit of the same test past `timeout` gets a
+    PoolTimeout naming the unit it waits for; so does a test's session stuck under a unit."""
     import asyncio
 
     from connman import PoolTimeout
@@ -464,17 +556,25 @@ async def test_a_unit_that_waits_too_long_gets_pool_timeout(make_manager: Any, o
     held, done = asyncio.Event(), asyncio.Event()
 
     async def holder() -> None:
-        async with manager.session("main"):
-            held.set()
-            await done.wait()
+        with inside_app():
+            async with manager.session("main"):
+                held.set()
+                await done.wait()
 
-    task = asyncio.create_task(holder())
+    task = asyncio.create_task(holder(), name="slow-request")
     await held.wait()
-    with pytest.raises(PoolTimeout, match="'main'"):
-        async with manager.session("main"):
-            pass
+    with pytest.raises(PoolTimeout, match="another unit of work of this test.*slow-request"):
+        with inside_app():
+            async with manager.session("main"):
+                pass
     done.set()
     await task
+    async with manager.session("main") as mine:
+        await ops.select1(mine)          # in a transaction: its frame stays
+        async with manager.session("main") as other:
+            await ops.select1(other)     # stacks above `mine`
+            with pytest.raises(PoolTimeout, match="still open above it"):
+                await ops.select1(mine)
     async with manager.session("main") as db:  # the turn is free again
         await ops.select1(db)
     await iso.aclose()

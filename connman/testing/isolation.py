@@ -5,7 +5,7 @@ The parts `connman.testing.plugin` is made of, for apps that wire their own fixt
 - `point(manager, name, url)` redirects a pool (still closed) to another server after the app
   module built its manager at import.
 - `Isolation(manager)` joins every SQL pool's units of work to one outer transaction that is rolled
-  back at the end (`SQLAlchemyPool.bind()`), and gives every Mongo pool a fresh database that is
+  back at the end (`connman.testing.binding.TestBinding`), and gives every Mongo pool a fresh database that is
   dropped at the end. The app's code, connman's gate, timeouts and stats run unchanged.
 - `isolated(manager)` is the same as an async context manager that also opens the pools if they
   are closed (and closes what it opened).
@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..config import PoolConfig
 
 if TYPE_CHECKING:
-    from ..backends.sqlalchemy import TestBinding
     from ..manager import ConnectionManager
+    from .binding import TestBinding
 
 __all__ = ["Isolation", "app_client", "isolated", "open_pools", "point", "run_in_thread"]
 
@@ -208,7 +208,10 @@ class Isolation:
             pools: list[Any] = [manager.pool(n) for n in manager.names]
             for pool in pools:
                 if pool.backend == "sqlalchemy" and _primary_of(manager, pool) is None:
-                    self.bindings[pool.name] = pool.bind()
+                    from .binding import TestBinding
+
+                    self.bindings[pool.name] = TestBinding(pool)
+                    pool.bind(self.bindings[pool.name])
             for pool in pools:
                 primary = _primary_of(manager, pool)
                 if pool.backend == "sqlalchemy" and primary is not None:
