@@ -443,16 +443,25 @@ class ConnectionManager:
         finally:
             await self.close()
 
-    def wrap_lifespan(self, user_lifespan: Lifespan | None) -> Lifespan:
-        """A lifespan that opens the pools, runs the app's own lifespan inside, then closes them."""
+    def wrap_lifespan(self, user_lifespan: Lifespan | None, *, app_first: bool = False) -> Lifespan:
+        """A lifespan for `FastAPI(lifespan=...)` running the pools' and the app's own lifespan.
+
+        By default the pools open first and the app's lifespan runs inside: its startup can use
+        them, its shutdown runs before they close. With `app_first=True` the app's lifespan runs
+        around the pools: its startup runs before they open (an app that creates its database or
+        reads its settings there), its shutdown after they close. The state both yield is merged.
+        """
 
         @asynccontextmanager
         async def lifespan(app: Any) -> AsyncIterator[dict[str, Any]]:
-            async with self.lifespan(app) as state:
-                if user_lifespan is None:
+            if user_lifespan is None:
+                async with self.lifespan(app) as state:
                     yield state
-                    return
-                async with user_lifespan(app) as user_state:
+            elif app_first:
+                async with user_lifespan(app) as user_state, self.lifespan(app) as state:
+                    yield {**(user_state or {}), **state}
+            else:
+                async with self.lifespan(app) as state, user_lifespan(app) as user_state:
                     yield {**state, **(user_state or {})}
 
         return lifespan

@@ -12,8 +12,8 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -527,7 +527,7 @@ async def test_the_tests_open_session_lets_requests_through(make_manager: Any, o
         assert await request(None) == {"arranged"}          # sees the test's committed write
         assert await ops.keys(mine) == {"arranged"}          # in a transaction again: still no block
         assert await request("by-request") == {"arranged", "by-request"}
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="the handler fails"):
             await fail()
         assert await ops.keys(mine) == {"arranged", "by-request"}  # sees the request's commit
         assert await fast_path_count() == 1
@@ -563,10 +563,10 @@ async def test_a_unit_that_waits_on_another_unit_says_so(make_manager: Any, ops:
 
     task = asyncio.create_task(holder(), name="slow-request")
     await held.wait()
-    with pytest.raises(PoolTimeout, match="another unit of work of this test.*slow-request"):
-        with inside_app():
-            async with manager.session("main"):
-                pass
+    with pytest.raises(PoolTimeout, match=r"another unit of work of this test.*slow-request"), \
+            inside_app():
+        async with manager.session("main"):
+            pass
     done.set()
     await task
     async with manager.session("main") as mine:

@@ -30,20 +30,22 @@ import contextlib
 import contextvars
 import functools
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .._pool import finish, shielded
 from ..backends._guard import EndedBind, FastConnection, ended_message
-from ..errors import PoolTimeout, SessionEnded
+from ..errors import ConnmanError, PoolTimeout, SessionEnded
 
 if TYPE_CHECKING:
     from ..backends.sqlalchemy import SQLAlchemyPool
 
-__all__ = ["AppMark", "TestBinding", "in_app"]
+__all__ = ["AppMark", "IsolationBroken", "TestBinding", "in_app"]
 
 logger = logging.getLogger("connman")
 
@@ -127,6 +129,14 @@ _IMPLICIT_TRANSACTIONS = frozenset({"aiomysql", "asyncmy", "aiosqlite"})
 
 def _sqlite_manual_transactions(sync_conn: Any, manual: bool) -> None:
     sync_conn.connection.dbapi_connection.isolation_level = None if manual else ""
+
+
+# MariaDB/MySQL statements that commit the transaction implicitly (TEMPORARY tables do not).
+_DDL = re.compile(r"\s*(CREATE|ALTER|DROP|TRUNCATE|RENAME)\s+(?!TEMPORARY\b)", re.IGNORECASE)
+
+
+class IsolationBroken(ConnmanError):
+    """A statement inside a test would end the test's transaction (DDL on MariaDB/MySQL)."""
 
 
 class _Frame:
@@ -313,6 +323,8 @@ class TestBinding:
         await pool._make_room()
         conn = await engine.connect()
         try:
+            if pool.config.driver_name in ("aiomysql", "asyncmy"):
+                event.listen(conn.sync_connection, "before_cursor_execute", self._refuse_ddl)
             if self._sqlite:
                 # pysqlite's own transaction handling does not mix with SAVEPOINT: take it over.
                 await conn.run_sync(_sqlite_manual_transactions, True)
@@ -323,6 +335,15 @@ class TestBinding:
             await shielded(conn.close())
             raise
         self.conn, self.loop = conn, asyncio.get_running_loop()
+
+    def _refuse_ddl(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if _DDL.match(statement):
+            raise IsolationBroken(
+                f"pool {self.pool.name!r}: {statement.split(None, 2)[:2]!r}... inside a test: on "
+                "MariaDB/MySQL a DDL statement commits the test's transaction implicitly, so "
+                "nothing before it could be rolled back. Create the schema once per session "
+                "(the connman_schema or connman_migrate fixture), or use a TEMPORARY table",
+                pool=self.pool.name)
 
     async def start(self) -> None:
         """Begin the outer transaction now, in this event loop (else the first unit of work does)."""

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from ..manager import ConnectionManager
     from .binding import TestBinding
 
-__all__ = ["Isolation", "app_client", "isolated", "open_pools", "point", "run_in_thread"]
+__all__ = ["Isolation", "app_client", "isolated", "mark_app", "open_pools", "point",
+           "run_in_thread"]
 
 T = TypeVar("T")
 
@@ -321,11 +322,36 @@ async def open_pools(isolation: Isolation) -> AsyncIterator[ConnectionManager]:
         yield manager
 
 
+def mark_app(app: Any) -> Any:
+    """Mark `app`'s calls as the app's (`connman.testing.binding.AppMark`), so the isolation tells
+    a request's unit of work from one the test opens itself; returns what to serve.
+
+    A Starlette/FastAPI app gets the mark as its outermost middleware, in place, so clients the
+    tests build themselves on it are marked too (returns the app); any other ASGI app is returned
+    wrapped. Idempotent.
+    """
+    from .binding import AppMark
+
+    if isinstance(app, AppMark):
+        return app
+    middleware = getattr(app, "user_middleware", None)
+    if isinstance(middleware, list):
+        if not any(getattr(m, "cls", None) is AppMark for m in middleware):
+            from starlette.middleware import Middleware
+
+            middleware.insert(0, Middleware(AppMark))
+            if getattr(app, "middleware_stack", None) is not None:
+                app.middleware_stack = None  # rebuilt, with the mark, at the next call
+        return app
+    return AppMark(app)
+
+
 @contextlib.asynccontextmanager
-async def app_client(app: Any, isolation: Isolation) -> AsyncIterator[Any]:
+async def app_client(app: Any, isolation: Isolation, *,
+                     base_url: str = "http://test") -> AsyncIterator[Any]:
     """The body of `connman_client`, for your own async fixture: an `httpx.AsyncClient` on `app`
-    (base URL `http://test`, a handler's exception is a 500), the app's lifespan run in the
-    running loop, the pools open and isolated; rolls back at exit."""
+    (at `base_url`, path prefix included; a handler's exception is a 500), the app's lifespan run
+    in the running loop, the pools open and isolated; rolls back at exit."""
     import httpx
 
     async with contextlib.AsyncExitStack() as stack:
@@ -334,5 +360,5 @@ async def app_client(app: Any, isolation: Isolation) -> AsyncIterator[Any]:
             await stack.enter_async_context(lifespan(app))
         await stack.enter_async_context(open_pools(isolation))
         yield await stack.enter_async_context(httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
-            base_url="http://test"))
+            transport=httpx.ASGITransport(app=mark_app(app), raise_app_exceptions=False),
+            base_url=base_url))
