@@ -757,3 +757,297 @@ async def test_isolated_opens_closed_pools_and_rolls_back(make_manager: Any, ops
     await manager.open()
     async with manager.session("main") as db:
         assert await ops.keys(db) == set()
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 23: real suites — the test's own session, app shapes, refusals, a killed run.
+
+DB_SESSION_CONFTEST = SCHEMA_CONFTEST + '''
+
+from app import manager
+
+
+@pytest.fixture
+async def db(connman_client):
+    # The natural way: the test's own unit of work, open for the whole test.
+    async with manager.session("main") as session:
+        yield session
+'''
+
+DB_SESSION_TESTS = '''
+from sqlalchemy import select
+
+from app import Item, manager
+
+
+async def keys(db):
+    return list((await db.execute(select(Item.k).order_by(Item.k))).scalars())
+
+
+async def test_arrange_then_request(connman_client, db):
+    db.add(Item(k="arranged"))
+    await db.commit()
+    assert (await connman_client.get("/items")).json() == ["arranged"]
+    assert (await connman_client.post("/items/by-request")).status_code == 201
+    assert await keys(db) == ["arranged", "by-request"]
+    async with manager.session("main", readonly=True) as ro:
+        assert await keys(ro) == ["arranged", "by-request"]
+    async with manager.connection("main") as conn:
+        __COUNT__
+    assert n == 2
+    assert (await connman_client.get("/raw")).json() == 2
+
+
+async def test_a_read_transaction_left_open_does_not_block(connman_client, db):
+    assert await keys(db) == []          # the test's session is in a transaction from here on
+    assert (await connman_client.post("/items/a")).status_code == 201
+    assert (await connman_client.post("/fail/b")).status_code == 500
+    assert await keys(db) == ["a"]
+    db.add(Item(k="c"))
+    await db.flush()                     # not committed: requests still see it (one connection)
+    assert (await connman_client.get("/items")).json() == ["a", "c"]
+
+
+async def test_z_nothing_left(connman_client, db):
+    assert await keys(db) == []
+    assert (await connman_client.get("/items")).json() == []
+'''
+
+MONGO_DB_SESSION_TESTS = '''
+from app import manager
+
+
+async def test_arrange_then_request(connman_client, db):
+    await db.items.insert_one({"_id": "arranged"})
+    assert (await connman_client.get("/items")).json() == ["arranged"]
+    assert (await connman_client.post("/items/b")).status_code == 201
+    assert sorted([d["_id"] async for d in db.items.find({})]) == ["arranged", "b"]
+
+
+async def test_z_nothing_left(connman_client, db):
+    assert [d async for d in db.items.find({})] == []
+'''
+
+
+@pytest.mark.parametrize("loop_scope", ["session", "function"])
+def test_the_tests_own_session_joins_the_isolation(pytester: pytest.Pytester, target: Target,
+                                                    loop_scope: str) -> None:
+    """Issue 23: a `db` fixture holding `async with manager.session(...)` for the whole test
+    arranges data the requests see, sees what they commit, and everything is rolled back — on
+    every backend, with session- and function-scoped loops."""
+    if target.is_sql:
+        conftest = DB_SESSION_CONFTEST
+        tests = DB_SESSION_TESTS.replace("__COUNT__", RAW[target.driver][1])
+        pytester.makepyfile(app=sql_app(target.driver), conftest=conftest, test_inner=tests)
+        passed = 3
+    else:
+        conftest = MONGO_CONFTEST + DB_SESSION_CONFTEST.split(SCHEMA_CONFTEST, 1)[1]
+        conftest = "import pytest\n" + conftest
+        pytester.makepyfile(app=mongo_app(target.driver), conftest=conftest,
+                            test_inner=MONGO_DB_SESSION_TESTS)
+        passed = 2
+    pytester.makefile(".ini", pytest=ini(loop_scope))
+    check(run_inner(pytester, target), passed)
+
+
+SHAPES_APP = '''
+import asyncio
+import contextlib
+
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.middleware.trustedhost import TrustedHostMiddleware
+from sqlalchemy import String, func, select
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from connman import ConnectionManager
+
+EVENTS = []
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Item(Base):
+    __tablename__ = "items"
+    k: Mapped[str] = mapped_column(String(40), primary_key=True)
+
+
+def migrate(pool, url):
+    # As an Alembic env.py does: its own engine, its own event loop (asyncio.run).
+    async def upgrade():
+        engine = create_async_engine(url)
+        async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+        await engine.dispose()
+
+    asyncio.run(upgrade())
+    EVENTS.append(("migrated", pool))
+
+
+def create_app():
+    # No pool settings in the environment (a CI runner): the pools are read at open().
+    manager = ConnectionManager.from_settings()
+
+    @contextlib.asynccontextmanager
+    async def own(app):
+        EVENTS.append("app startup")
+        yield {"ready": True}
+
+    app = FastAPI(lifespan=manager.wrap_lifespan(own, app_first=True))
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=["api.example"])
+    api = APIRouter(prefix="/api")
+
+    @api.post("/items/{k}", status_code=201)
+    async def add(k: str, db: AsyncSession = Depends(manager.session("main"))):
+        db.add(Item(k=k))
+
+    @api.get("/items")
+    async def items(db: AsyncSession = Depends(manager.session("main", readonly=True))):
+        return list((await db.execute(select(Item.k).order_by(Item.k))).scalars())
+
+    @api.get("/count")
+    async def count():
+        async with manager.session("main") as db:
+            return (await db.execute(select(func.count()).select_from(Item))).scalar_one()
+
+    app.include_router(api)
+    return app
+'''
+
+SHAPES_TESTS = '''
+import asyncio
+
+import pytest
+
+from connman import ConnectionManager, PoolNotOpen
+from connman.testing import sql_pool
+
+import app as app_module
+
+
+async def test_factory_prefix_host_migrations(connman_client, connman_manager):
+    assert (await connman_client.post("/items/a")).status_code == 201
+    assert (await connman_client.get("/items")).json() == ["a"]
+    assert [e for e in app_module.EVENTS if e[0] == "migrated"] == [("migrated", "main")]
+    assert "app startup" in app_module.EVENTS
+    assert sql_pool(connman_manager, "main").binding is not None
+
+
+async def test_starts_empty_and_awaiting_every_task_returns(connman_client):
+    assert (await connman_client.get("/count")).json() == 0
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    assert not [t for t in others if "connman" in t.get_name()], others
+    await asyncio.wait_for(asyncio.gather(*others), 30)
+
+
+async def test_a_second_manager_is_told_apart(connman_client):
+    mine = ConnectionManager({"main": {"url": "sqlite+aiosqlite:///other.db"}})
+    with pytest.raises(PoolNotOpen, match="test plugin") as err:
+        async with mine.session("main"):
+            pass
+    assert "lifespan did not run" not in str(err.value)
+'''
+
+
+@only(kinds=("sql",), exclude=("mysql-asyncmy", "mysql-aiomysql"))
+@pytest.mark.parametrize("loop_scope", ["session", "function"])
+def test_app_shapes(pytester: pytest.Pytester, target: Target, loop_scope: str) -> None:
+    """A factory (`module:create_app()`) whose manager lives only in its wrapped lifespan,
+    `from_settings()` with no settings (the driver named by `connman_drivers`), a host
+    TrustedHostMiddleware accepts and an `/api` prefix (`connman_base_url`), a migrations hook
+    run once, `wrap_lifespan(app_first=True)`, no connman task in the way of `all_tasks()`, and a
+    second manager's PoolNotOpen that does not blame the lifespan."""
+    pytester.makepyfile(app=SHAPES_APP, conftest=MONGO_CONFTEST, test_inner=SHAPES_TESTS)
+    extra = (f"connman_drivers = main={target.driver}\n"
+             "        connman_base_url = http://api.example/api\n"
+             "        connman_migrate = app:migrate")
+    text = ini(loop_scope, extra=extra).replace("connman_app = app:app",
+                                                "connman_app = app:create_app()")
+    pytester.makefile(".ini", pytest=text)
+    check(run_inner(pytester, target), 3)
+
+
+@only(kinds=("sql",), exclude=("mysql-asyncmy", "mysql-aiomysql", "sqlite"))
+def test_without_a_driver_the_error_names_the_setting(pytester: pytest.Pytester,
+                                                      target: Target) -> None:
+    pytester.makepyfile(app=SHAPES_APP, conftest=MONGO_CONFTEST, test_inner=SHAPES_TESTS)
+    pytester.makefile(".ini", pytest=ini("session").replace("connman_app = app:app",
+                                                            "connman_app = app:create_app()"))
+    result = run_inner(pytester, target)
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(["*connman_drivers = main=asyncpg*"])
+
+
+@only(kinds=("sql",), exclude=("mysql-asyncmy", "mysql-aiomysql", "sqlite"))
+def test_autocommit_is_refused_at_setup(pytester: pytest.Pytester, target: Target) -> None:
+    app = sql_app(target.driver).replace('"timeout": 5,', '"timeout": 5, "options": '
+                                         '{"isolation_level": "AUTOCOMMIT"},')
+    pytester.makepyfile(app=app, conftest=SCHEMA_CONFTEST, test_inner=SQL_TESTS)
+    pytester.makefile(".ini", pytest=ini("session"))
+    result = run_inner(pytester, target)
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(["*pool 'main' sets options={'isolation_level': 'AUTOCOMMIT'}*"])
+
+
+@only(kinds=("sql",), exclude=("postgres", "sqlite"))
+async def test_ddl_on_mariadb_inside_a_test_names_the_cause(make_manager: Any, ops: Any) -> None:
+    from connman.testing import Isolation
+    from connman.testing.binding import IsolationBroken
+
+    manager = make_manager()
+    await manager.open()
+    iso = Isolation(manager).start()
+    with pytest.raises(IsolationBroken, match=r"pool 'main'.*commits the test's transaction"):
+        async with manager.session("main") as db:
+            await ops.create(db)
+    async with manager.session("main") as db:  # a TEMPORARY table commits nothing: allowed
+        from sqlalchemy import text
+
+        await db.execute(text("CREATE TEMPORARY TABLE t_tmp (k INT)"))
+    await iso.aclose()
+
+
+KILLED_TESTS = '''
+import os
+import time
+
+
+def test_hangs(connman_postgres, connman_mongo):
+    pids = [connman_postgres._proc.pid, connman_mongo._proc.pid]
+    with open(os.environ["PIDS_FILE"], "w") as f:
+        f.write(" ".join(map(str, pids)))
+    time.sleep(600)
+'''
+
+
+def test_servers_die_with_a_killed_run(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    """Issue 23: SIGKILL the pytest process (a CI timeout): its throwaway servers die too."""
+    import signal
+    import time
+
+    from connman.testing.servers import _alive
+
+    pids_file = tmp_path / "pids"
+    pytester.makepyfile(conftest=MONGO_CONFTEST, test_inner=KILLED_TESTS)
+    env = server_env(None)
+    env["PIDS_FILE"] = str(pids_file)
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "-s", str(pytester.path)], cwd=pytester.path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (pids_file.exists() and pids_file.read_text().strip()):
+            assert proc.poll() is None, "the inner run ended before its servers started"
+            assert time.monotonic() < deadline, "servers never started"
+            time.sleep(0.05)
+        pids = [int(p) for p in pids_file.read_text().split()]
+        assert all(_alive(p) for p in pids)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + 60
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in pids if _alive(p)]
