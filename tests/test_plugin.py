@@ -1051,3 +1051,36 @@ def test_servers_die_with_a_killed_run(pytester: pytest.Pytester, tmp_path: Path
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not [p for p in pids if _alive(p)]
+
+
+ONCE_TESTS = '''
+import pytest
+
+from app import manager
+
+ENGINES = []
+
+
+@pytest.mark.parametrize("k", ["a", "b", "c"])
+async def test_each_starts_empty(connman_client, k):
+    ENGINES.append(manager.pool("main")._engine)
+    assert (await connman_client.get("/items")).json() == []
+    assert (await connman_client.post(f"/items/{k}")).status_code == 201
+
+
+def test_one_engine_for_the_session():
+    assert len(ENGINES) == 3
+    assert len(set(map(id, ENGINES))) == (1 if ONCE else 3)
+'''
+
+
+@only(kinds=("sql",), exclude=("mysql-asyncmy", "mysql-aiomysql"))
+@pytest.mark.parametrize("loop_scope", ["session", "function"])
+def test_pools_open_once_with_a_session_loop(pytester: pytest.Pytester, target: Target,
+                                             loop_scope: str) -> None:
+    """Issue 23 (cost): with a session-scoped loop the app's lifespan and pools open once for the
+    session, each test still isolated; with function-scoped loops, once per test."""
+    pytester.makepyfile(app=sql_app(target.driver), conftest=SCHEMA_CONFTEST,
+                        test_inner=ONCE_TESTS.replace("ONCE", str(loop_scope == "session")))
+    pytester.makefile(".ini", pytest=ini(loop_scope))
+    check(run_inner(pytester, target), 4)

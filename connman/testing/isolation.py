@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import threading
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..config import PoolConfig
@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from ..manager import ConnectionManager
     from .binding import TestBinding
 
-__all__ = ["Isolation", "app_client", "isolated", "mark_app", "open_pools", "point",
-           "run_in_thread"]
+__all__ = ["Isolation", "SessionRuntime", "app_client", "isolated", "mark_app", "open_pools",
+           "point", "run_in_thread", "session_client"]
 
 T = TypeVar("T")
 
@@ -240,6 +240,24 @@ class Isolation:
         self.databases.clear()
         return drops
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Units of work in the block are not isolated (the app's startup, when the plugin opens
+        the pools once per session: what it writes stays for the session, as in production).
+        Only before the first unit of work of the test (no outer transaction open)."""
+        if self._active():
+            raise RuntimeError("the test's transaction is open: cannot pause the isolation")
+        pools: list[Any] = [self.manager.pool(n) for n in self.bindings]
+        saved = [(p, p.binding) for p in pools]
+        for p in pools:
+            p.unbind()
+        try:
+            yield
+        finally:
+            for p, binding in saved:
+                p._binding = None
+                p.bind(binding)
+
     def _active(self) -> list[TestBinding]:
         seen: list[TestBinding] = []
         for b in self.bindings.values():
@@ -344,6 +362,62 @@ def mark_app(app: Any) -> Any:
                 app.middleware_stack = None  # rebuilt, with the mark, at the next call
         return app
     return AppMark(app)
+
+
+class SessionRuntime:
+    """The app's lifespan and pools kept open across the tests of one event loop (a session-scoped
+    loop), so they open and warm once per session (per xdist worker) instead of once per test;
+    each test is still isolated. Made by the plugin; `aclose()` ends it in that loop."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+
+    async def ensure(self, app: Any | None, isolation: Isolation) -> None:
+        """Open (once, in the running loop) the app's lifespan — or the pools alone with no app —
+        with the isolation paused, so what the app's startup writes stays for the session."""
+        loop = asyncio.get_running_loop()
+        if self.loop is loop:
+            return
+        if self.loop is not None and not self.loop.is_closed():
+            raise RuntimeError("connman: the pools are kept open in another event loop that is "
+                               "still running; use one loop scope for the whole session")
+        self.loop, self._stack = loop, contextlib.AsyncExitStack()
+        manager = isolation.manager
+        with isolation.paused():
+            lifespan = getattr(getattr(app, "router", None), "lifespan_context", None)
+            if lifespan is not None:
+                await self._stack.enter_async_context(lifespan(app))
+            if any(manager.pool(n).closed for n in manager.names):
+                await manager.open()
+                self._stack.push_async_callback(manager.close)
+
+    async def aclose(self) -> None:
+        """End the lifespan and close the pools (in the loop they were opened in)."""
+        stack, self._stack, self.loop = self._stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+    def close(self) -> None:
+        """`aclose()` from synchronous code, once the loop is idle; nothing if it is closed."""
+        loop = self.loop
+        if loop is not None and not loop.is_closed() and not loop.is_running():
+            loop.run_until_complete(self.aclose())
+        self._stack = self.loop = None
+
+
+@contextlib.asynccontextmanager
+async def session_client(app: Any, isolation: Isolation, runtime: SessionRuntime, *,
+                         base_url: str = "http://test") -> AsyncIterator[Any]:
+    """Like `app_client`, the lifespan and pools kept open in `runtime` across tests."""
+    import httpx
+
+    await runtime.ensure(app, isolation)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(isolation.aclose)
+        yield await stack.enter_async_context(httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=mark_app(app), raise_app_exceptions=False),
+            base_url=base_url))
 
 
 @contextlib.asynccontextmanager

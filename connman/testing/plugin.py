@@ -33,7 +33,17 @@ from ..config import PoolConfig, validate_pools
 from ..errors import ConnmanError
 from ..manager import ConnectionManager
 from .databases import KIND_OF_DRIVER, TestServers, create_schema
-from .isolation import Isolation, app_client, mark_app, open_pools, point, resolve, run_in_thread
+from .isolation import (
+    Isolation,
+    SessionRuntime,
+    app_client,
+    mark_app,
+    open_pools,
+    point,
+    resolve,
+    run_in_thread,
+    session_client,
+)
 from .servers import Server, ServerError
 
 __all__ = [
@@ -48,6 +58,7 @@ __all__ = [
     "connman_pointed",
     "connman_pools",
     "connman_postgres",
+    "connman_runtime",
     "connman_schema",
     "connman_servers",
     "connman_test_client",
@@ -66,6 +77,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                   "'main=asyncpg docs=pymongo'", type="args", default=[])
     parser.addini("connman_base_url", "the base URL of connman_client and connman_test_client, "
                   "path prefix included (default http://test)", default="")
+    parser.addini("connman_open_once", "with a session-scoped event loop, run the app's lifespan "
+                  "and open the pools once per session instead of once per test "
+                  "(default true)", type="bool", default=True)
     parser.addini("connman_migrate", "a callable 'module:function' run once per SQL test "
                   "database, function(pool_name, url), after connman_schema (Alembic: see "
                   "docs/testing.md)", default="")
@@ -332,9 +346,44 @@ def connman_isolation(connman_pointed: ConnectionManager) -> Iterator[Isolation]
     isolation.close()
 
 
+def _open_once(request: pytest.FixtureRequest) -> bool:
+    """Whether the test runs in a session-scoped asyncio loop (pytest-asyncio's marker or ini) and
+    `connman_open_once` is on: then the lifespan and pools stay open from test to test."""
+    if not request.config.getini("connman_open_once"):
+        return False
+    node = request.node
+    if node.get_closest_marker("anyio") is not None:
+        return False
+    marker = node.get_closest_marker("asyncio")
+    scope = (marker.kwargs.get("loop_scope") or marker.kwargs.get("scope")) if marker else None
+    if scope is None:
+        try:
+            scope = request.config.getini("asyncio_default_test_loop_scope")
+        except ValueError:  # pytest-asyncio < 0.26: no such setting, tests use function loops
+            scope = None
+    return scope == "session"
+
+
+@pytest.fixture(scope="session")
+def connman_runtime() -> Iterator[SessionRuntime]:
+    """The app's lifespan and pools, kept open across tests that share a session-scoped loop."""
+    runtime = SessionRuntime()
+    yield runtime
+    runtime.close()
+
+
 @pytest.fixture
-async def connman_pools(connman_isolation: Isolation) -> AsyncIterator[ConnectionManager]:
-    """The isolated manager, its pools open in the test's event loop (closed after)."""
+async def connman_pools(request: pytest.FixtureRequest, connman_isolation: Isolation,
+                        connman_runtime: SessionRuntime) -> AsyncIterator[ConnectionManager]:
+    """The isolated manager, its pools open in the test's event loop: opened once per session
+    with a session-scoped loop, else opened and closed around the test."""
+    if _open_once(request):
+        await connman_runtime.ensure(None, connman_isolation)
+        try:
+            yield connman_isolation.manager
+        finally:
+            await connman_isolation.aclose()
+        return
     async with open_pools(connman_isolation) as manager:
         yield manager
 
@@ -347,11 +396,18 @@ def connman_base_url(pytestconfig: pytest.Config) -> str:
 
 
 @pytest.fixture
-async def connman_client(connman_app: Any, connman_isolation: Isolation,
-                         connman_base_url: str) -> AsyncIterator[Any]:
+async def connman_client(request: pytest.FixtureRequest, connman_app: Any,
+                         connman_isolation: Isolation, connman_base_url: str,
+                         connman_runtime: SessionRuntime) -> AsyncIterator[Any]:
     """An `httpx.AsyncClient` on the app (base URL: `connman_base_url`): the app's lifespan runs
     in the test's event loop, the pools are open (opened here if the lifespan does not) and
-    isolated. An exception in a handler is a 500 response, as in production."""
+    isolated. With a session-scoped loop the lifespan and pools stay open from test to test (once
+    per session); else they run around each test. A handler's exception is a 500 response."""
+    if _open_once(request):
+        async with session_client(connman_app, connman_isolation, connman_runtime,
+                                  base_url=connman_base_url) as client:
+            yield client
+        return
     async with app_client(connman_app, connman_isolation, base_url=connman_base_url) as client:
         yield client
 
