@@ -114,18 +114,31 @@ class SessionProvider:
         self._open_unit = open_unit
         self._stack: contextvars.ContextVar[tuple[AbstractAsyncContextManager[Any], ...]] = (
             contextvars.ContextVar(f"connman_session_{name}", default=()))
+        # Every unit entered and not yet exited, whatever the context: the exit of an `async with`
+        # may run in another context than its entry (an async-generator fixture under
+        # pytest-asyncio < 1.0 runs its setup and teardown in two tasks).
+        self._entered: list[AbstractAsyncContextManager[Any]] = []
 
     # -- async with manager.session("main") as db:
     async def __aenter__(self) -> Any:
         cm = self._open_unit()
         unit = await cm.__aenter__()
         self._stack.set((*self._stack.get(), cm))
+        self._entered.append(cm)
         return unit
 
     async def __aexit__(self, *exc_info: Any) -> bool | None:
         stack = self._stack.get()
-        self._stack.set(stack[:-1])
-        return await stack[-1].__aexit__(*exc_info)
+        if stack:
+            cm = stack[-1]
+            self._stack.set(stack[:-1])
+        else:  # exited in another context than it was entered in: the latest unit entered
+            cm = self._entered[-1]
+        for i in range(len(self._entered) - 1, -1, -1):
+            if self._entered[i] is cm:
+                del self._entered[i]
+                break
+        return await cm.__aexit__(*exc_info)
 
     # -- Depends(manager.session("main"))
     async def _dependency(self) -> AsyncIterator[Any]:

@@ -410,7 +410,7 @@ def test_example_suite(postgres_server: Server, mongo_server: Server, tmp_path: 
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={tmp_path}"],
         cwd=REPO / "examples" / "notes", env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-    assert "5 passed" in proc.stdout
+    assert "6 passed" in proc.stdout
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1084,3 +1084,18 @@ def test_pools_open_once_with_a_session_loop(pytester: pytest.Pytester, target: 
                         test_inner=ONCE_TESTS.replace("ONCE", str(loop_scope == "session")))
     pytester.makefile(".ini", pytest=ini(loop_scope))
     check(run_inner(pytester, target), 4)
+
+
+@only(kinds=("sql",), exclude=("mysql-asyncmy", "mysql-aiomysql"))
+async def test_async_with_ended_in_another_task(make_manager: Any, ops: Any) -> None:
+    """An async-generator fixture holding `async with manager.session(...)` has its setup and its
+    teardown run in two tasks under pytest-asyncio < 1.0: the exit still ends that unit."""
+    import asyncio
+
+    manager = make_manager()
+    await manager.open()
+    provider = manager.session("main")
+    db = await asyncio.create_task(provider.__aenter__())
+    await ops.select1(db)
+    await asyncio.create_task(provider.__aexit__(None, None, None))
+    assert manager.stats("main")["requests_active"] == 0

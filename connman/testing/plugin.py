@@ -77,12 +77,38 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                   "'main=asyncpg docs=pymongo'", type="args", default=[])
     parser.addini("connman_base_url", "the base URL of connman_client and connman_test_client, "
                   "path prefix included (default http://test)", default="")
+    parser.addini("connman_loop_scope", "run every async test (pytest-asyncio) in an event loop "
+                  "of this scope: 'session' (the pools then open once per session) or 'function'; "
+                  "works with pytest-asyncio 0.24 to 1.x alike. Default: pytest-asyncio's own "
+                  "setting", default="")
     parser.addini("connman_open_once", "with a session-scoped event loop, run the app's lifespan "
                   "and open the pools once per session instead of once per test "
                   "(default true)", type="bool", default=True)
     parser.addini("connman_migrate", "a callable 'module:function' run once per SQL test "
                   "database, function(pool_name, url), after connman_schema (Alembic: see "
                   "docs/testing.md)", default="")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`connman_loop_scope`: mark each pytest-asyncio test with that loop scope (pytest-asyncio's
+    own recipe, which works on every version; `asyncio_default_test_loop_scope` needs >= 0.26)."""
+    scope = str(config.getini("connman_loop_scope") or "")
+    if not scope:
+        return
+    if scope not in ("function", "class", "module", "package", "session"):
+        raise pytest.UsageError(f"connman_loop_scope: {scope!r} is not a pytest scope")
+    try:
+        from pytest_asyncio import is_async_test
+    except ImportError:
+        return
+    marker = pytest.mark.asyncio(loop_scope=scope)
+    for item in items:
+        if not is_async_test(item):
+            continue
+        own = item.get_closest_marker("asyncio")
+        if own is None or not (own.kwargs.get("loop_scope") or own.kwargs.get("scope")):
+            item.add_marker(marker, append=False)
 
 
 def _load(path: str) -> Any:
