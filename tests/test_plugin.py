@@ -1071,6 +1071,15 @@ async def test_each_starts_empty(connman_client, k):
 def test_one_engine_for_the_session():
     assert len(ENGINES) == 3
     assert len(set(map(id, ENGINES))) == (1 if ONCE else 3)
+
+
+def test_a_sync_test_client_between(connman_test_client):
+    assert connman_test_client.post("/items/s").status_code == 201
+    assert connman_test_client.get("/items").json() == ["s"]
+
+
+async def test_async_again(connman_client):
+    assert (await connman_client.get("/items")).json() == []
 '''
 
 
@@ -1083,7 +1092,7 @@ def test_pools_open_once_with_a_session_loop(pytester: pytest.Pytester, target: 
     pytester.makepyfile(app=sql_app(target.driver), conftest=SCHEMA_CONFTEST,
                         test_inner=ONCE_TESTS.replace("ONCE", str(loop_scope == "session")))
     pytester.makefile(".ini", pytest=ini(loop_scope))
-    check(run_inner(pytester, target), 4)
+    check(run_inner(pytester, target), 6)
 
 
 @only(kinds=("sql",), exclude=("mysql-asyncmy", "mysql-aiomysql"))

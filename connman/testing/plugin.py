@@ -439,8 +439,8 @@ async def connman_client(request: pytest.FixtureRequest, connman_app: Any,
 
 
 @pytest.fixture
-def connman_test_client(connman_app: Any, connman_isolation: Isolation,
-                        connman_base_url: str) -> Iterator[Any]:
+def connman_test_client(connman_app: Any, connman_isolation: Isolation, connman_base_url: str,
+                        connman_runtime: SessionRuntime) -> Iterator[Any]:
     """A Starlette `TestClient` on the app, lifespan run (pools opened in its loop if the lifespan
     does not), isolated: for synchronous tests."""
     with warnings.catch_warnings():
@@ -451,6 +451,9 @@ def connman_test_client(connman_app: Any, connman_isolation: Isolation,
                                 category=DeprecationWarning)
         from starlette.testclient import TestClient
 
+    # Pools kept open in the session loop by earlier async tests: close them there (idle now),
+    # the client's own loop opens them; the next async test reopens them in the session loop.
+    connman_runtime.close()
     manager = connman_isolation.manager
     with TestClient(mark_app(connman_app), raise_server_exceptions=False,
                     base_url=connman_base_url) as client:
