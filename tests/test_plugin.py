@@ -413,6 +413,23 @@ def test_example_suite(postgres_server: Server, mongo_server: Server, tmp_path: 
     assert "6 passed" in proc.stdout
 
 
+def test_settings_example_passes_with_no_settings(postgres_server: Server, mongo_server: Server,
+                                                  tmp_path: Path) -> None:
+    """examples/settings_app: `from_settings()` with no CONNMAN_POOLS__* and no .env (a CI
+    runner), its pools' drivers named by one ini line: passes the first time."""
+    env = server_env(None)
+    for key in [k for k in env if k.startswith("CONNMAN_")]:
+        del env[key]
+    env["CONNMAN_TEST_POSTGRES_URL"] = postgres_server.url()
+    env["CONNMAN_TEST_MONGO_URL"] = mongo_server.url(database="connman")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={tmp_path}"],
+        cwd=REPO / "examples" / "settings_app", env=env, capture_output=True, text=True,
+        timeout=300)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert "2 passed" in proc.stdout
+
+
 # ------------------------------------------------------------------------------------------------
 # The parts, in process: TestBinding, Isolation, point().
 
