@@ -1125,3 +1125,15 @@ async def test_async_with_ended_in_another_task(make_manager: Any, ops: Any) -> 
     await ops.select1(db)
     await asyncio.create_task(provider.__aexit__(None, None, None))
     assert manager.stats("main")["requests_active"] == 0
+
+
+@only(kinds=("sql",), exclude=("mysql-asyncmy", "mysql-aiomysql"))
+def test_the_tests_own_session_under_anyio(pytester: pytest.Pytester, target: Target) -> None:
+    """The same `db` fixture under anyio's pytest plugin (pytest-asyncio strict beside it)."""
+    tests = DB_SESSION_TESTS.replace("__COUNT__", RAW[target.driver][1]).replace(
+        "async def test_", "@pytest.mark.anyio\nasync def test_")
+    tests = "import pytest\n\n\n@pytest.fixture\ndef anyio_backend():\n    return 'asyncio'\n" + tests
+    pytester.makepyfile(app=sql_app(target.driver), conftest=DB_SESSION_CONFTEST,
+                        test_inner=tests)
+    pytester.makefile(".ini", pytest=ini("function", mode="strict"))
+    check(run_inner(pytester, target), 3)
