@@ -1137,3 +1137,41 @@ def test_the_tests_own_session_under_anyio(pytester: pytest.Pytester, target: Ta
                         test_inner=tests)
     pytester.makefile(".ini", pytest=ini("function", mode="strict"))
     check(run_inner(pytester, target), 3)
+
+
+SHARED_TESTS = '''
+import os
+from pathlib import Path
+
+import pytest
+
+from connman.testing import ExternalServer
+
+
+@pytest.mark.parametrize("n", range(4))
+async def test_workers_share_one_server(connman_client, connman_postgres, n):
+    assert isinstance(connman_postgres, ExternalServer)  # the controller's, not the worker's own
+    worker = os.environ["PYTEST_XDIST_WORKER"]
+    (Path(os.environ["PORTS_DIR"]) / worker).write_text(str(connman_postgres.port))
+    assert (await connman_client.post("/items/same-key")).status_code == 201
+    assert (await connman_client.get("/items")).json() == ["same-key"]
+'''
+
+
+def test_xdist_workers_share_the_controllers_server(pytester: pytest.Pytester,
+                                                    tmp_path: Path) -> None:
+    """Issue 23 (cost): under xdist the controller starts one PostgreSQL for all its workers;
+    each worker still has a database of its own."""
+    ports = tmp_path / "ports"
+    ports.mkdir()
+    pytester.makepyfile(app=sql_app("asyncpg"), conftest=SCHEMA_CONFTEST, test_inner=SHARED_TESTS)
+    pytester.makefile(".ini", pytest=ini("session"))
+    os.environ["PORTS_DIR"] = str(ports)
+    try:
+        result = run_inner(pytester, None, "-n", "2", "--dist", "each")  # both workers run
+    finally:
+        del os.environ["PORTS_DIR"]
+    check(result, 8)
+    seen = {p.name: p.read_text() for p in ports.iterdir()}
+    assert len(seen) == 2, seen
+    assert len(set(seen.values())) == 1, seen

@@ -22,8 +22,12 @@ import contextlib
 import functools
 import importlib
 import inspect
+import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -87,6 +91,72 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("connman_migrate", "a callable 'module:function' run once per SQL test "
                   "database, function(pool_name, url), after connman_schema (Alembic: see "
                   "docs/testing.md)", default="")
+
+
+_ENV_OF_KIND = {"postgres": "CONNMAN_TEST_POSTGRES_URL", "mysql": "CONNMAN_TEST_MYSQL_URL",
+                "mongo": "CONNMAN_TEST_MONGO_URL"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist: the controller starts the servers once and its workers share them
+    (each worker keeps databases of its own); a worker takes the controller's servers."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        for kind, url in dict(workerinput.get("connman_server_urls") or {}).items():
+            os.environ.setdefault(_ENV_OF_KIND[kind], url)
+    elif config.pluginmanager.hasplugin("xdist") and config.getoption("numprocesses", None):
+        config.pluginmanager.register(_SharedServers(config), "connman-shared-servers")
+
+
+class _SharedServers:
+    """The xdist controller's side: one server per kind the app's pools need, for every worker."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.servers: TestServers | None = None
+        self.urls: dict[str, str] = {}
+
+    def _kinds(self) -> set[str]:
+        """The server kinds the app's pools need (nothing when the app cannot be read here)."""
+        try:
+            ini = self.config.getini
+            app_path = str(ini("connman_app") or "")
+            manager_path = str(ini("connman_manager") or "")
+            if manager_path:
+                manager = _load(manager_path)
+            elif app_path:
+                manager = _manager_of(_load(app_path), app_path.partition(":")[0] or None)
+            else:
+                return set()
+            if not isinstance(manager, ConnectionManager):
+                return set()
+            configured = _configured(manager, _drivers(self.config))
+        except BaseException:  # the workers will say what is wrong, in a test
+            return set()
+        drivers = {c if isinstance(c, str) else c.driver_name for c in configured.values()}
+        return {KIND_OF_DRIVER[d] for d in drivers if d in KIND_OF_DRIVER} - {"sqlite"}
+
+    def pytest_configure_node(self, node: Any) -> None:
+        """Start the shared servers at the first worker; hand their URLs to each worker."""
+        if self.servers is None:
+            self.servers = TestServers(Path(tempfile.mkdtemp(prefix="connman-xdist-")),
+                                       worker="")
+            for kind in sorted(self._kinds()):
+                if os.environ.get(_ENV_OF_KIND[kind]):
+                    continue  # a server of the user's: the workers use it as it is
+                try:
+                    server = self.servers.server(kind)
+                except ServerError:
+                    continue  # each worker tries again and fails its tests with the reason
+                self.urls[kind] = (server.url(database="connman") if kind == "mongo"
+                                   else server.url())
+        node.workerinput["connman_server_urls"] = dict(self.urls)
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        """Stop the shared servers after every worker has finished."""
+        if self.servers is not None:
+            self.servers.stop()
+            shutil.rmtree(self.servers.tmpdir, ignore_errors=True)
 
 
 @pytest.hookimpl(trylast=True)
