@@ -62,7 +62,8 @@ async def shielded(aw: Awaitable[T], timeout: float | None = None) -> T:
 
     Used for every step that returns a connection: a cancelled request must not leak one.
     """
-    task: asyncio.Future[T] = asyncio.ensure_future(_bounded(aw, timeout))
+    task: asyncio.Future[T] = asyncio.get_running_loop().create_task(
+        _bounded(aw, timeout), name="connman-give-back")
     cancelled = False
     while True:
         try:
@@ -110,8 +111,22 @@ async def finish(step: Callable[[], Awaitable[None]], timeout: float, pool: str)
         return False
 
 
+_not_open_hint: str | None = None
+
+
+def set_not_open_hint(hint: str | None) -> str | None:
+    """Replace the usual reason `PoolNotOpen` gives ("the app's lifespan did not run") with `hint`
+    (None: back to it); returns the previous hint. connman.testing's plugin sets it: under it, the
+    lifespan question is not the one to ask."""
+    global _not_open_hint
+    previous, _not_open_hint = _not_open_hint, hint
+    return previous
+
+
 def not_open_message(name: str) -> str:
     """What `PoolNotOpen` says: the pool was never opened, and the usual reason why."""
+    if _not_open_hint is not None:
+        return f"pool {name!r} is not open: {_not_open_hint}"
     return (f"pool {name!r} is not open: the app's lifespan did not run, and it opens the pools "
             "(httpx.AsyncClient(transport=ASGITransport(app)) does not run it: use "
             "`with TestClient(app)`, asgi-lifespan's `LifespanManager(app)`, or "
@@ -140,6 +155,10 @@ class Pool(abc.ABC):
     """A named pool of one backend; the manager, FastAPI glue, metrics and CLI speak only this."""
 
     backend: str = ""
+    run_maintenance: bool = True
+    """Whether `open()` starts the background maintenance task (trimming idle connections above
+    `size`). connman.testing's plugin turns it off: tests have nothing to trim, and a suite that
+    awaits every task of its loop must not wait on one that never ends."""
 
     def __init__(self, name: str, config: PoolConfig, hub: EventHub) -> None:
         self.name = name
@@ -328,7 +347,7 @@ class Pool(abc.ABC):
         self.outage = None  # opened by its healer, or by a second `open()`
         self._open_error = ("", None)
         interval = self._maintenance_interval()
-        if interval is not None:
+        if interval is not None and self.run_maintenance:
             self._maint_task = asyncio.create_task(self._maintenance_loop(interval),
                                                    name=f"connman-maintain-{self.name}")
 

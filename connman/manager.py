@@ -71,18 +71,31 @@ class SessionProvider:
         self._stack: contextvars.ContextVar[tuple[AbstractAsyncContextManager[Any], ...]] = (
             contextvars.ContextVar(f"connman_session_{name}", default=()))
         self._fastapi_dependency: Callable[..., AsyncIterator[Any]] | None = None
+        # Every unit entered and not yet exited, whatever the context: the exit of an `async with`
+        # may run in another context than its entry (an async-generator fixture under
+        # pytest-asyncio < 1.0 runs its setup and teardown in two tasks).
+        self._entered: list[AbstractAsyncContextManager[Any]] = []
 
     # -- async with manager.session("main") as db:
     async def __aenter__(self) -> Any:
         cm = self._open_unit()
         unit = await cm.__aenter__()
         self._stack.set((*self._stack.get(), cm))
+        self._entered.append(cm)
         return unit
 
     async def __aexit__(self, *exc_info: Any) -> bool | None:
         stack = self._stack.get()
-        self._stack.set(stack[:-1])
-        return await stack[-1].__aexit__(*exc_info)
+        if stack:
+            cm = stack[-1]
+            self._stack.set(stack[:-1])
+        else:  # exited in another context than it was entered in: the latest unit entered
+            cm = self._entered[-1]
+        for i in range(len(self._entered) - 1, -1, -1):
+            if self._entered[i] is cm:
+                del self._entered[i]
+                break
+        return await cm.__aexit__(*exc_info)
 
     # -- Depends(manager.session("main"))
     @property
@@ -454,16 +467,25 @@ class ConnectionManager:
         finally:
             await self.close()
 
-    def wrap_lifespan(self, user_lifespan: Lifespan | None) -> Lifespan:
-        """A lifespan that opens the pools, runs the app's own lifespan inside, then closes them."""
+    def wrap_lifespan(self, user_lifespan: Lifespan | None, *, app_first: bool = False) -> Lifespan:
+        """A lifespan for `FastAPI(lifespan=...)` running the pools' and the app's own lifespan.
+
+        By default the pools open first and the app's lifespan runs inside: its startup can use
+        them, its shutdown runs before they close. With `app_first=True` the app's lifespan runs
+        around the pools: its startup runs before they open (an app that creates its database or
+        reads its settings there), its shutdown after they close. The state both yield is merged.
+        """
 
         @asynccontextmanager
         async def lifespan(app: Any) -> AsyncIterator[dict[str, Any]]:
-            async with self.lifespan(app) as state:
-                if user_lifespan is None:
+            if user_lifespan is None:
+                async with self.lifespan(app) as state:
                     yield state
-                    return
-                async with user_lifespan(app) as user_state:
+            elif app_first:
+                async with user_lifespan(app) as user_state, self.lifespan(app) as state:
+                    yield {**(user_state or {}), **state}
+            else:
+                async with self.lifespan(app) as state, user_lifespan(app) as user_state:
                     yield {**state, **(user_state or {})}
 
         return lifespan

@@ -7,10 +7,12 @@ them at the test servers after import, or every inner test fails.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -411,7 +413,24 @@ def test_example_suite(postgres_server: Server, mongo_server: Server, tmp_path: 
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={tmp_path}"],
         cwd=REPO / "examples" / "notes", env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-    assert "5 passed" in proc.stdout
+    assert "6 passed" in proc.stdout
+
+
+def test_settings_example_passes_with_no_settings(postgres_server: Server, mongo_server: Server,
+                                                  tmp_path: Path) -> None:
+    """examples/settings_app: `from_settings()` with no CONNMAN_POOLS__* and no .env (a CI
+    runner), its pools' drivers named by one ini line: passes the first time."""
+    env = server_env(None)
+    for key in [k for k in env if k.startswith("CONNMAN_")]:
+        del env[key]
+    env["CONNMAN_TEST_POSTGRES_URL"] = postgres_server.url()
+    env["CONNMAN_TEST_MONGO_URL"] = mongo_server.url(database="connman")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={tmp_path}"],
+        cwd=REPO / "examples" / "settings_app", env=env, capture_output=True, text=True,
+        timeout=300)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert "2 passed" in proc.stdout
 
 
 # ------------------------------------------------------------------------------------------------
@@ -422,10 +441,22 @@ async def _make_table(manager: Any, ops: Any) -> None:
         await ops.create(unit)
 
 
+@contextlib.contextmanager
+def inside_app() -> Iterator[None]:
+    """Run as the app's code does inside a request (what `AppMark` marks)."""
+    from connman.testing.binding import _IN_APP
+
+    token = _IN_APP.set(True)
+    try:
+        yield
+    finally:
+        _IN_APP.reset(token)
+
+
 @only(kinds=("sql",))
-async def test_units_take_turns_through_the_gate(make_manager: Any, ops: Any) -> None:
-    """Concurrent units of work in one test run one after the other on the outer connection, each
-    through the gate (counted), and all of it is rolled back."""
+async def test_request_units_take_turns_through_the_gate(make_manager: Any, ops: Any) -> None:
+    """Concurrent units of work of requests in one test run one after the other on the outer
+    connection, each through the gate (counted), and all of it is rolled back."""
     import asyncio
 
     from connman.testing import Isolation
@@ -438,11 +469,12 @@ async def test_units_take_turns_through_the_gate(make_manager: Any, ops: Any) ->
     iso = Isolation(manager).start()
 
     async def unit(key: str) -> None:
-        async with manager.session("main") as db:
-            spans.append(("in", key))
-            await ops.insert(db, key)
-            await asyncio.sleep(0.05)
-            spans.append(("out", key))
+        with inside_app():
+            async with manager.session("main") as db:
+                spans.append(("in", key))
+                await ops.insert(db, key)
+                await asyncio.sleep(0.05)
+                spans.append(("out", key))
 
     await asyncio.gather(*(unit(k) for k in "abc"))
     assert [s for s, _ in spans] == ["in", "out"] * 3  # never two inside at once
@@ -455,7 +487,84 @@ async def test_units_take_turns_through_the_gate(make_manager: Any, ops: Any) ->
 
 
 @only(kinds=("sql",))
-async def test_a_unit_that_waits_too_long_gets_pool_timeout(make_manager: Any, ops: Any) -> None:
+async def test_the_tests_own_units_stack_and_all_commit(make_manager: Any, ops: Any) -> None:
+    """Concurrent units the test opens itself (gather in a test body) stack as nested savepoints:
+    each waits for the ones above it to end, and every commit is kept."""
+    import asyncio
+
+    from connman.testing import Isolation
+
+    manager = make_manager(timeout=10)
+    await manager.open()
+    await _make_table(manager, ops)
+    iso = Isolation(manager).start()
+
+    async def unit(key: str) -> None:
+        async with manager.session("main") as db:
+            await ops.insert(db, key)
+            await asyncio.sleep(0.05)
+
+    await asyncio.gather(*(unit(k) for k in "abc"))
+    async with manager.session("main") as db:
+        assert await ops.keys(db) == {"a", "b", "c"}
+    await iso.aclose()
+
+
+@only(kinds=("sql",))
+async def test_the_tests_open_session_lets_requests_through(make_manager: Any, ops: Any) -> None:
+    """Issue 23: a test's own session kept open across requests (a `db_session` fixture, even in
+    a transaction) does not block them; each sees what the other committed; all is rolled back."""
+    import asyncio
+
+    from connman.testing import Isolation
+
+    manager = make_manager(timeout=2)
+    await manager.open()
+    await _make_table(manager, ops)
+    iso = Isolation(manager).start()
+
+    async def request(key: str | None) -> set[str]:
+        with inside_app():
+            async with manager.session("main") as db:
+                if key is not None:
+                    await ops.insert(db, key)
+                return set(await ops.keys(db))
+
+    async def fail() -> None:
+        with inside_app():
+            async with manager.session("main") as db:
+                await ops.insert(db, "failed")
+                raise ValueError("the handler fails")
+
+    async def fast_path_count() -> int:
+        with inside_app():
+            async with manager.connection("main"):
+                return 1
+
+    async with manager.session("main") as mine:
+        await ops.insert(mine, "arranged")
+        await mine.commit()
+        assert await request(None) == {"arranged"}          # sees the test's committed write
+        assert await ops.keys(mine) == {"arranged"}          # in a transaction again: still no block
+        assert await request("by-request") == {"arranged", "by-request"}
+        with pytest.raises(ValueError, match="the handler fails"):
+            await fail()
+        assert await ops.keys(mine) == {"arranged", "by-request"}  # sees the request's commit
+        assert await fast_path_count() == 1
+        async with manager.session("main", readonly=True) as ro:
+            assert await ops.keys(ro) == {"arranged", "by-request"}
+        # Driven from another task, as a fixture's session used by the test is.
+        assert await asyncio.create_task(ops.keys(mine)) == {"arranged", "by-request"}
+    await iso.aclose()
+    async with manager.session("main") as db:
+        assert await ops.keys(db) == set()
+    assert manager.stats("main")["requests_active"] == 0
+
+
+@only(kinds=("sql",))
+async def test_a_unit_that_waits_on_another_unit_says_so(make_manager: Any, ops: Any) -> None:
+    """A request's unit that waits for another unit of the same test past `timeout` gets a
+    PoolTimeout naming the unit it waits for; so does a test's session stuck under a unit."""
     import asyncio
 
     from connman import PoolTimeout
@@ -467,17 +576,25 @@ async def test_a_unit_that_waits_too_long_gets_pool_timeout(make_manager: Any, o
     held, done = asyncio.Event(), asyncio.Event()
 
     async def holder() -> None:
-        async with manager.session("main"):
-            held.set()
-            await done.wait()
+        with inside_app():
+            async with manager.session("main"):
+                held.set()
+                await done.wait()
 
-    task = asyncio.create_task(holder())
+    task = asyncio.create_task(holder(), name="slow-request")
     await held.wait()
-    with pytest.raises(PoolTimeout, match="'main'"):
+    with pytest.raises(PoolTimeout, match=r"another unit of work of this test.*slow-request"), \
+            inside_app():
         async with manager.session("main"):
             pass
     done.set()
     await task
+    async with manager.session("main") as mine:
+        await ops.select1(mine)          # in a transaction: its frame stays
+        async with manager.session("main") as other:
+            await ops.select1(other)     # stacks above `mine`
+            with pytest.raises(PoolTimeout, match="still open above it"):
+                await ops.select1(mine)
     async with manager.session("main") as db:  # the turn is free again
         await ops.select1(db)
     await iso.aclose()
@@ -660,3 +777,404 @@ async def test_isolated_opens_closed_pools_and_rolls_back(make_manager: Any, ops
     await manager.open()
     async with manager.session("main") as db:
         assert await ops.keys(db) == set()
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 23: real suites — the test's own session, app shapes, refusals, a killed run.
+
+DB_SESSION_CONFTEST = SCHEMA_CONFTEST + '''
+
+from app import manager
+
+
+@pytest.fixture
+async def db(connman_client):
+    # The natural way: the test's own unit of work, open for the whole test.
+    async with manager.session("main") as session:
+        yield session
+'''
+
+DB_SESSION_TESTS = '''
+from sqlalchemy import select
+
+from app import Item, manager
+
+
+async def keys(db):
+    return list((await db.execute(select(Item.k).order_by(Item.k))).scalars())
+
+
+async def test_arrange_then_request(connman_client, db):
+    db.add(Item(k="arranged"))
+    await db.commit()
+    assert (await connman_client.get("/items")).json() == ["arranged"]
+    assert (await connman_client.post("/items/by-request")).status_code == 201
+    assert await keys(db) == ["arranged", "by-request"]
+    async with manager.session("main", readonly=True) as ro:
+        assert await keys(ro) == ["arranged", "by-request"]
+    async with manager.connection("main") as conn:
+        __COUNT__
+    assert n == 2
+    assert (await connman_client.get("/raw")).json() == 2
+
+
+async def test_a_read_transaction_left_open_does_not_block(connman_client, db):
+    assert await keys(db) == []          # the test's session is in a transaction from here on
+    assert (await connman_client.post("/items/a")).status_code == 201
+    assert (await connman_client.post("/fail/b")).status_code == 500
+    assert await keys(db) == ["a"]
+    db.add(Item(k="c"))
+    await db.flush()                     # not committed: requests still see it (one connection)
+    assert (await connman_client.get("/items")).json() == ["a", "c"]
+
+
+async def test_z_nothing_left(connman_client, db):
+    assert await keys(db) == []
+    assert (await connman_client.get("/items")).json() == []
+'''
+
+MONGO_DB_SESSION_TESTS = '''
+from app import manager
+
+
+async def test_arrange_then_request(connman_client, db):
+    await db.items.insert_one({"_id": "arranged"})
+    assert (await connman_client.get("/items")).json() == ["arranged"]
+    assert (await connman_client.post("/items/b")).status_code == 201
+    assert sorted([d["_id"] async for d in db.items.find({})]) == ["arranged", "b"]
+
+
+async def test_z_nothing_left(connman_client, db):
+    assert [d async for d in db.items.find({})] == []
+'''
+
+
+@pytest.mark.parametrize("loop_scope", ["session", "function"])
+def test_the_tests_own_session_joins_the_isolation(pytester: pytest.Pytester, target: Target,
+                                                    loop_scope: str) -> None:
+    """Issue 23: a `db` fixture holding `async with manager.session(...)` for the whole test
+    arranges data the requests see, sees what they commit, and everything is rolled back — on
+    every backend, with session- and function-scoped loops."""
+    if target.is_sql:
+        conftest = DB_SESSION_CONFTEST
+        tests = DB_SESSION_TESTS.replace("__COUNT__", RAW[target.driver][1])
+        pytester.makepyfile(app=sql_app(target.driver), conftest=conftest, test_inner=tests)
+        passed = 3
+    else:
+        conftest = MONGO_CONFTEST + DB_SESSION_CONFTEST.split(SCHEMA_CONFTEST, 1)[1]
+        conftest = "import pytest\n" + conftest
+        pytester.makepyfile(app=mongo_app(target.driver), conftest=conftest,
+                            test_inner=MONGO_DB_SESSION_TESTS)
+        passed = 2
+    pytester.makefile(".ini", pytest=ini(loop_scope))
+    check(run_inner(pytester, target), passed)
+
+
+SHAPES_APP = '''
+import asyncio
+import contextlib
+
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.middleware.trustedhost import TrustedHostMiddleware
+from sqlalchemy import String, func, select
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from connman import ConnectionManager
+
+EVENTS = []
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Item(Base):
+    __tablename__ = "items"
+    k: Mapped[str] = mapped_column(String(40), primary_key=True)
+
+
+def migrate(pool, url):
+    # As an Alembic env.py does: its own engine, its own event loop (asyncio.run).
+    async def upgrade():
+        engine = create_async_engine(url)
+        async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+        await engine.dispose()
+
+    asyncio.run(upgrade())
+    EVENTS.append(("migrated", pool))
+
+
+def create_app():
+    # No pool settings in the environment (a CI runner): the pools are read at open().
+    manager = ConnectionManager.from_settings()
+
+    @contextlib.asynccontextmanager
+    async def own(app):
+        EVENTS.append("app startup")
+        yield {"ready": True}
+
+    app = FastAPI(lifespan=manager.wrap_lifespan(own, app_first=True))
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=["api.example"])
+    api = APIRouter(prefix="/api")
+
+    @api.post("/items/{k}", status_code=201)
+    async def add(k: str, db: AsyncSession = Depends(manager.session("main"))):
+        db.add(Item(k=k))
+
+    @api.get("/items")
+    async def items(db: AsyncSession = Depends(manager.session("main", readonly=True))):
+        return list((await db.execute(select(Item.k).order_by(Item.k))).scalars())
+
+    @api.get("/count")
+    async def count():
+        async with manager.session("main") as db:
+            return (await db.execute(select(func.count()).select_from(Item))).scalar_one()
+
+    app.include_router(api)
+    return app
+'''
+
+SHAPES_TESTS = '''
+import asyncio
+
+import pytest
+
+from connman import ConnectionManager, PoolNotOpen
+from connman.testing import sql_pool
+
+import app as app_module
+
+
+async def test_factory_prefix_host_migrations(connman_client, connman_manager):
+    assert (await connman_client.post("/items/a")).status_code == 201
+    assert (await connman_client.get("/items")).json() == ["a"]
+    assert [e for e in app_module.EVENTS if e[0] == "migrated"] == [("migrated", "main")]
+    assert "app startup" in app_module.EVENTS
+    assert sql_pool(connman_manager, "main").binding is not None
+
+
+async def test_starts_empty_and_awaiting_every_task_returns(connman_client):
+    assert (await connman_client.get("/count")).json() == 0
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    assert not [t for t in others if "connman" in t.get_name()], others
+    await asyncio.wait_for(asyncio.gather(*others), 30)
+
+
+async def test_a_second_manager_is_told_apart(connman_client):
+    mine = ConnectionManager({"main": {"url": "sqlite+aiosqlite:///other.db"}})
+    with pytest.raises(PoolNotOpen, match="test plugin") as err:
+        async with mine.session("main"):
+            pass
+    assert "lifespan did not run" not in str(err.value)
+'''
+
+
+@only(kinds=("sql",), exclude=("mysql-asyncmy", "mysql-aiomysql"))
+@pytest.mark.parametrize("loop_scope", ["session", "function"])
+def test_app_shapes(pytester: pytest.Pytester, target: Target, loop_scope: str) -> None:
+    """A factory (`module:create_app()`) whose manager lives only in its wrapped lifespan,
+    `from_settings()` with no settings (the driver named by `connman_drivers`), a host
+    TrustedHostMiddleware accepts and an `/api` prefix (`connman_base_url`), a migrations hook
+    run once, `wrap_lifespan(app_first=True)`, no connman task in the way of `all_tasks()`, and a
+    second manager's PoolNotOpen that does not blame the lifespan."""
+    pytester.makepyfile(app=SHAPES_APP, conftest=MONGO_CONFTEST, test_inner=SHAPES_TESTS)
+    extra = (f"connman_drivers = main={target.driver}\n"
+             "        connman_base_url = http://api.example/api\n"
+             "        connman_migrate = app:migrate")
+    text = ini(loop_scope, extra=extra).replace("connman_app = app:app",
+                                                "connman_app = app:create_app()")
+    pytester.makefile(".ini", pytest=text)
+    check(run_inner(pytester, target), 3)
+
+
+@only(kinds=("sql",), exclude=("mysql-asyncmy", "mysql-aiomysql", "sqlite"))
+def test_without_a_driver_the_error_names_the_setting(pytester: pytest.Pytester,
+                                                      target: Target) -> None:
+    pytester.makepyfile(app=SHAPES_APP, conftest=MONGO_CONFTEST, test_inner=SHAPES_TESTS)
+    pytester.makefile(".ini", pytest=ini("session").replace("connman_app = app:app",
+                                                            "connman_app = app:create_app()"))
+    result = run_inner(pytester, target)
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(["*connman_drivers = main=asyncpg*"])
+
+
+@only(kinds=("sql",), exclude=("mysql-asyncmy", "mysql-aiomysql", "sqlite"))
+def test_autocommit_is_refused_at_setup(pytester: pytest.Pytester, target: Target) -> None:
+    app = sql_app(target.driver).replace('"timeout": 5,', '"timeout": 5, "options": '
+                                         '{"isolation_level": "AUTOCOMMIT"},')
+    pytester.makepyfile(app=app, conftest=SCHEMA_CONFTEST, test_inner=SQL_TESTS)
+    pytester.makefile(".ini", pytest=ini("session"))
+    result = run_inner(pytester, target)
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(["*pool 'main' sets options={'isolation_level': 'AUTOCOMMIT'}*"])
+
+
+@only(kinds=("sql",), exclude=("postgres", "sqlite"))
+async def test_ddl_on_mariadb_inside_a_test_names_the_cause(make_manager: Any, ops: Any) -> None:
+    from connman.testing import Isolation
+    from connman.testing.binding import IsolationBroken
+
+    manager = make_manager()
+    await manager.open()
+    iso = Isolation(manager).start()
+    with pytest.raises(IsolationBroken, match=r"pool 'main'.*commits the test's transaction"):
+        async with manager.session("main") as db:
+            await ops.create(db)
+    async with manager.session("main") as db:  # a TEMPORARY table commits nothing: allowed
+        from sqlalchemy import text
+
+        await db.execute(text("CREATE TEMPORARY TABLE t_tmp (k INT)"))
+    await iso.aclose()
+
+
+KILLED_TESTS = '''
+import os
+import time
+
+
+def test_hangs(connman_postgres, connman_mongo):
+    pids = [connman_postgres._proc.pid, connman_mongo._proc.pid]
+    with open(os.environ["PIDS_FILE"], "w") as f:
+        f.write(" ".join(map(str, pids)))
+    time.sleep(600)
+'''
+
+
+def test_servers_die_with_a_killed_run(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    """Issue 23: SIGKILL the pytest process (a CI timeout): its throwaway servers die too."""
+    import signal
+    import time
+
+    from connman.testing.servers import _alive
+
+    pids_file = tmp_path / "pids"
+    pytester.makepyfile(conftest=MONGO_CONFTEST, test_inner=KILLED_TESTS)
+    env = server_env(None)
+    env["PIDS_FILE"] = str(pids_file)
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "-s", str(pytester.path)], cwd=pytester.path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (pids_file.exists() and pids_file.read_text().strip()):
+            assert proc.poll() is None, "the inner run ended before its servers started"
+            assert time.monotonic() < deadline, "servers never started"
+            time.sleep(0.05)
+        pids = [int(p) for p in pids_file.read_text().split()]
+        assert all(_alive(p) for p in pids)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + 60
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in pids if _alive(p)]
+
+
+ONCE_TESTS = '''
+import pytest
+
+from app import manager
+
+ENGINES = []
+
+
+@pytest.mark.parametrize("k", ["a", "b", "c"])
+async def test_each_starts_empty(connman_client, k):
+    ENGINES.append(manager.pool("main")._engine)
+    assert (await connman_client.get("/items")).json() == []
+    assert (await connman_client.post(f"/items/{k}")).status_code == 201
+
+
+def test_one_engine_for_the_session():
+    assert len(ENGINES) == 3
+    assert len(set(map(id, ENGINES))) == (1 if ONCE else 3)
+
+
+def test_a_sync_test_client_between(connman_test_client):
+    assert connman_test_client.post("/items/s").status_code == 201
+    assert connman_test_client.get("/items").json() == ["s"]
+
+
+async def test_async_again(connman_client):
+    assert (await connman_client.get("/items")).json() == []
+'''
+
+
+@only(kinds=("sql",), exclude=("mysql-asyncmy", "mysql-aiomysql"))
+@pytest.mark.parametrize("loop_scope", ["session", "function"])
+def test_pools_open_once_with_a_session_loop(pytester: pytest.Pytester, target: Target,
+                                             loop_scope: str) -> None:
+    """Issue 23 (cost): with a session-scoped loop the app's lifespan and pools open once for the
+    session, each test still isolated; with function-scoped loops, once per test."""
+    pytester.makepyfile(app=sql_app(target.driver), conftest=SCHEMA_CONFTEST,
+                        test_inner=ONCE_TESTS.replace("ONCE", str(loop_scope == "session")))
+    pytester.makefile(".ini", pytest=ini(loop_scope))
+    check(run_inner(pytester, target), 6)
+
+
+@only(kinds=("sql",), exclude=("mysql-asyncmy", "mysql-aiomysql"))
+async def test_async_with_ended_in_another_task(make_manager: Any, ops: Any) -> None:
+    """An async-generator fixture holding `async with manager.session(...)` has its setup and its
+    teardown run in two tasks under pytest-asyncio < 1.0: the exit still ends that unit."""
+    import asyncio
+
+    manager = make_manager()
+    await manager.open()
+    provider = manager.session("main")
+    db = await asyncio.create_task(provider.__aenter__())
+    await ops.select1(db)
+    await asyncio.create_task(provider.__aexit__(None, None, None))
+    assert manager.stats("main")["requests_active"] == 0
+
+
+@only(kinds=("sql",), exclude=("mysql-asyncmy", "mysql-aiomysql"))
+def test_the_tests_own_session_under_anyio(pytester: pytest.Pytester, target: Target) -> None:
+    """The same `db` fixture under anyio's pytest plugin (pytest-asyncio strict beside it)."""
+    tests = DB_SESSION_TESTS.replace("__COUNT__", RAW[target.driver][1]).replace(
+        "async def test_", "@pytest.mark.anyio\nasync def test_")
+    tests = "import pytest\n\n\n@pytest.fixture\ndef anyio_backend():\n    return 'asyncio'\n" + tests
+    pytester.makepyfile(app=sql_app(target.driver), conftest=DB_SESSION_CONFTEST,
+                        test_inner=tests)
+    pytester.makefile(".ini", pytest=ini("function", mode="strict"))
+    check(run_inner(pytester, target), 3)
+
+
+SHARED_TESTS = '''
+import os
+from pathlib import Path
+
+import pytest
+
+from connman.testing import ExternalServer
+
+
+@pytest.mark.parametrize("n", range(4))
+async def test_workers_share_one_server(connman_client, connman_postgres, n):
+    assert isinstance(connman_postgres, ExternalServer)  # the controller's, not the worker's own
+    worker = os.environ["PYTEST_XDIST_WORKER"]
+    (Path(os.environ["PORTS_DIR"]) / worker).write_text(str(connman_postgres.port))
+    assert (await connman_client.post("/items/same-key")).status_code == 201
+    assert (await connman_client.get("/items")).json() == ["same-key"]
+'''
+
+
+def test_xdist_workers_share_the_controllers_server(pytester: pytest.Pytester,
+                                                    tmp_path: Path) -> None:
+    """Issue 23 (cost): under xdist the controller starts one PostgreSQL for all its workers;
+    each worker still has a database of its own."""
+    ports = tmp_path / "ports"
+    ports.mkdir()
+    pytester.makepyfile(app=sql_app("asyncpg"), conftest=SCHEMA_CONFTEST, test_inner=SHARED_TESTS)
+    pytester.makefile(".ini", pytest=ini("session"))
+    os.environ["PORTS_DIR"] = str(ports)
+    try:
+        result = run_inner(pytester, None, "-n", "2", "--dist", "each")  # both workers run
+    finally:
+        del os.environ["PORTS_DIR"]
+    check(result, 8)
+    seen = {p.name: p.read_text() for p in ports.iterdir()}
+    assert len(seen) == 2, seen
+    assert len(set(seen.values())) == 1, seen

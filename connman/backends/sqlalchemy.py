@@ -22,7 +22,7 @@ import time
 import weakref
 from collections.abc import Callable
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import event, text
 from sqlalchemy import exc as sa_exc
@@ -44,15 +44,13 @@ from ..errors import (
     ConfigurationError,
     ConnectionLost,
     ConnmanError,
-    PoolTimeout,
     ServerUnavailable,
-    SessionEnded,
     StatementTimeout,
 )
 from ..stats import EventHub
 from . import _outage
 from ._guard import Deadline as _Deadline
-from ._guard import EndedBind, FastConnection, Limit, ended_message
+from ._guard import EndedBind, FastConnection, Limit
 from ._guard import driver_timeout as _driver_timeout
 from ._pooler import PoolerGuard
 from ._reset import FULL_RESET, mysql_cursor
@@ -429,220 +427,34 @@ def _release_frames(error: BaseException) -> None:
             tb = tb.tb_next
 
 
-class _SavepointConnection(FastConnection):
-    """A fast-path connection inside a test binding: `commit()`/`rollback()`/`begin()` act on the
-    unit's SAVEPOINT instead of the test's outer transaction (aiomysql, asyncmy, aiosqlite)."""
+class UnitHook(Protocol):
+    """What `SQLAlchemyPool.bind()` joins a pool's units of work to: connman.testing's per-test
+    binding (`connman.testing.binding.TestBinding`), kept out of this module's hot path."""
 
-    __slots__ = ("_cm_unit",)
-
-    def __init__(self, pool: str, unit: _RawUnit) -> None:
-        super().__init__(pool, unit.driver)
-        self._cm_unit = unit
-
-    def _cm_live(self) -> _RawUnit:
-        if self._cm_conn is None:
-            raise SessionEnded(ended_message(self._cm_pool, "fast-path connection"),
-                               pool=self._cm_pool)
-        return self._cm_unit
-
-    async def begin(self) -> None:
-        """Nothing to do: the unit already runs in a savepoint."""
-        self._cm_live()
-
-    async def commit(self) -> None:
-        """Keep what the unit wrote so far (RELEASE SAVEPOINT), then open a new savepoint."""
-        await self._cm_live().restart(commit=True)
-
-    async def rollback(self) -> None:
-        """Undo what the unit wrote since its last commit (ROLLBACK TO SAVEPOINT)."""
-        await self._cm_live().restart(commit=False)
-
-
-class _RawUnit:
-    """One fast-path unit of work inside a test binding: its savepoint and driver connection."""
-
-    __slots__ = ("conn", "driver", "nested", "proxy")
-
-    def __init__(self, conn: Any, nested: Any, driver: Any) -> None:
-        self.conn = conn
-        self.nested = nested
-        self.driver = driver
-        self.proxy: FastConnection | None = None
-
-    async def restart(self, *, commit: bool) -> None:
-        if self.nested.is_active:
-            await (self.nested.commit() if commit else self.nested.rollback())
-        self.nested = await self.conn.begin_nested()
-
-
-# Drivers whose connections start transactions implicitly and need `commit()` (DBAPI style): an
-# uncommitted write of a fast-path unit is rolled back when it ends, as reset-on-return does.
-_IMPLICIT_TRANSACTIONS = frozenset({"aiomysql", "asyncmy", "aiosqlite"})
-# Drivers whose connection has `commit()`/`rollback()`: inside a test binding they act on the
-# unit's savepoint (psycopg's fast path runs in autocommit, as asyncpg's: its writes are kept).
-_SAVEPOINT_PROXY = _IMPLICIT_TRANSACTIONS | {"psycopg"}
-
-
-class TestBinding:
-    """Every unit of work of a pool joined to one outer transaction, rolled back at the end (tests).
-
-    Made by `SQLAlchemyPool.bind()`; `connman.testing` uses it for per-test isolation. The outer
-    connection is checked out of the engine at the first unit of work, in that unit's event loop,
-    and a transaction is begun on it. Each session is then an `AsyncSession` bound to it with
-    `join_transaction_mode="create_savepoint"`: its commit releases a SAVEPOINT, its rollback rolls
-    back to it, and the app's own `begin_nested()` nests inside. A fast-path unit gets the outer
-    connection's driver connection inside a SAVEPOINT. Each unit still takes its slot at the gate.
-
-    One connection runs one statement at a time, so units of work are serialised with an
-    `asyncio.Lock` (re-entrant within one task, so a unit opened inside another nests); a unit
-    that cannot get it within the pool's `timeout` raises `PoolTimeout`.
-    """
-
-    __test__ = False  # not a pytest test class
-
-    def __init__(self, pool: SQLAlchemyPool) -> None:
-        self.pool = pool
-        self.conn: Any = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        """The event loop the outer connection lives in (None until the first unit of work)."""
-        self._trans: Any = None
-        self._lock = asyncio.Lock()
-        self._owner: asyncio.Task[Any] | None = None
-        self._depth = 0
-        self._sqlite = pool.config.driver_name == "aiosqlite"
+    @property
+    def pool(self) -> SQLAlchemyPool:
+        """The pool whose binding it is (a replica pool shares its primary's)."""
 
     @property
     def active(self) -> bool:
-        """Whether an outer transaction is open now."""
-        return self.conn is not None
-
-    async def _enter(self) -> None:
-        task = asyncio.current_task()
-        if task is not None and task is self._owner:
-            self._depth += 1
-            return
-        try:
-            async with asyncio.timeout(self.pool.config.timeout):
-                await self._lock.acquire()
-        except TimeoutError:
-            self.pool.counters.bump("requests_timeouts")
-            raise PoolTimeout(
-                f"pool {self.pool.name!r}: the test's outer transaction stayed busy for "
-                f"{self.pool.config.timeout:g}s (units of work share it one at a time)",
-                pool=self.pool.name, retry_after=self.pool.config.retry_after_s) from None
-        try:
-            if self.conn is None:
-                await self._start()
-        except BaseException:
-            self._lock.release()
-            raise
-        self._owner, self._depth = task, 1
-
-    def _exit(self) -> None:
-        self._depth -= 1
-        if self._depth <= 0:
-            self._owner, self._depth = None, 0
-            self._lock.release()
-
-    async def _start(self) -> None:
-        engine = self.pool._require_engine()
-        await self.pool._make_room()
-        conn = await engine.connect()
-        try:
-            if self._sqlite:
-                # pysqlite's own transaction handling does not mix with SAVEPOINT: take it over.
-                await conn.run_sync(_sqlite_manual_transactions, True)
-            self._trans = await conn.begin()
-            if self._sqlite:
-                await conn.exec_driver_sql("BEGIN")
-        except BaseException:
-            await shielded(conn.close())
-            raise
-        self.conn, self.loop = conn, asyncio.get_running_loop()
-
-    async def start(self) -> None:
-        """Begin the outer transaction now, in this event loop (else the first unit of work does)."""
-        await self._enter()
-        self._exit()
+        """Whether it holds a connection (an outer transaction is open)."""
 
     async def begin(self) -> AsyncSession:
-        """A session joined to the outer transaction (waits for the units before it)."""
-        await self._enter()
-        maker = self.pool._sessionmaker
-        assert maker is not None
-        return maker(bind=self.conn, join_transaction_mode="create_savepoint")
+        """A session for one unit of work, joined to the binding."""
 
     async def end(self, session: AsyncSession, error: BaseException | None) -> None:
-        """Commit (release the savepoint) or roll back to it, close the session, let the next in."""
-        try:
-            if error is None and session.in_transaction() and self.pool.config.commit == "auto":
-                await session.commit()
-        finally:
-            try:
-                await finish(session.close, self.pool._finish_timeout, self.pool.name)
-            finally:
-                # As for any session: after its unit of work it checks out nothing more.
-                session.sync_session.bind = EndedBind(self.pool.name)  # type: ignore[assignment]
-                self._exit()
+        """End the unit of work `begin()` started."""
 
-    async def begin_raw(self) -> tuple[_RawUnit, Any]:
-        """The outer connection's driver connection, inside a SAVEPOINT."""
-        await self._enter()
-        try:
-            nested = await self.conn.begin_nested()
-            fairy = await self.conn.get_raw_connection()
-            unit = _RawUnit(self.conn, nested, fairy.driver_connection)
-        except BaseException:
-            self._exit()
-            raise
-        if self.pool.config.driver_name in _SAVEPOINT_PROXY:
-            unit.proxy = _SavepointConnection(self.pool.name, unit)
-        else:
-            unit.proxy = FastConnection(self.pool.name, unit.driver)
-        return unit, unit.proxy
+    async def begin_raw(self) -> tuple[Any, Any]:
+        """A fast-path unit: (its handle for `end_raw`, the connection handed to the app)."""
 
-    async def end_raw(self, unit: _RawUnit, error: BaseException | None) -> None:
-        """Keep the unit's writes (asyncpg autocommits them) or roll back to its savepoint."""
-        if unit.proxy is not None and unit.proxy._cm_detach():
-            logger.warning("connman: pool %r: a fast-path operation still runs on the test's "
-                           "connection after its unit of work ended", self.pool.name)
-        try:
-            nested = unit.nested
-            if nested.is_active:
-                keep = error is None and self.pool.config.driver_name not in _IMPLICIT_TRANSACTIONS
-                try:
-                    await (nested.commit() if keep else nested.rollback())
-                except Exception:
-                    # A statement failed inside it (PostgreSQL refuses RELEASE then): undo it.
-                    if nested.is_active:
-                        await nested.rollback()
-        finally:
-            self._exit()
+    async def end_raw(self, handle: Any, error: BaseException | None) -> None:
+        """End the fast-path unit `begin_raw()` started."""
 
     async def rollback(self) -> None:
-        """Roll back everything the units of work wrote and give the connection back.
-
-        Idempotent; the next unit of work starts a new outer transaction. Must run in `loop`.
-        """
-        conn, trans = self.conn, self._trans
-        if conn is None:
-            return
-        self.conn = self._trans = self.loop = None
-
-        async def close() -> None:
-            try:
-                if trans is not None and trans.is_active:
-                    await trans.rollback()
-                if self._sqlite:
-                    await conn.run_sync(_sqlite_manual_transactions, False)
-            finally:
-                await conn.close()
-
-        await finish(close, self.pool._finish_timeout, self.pool.name)
+        """Roll back everything and give the connection back (the pool is closing)."""
 
 
-def _sqlite_manual_transactions(sync_conn: Any, manual: bool) -> None:
-    sync_conn.connection.dbapi_connection.isolation_level = None if manual else ""
 def _bound_statements(sync_engine: Any, dialect: Any, seconds: float, kill: Callable[[Any], None],
                       expired: Callable[[], Exception]) -> None:
     """Bound every execute, COMMIT and ROLLBACK of an engine by `seconds` (the emulated
@@ -762,7 +574,7 @@ class SQLAlchemyPool(Pool):
         # the MySQL drivers' cursors); aiosqlite's `execute` calls are seen, but not the rows an
         # `async for` over its cursor reads on its thread.
         self._tracked = config.driver_name != "aiosqlite"
-        self._binding: TestBinding | None = None
+        self._binding: UnitHook | None = None
         self._full_reset = (FULL_RESET.get(config.driver_name)
                             if config.reset_on_return == "full" else None)
         self._silent_until = 0.0
@@ -939,8 +751,8 @@ class SQLAlchemyPool(Pool):
         one connection. SQLAlchemy's asyncio adapters queue them on a mutex and aiosqlite runs
         them one after the other on its thread, so some drivers would not even fail; the session's
         state is shared all the same. Detected here for every driver, before the driver sees the
-        second statement. (Units of work joined to a test's outer connection are serialised by
-        `TestBinding`, so they never overlap here.)
+        second statement. (Units of work joined to a test's outer connection take turns in
+        `connman.testing.binding.TestBinding`, so they never overlap here.)
         """
         running: set[int] = set()
         name = self.name
@@ -1688,17 +1500,17 @@ class SQLAlchemyPool(Pool):
         await unit.connection()
 
     # ------------------------------------------------------------------ tests
-    def bind(self, binding: TestBinding | None = None) -> TestBinding:
-        """Join every unit of work of this pool to one outer transaction (per-test isolation).
+    def bind(self, binding: UnitHook) -> UnitHook:
+        """Join every unit of work of this pool to `binding` (connman.testing's per-test
+        isolation: `connman.testing.binding.TestBinding`); returns it.
 
-        Returns the `TestBinding` (pass another pool's to share it: a replica reading the
-        primary's writes). No I/O: the outer connection is checked out at the first unit of work.
-        End it with `await binding.rollback()`, then `unbind()`. Raises `RuntimeError` if bound.
+        No I/O. End it with `await binding.rollback()`, then `unbind()`. Raises `RuntimeError` if
+        the pool is bound already.
         """
         if self._binding is not None:
             raise RuntimeError(f"pool {self.name!r} is already bound to a test transaction")
-        self._binding = binding or TestBinding(self)
-        return self._binding
+        self._binding = binding
+        return binding
 
     def unbind(self) -> None:
         """Stop joining units of work to the binding (its outer transaction must be rolled back)."""
@@ -1708,7 +1520,7 @@ class SQLAlchemyPool(Pool):
         self._binding = None
 
     @property
-    def binding(self) -> TestBinding | None:
+    def binding(self) -> UnitHook | None:
         """The test binding in force, if any."""
         return self._binding
 

@@ -3,7 +3,8 @@ an app's pools (`connman.testing.isolation`) and the pytest plugin (`connman.tes
 
 from __future__ import annotations
 
-from connman.testing.isolation import Isolation, app_client, isolated, open_pools, point
+from connman.testing.isolation import Isolation, app_client, isolated, mark_app, open_pools, point
+from connman.testing.pools import mongo_pool, sql_pool
 from connman.testing.servers import (
     ExternalServer,
     LocalServer,
@@ -32,7 +33,10 @@ __all__ = [
     "app_client",
     "free_port",
     "isolated",
+    "mark_app",
+    "mongo_pool",
     "open_pools",
     "point",
     "server_from_env",
+    "sql_pool",
 ]

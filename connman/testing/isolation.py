@@ -5,7 +5,7 @@ The parts `connman.testing.plugin` is made of, for apps that wire their own fixt
 - `point(manager, name, url)` redirects a pool (still closed) to another server after the app
   module built its manager at import.
 - `Isolation(manager)` joins every SQL pool's units of work to one outer transaction that is rolled
-  back at the end (`SQLAlchemyPool.bind()`), and gives every Mongo pool a fresh database that is
+  back at the end (`connman.testing.binding.TestBinding`), and gives every Mongo pool a fresh database that is
   dropped at the end. The app's code, connman's gate, timeouts and stats run unchanged.
 - `isolated(manager)` is the same as an async context manager that also opens the pools if they
   are closed (and closes what it opened).
@@ -17,16 +17,17 @@ import asyncio
 import contextlib
 import threading
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..config import PoolConfig
 
 if TYPE_CHECKING:
-    from ..backends.sqlalchemy import TestBinding
     from ..manager import ConnectionManager
+    from .binding import TestBinding
 
-__all__ = ["Isolation", "app_client", "isolated", "open_pools", "point", "run_in_thread"]
+__all__ = ["Isolation", "SessionRuntime", "app_client", "isolated", "mark_app", "open_pools",
+           "point", "run_in_thread", "session_client"]
 
 T = TypeVar("T")
 
@@ -206,7 +207,10 @@ class Isolation:
             pools: list[Any] = [manager.pool(n) for n in manager.names]
             for pool in pools:
                 if pool.backend == "sqlalchemy" and _primary_of(manager, pool) is None:
-                    self.bindings[pool.name] = pool.bind()
+                    from .binding import TestBinding
+
+                    self.bindings[pool.name] = TestBinding(pool)
+                    pool.bind(self.bindings[pool.name])
             for pool in pools:
                 primary = _primary_of(manager, pool)
                 if pool.backend == "sqlalchemy" and primary is not None:
@@ -233,6 +237,24 @@ class Isolation:
             drops.append((pool.config.url.get_secret_value(), database))
         self.databases.clear()
         return drops
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Units of work in the block are not isolated (the app's startup, when the plugin opens
+        the pools once per session: what it writes stays for the session, as in production).
+        Only before the first unit of work of the test (no outer transaction open)."""
+        if self._active():
+            raise RuntimeError("the test's transaction is open: cannot pause the isolation")
+        pools: list[Any] = [self.manager.pool(n) for n in self.bindings]
+        saved = [(p, p.binding) for p in pools]
+        for p in pools:
+            p.unbind()
+        try:
+            yield
+        finally:
+            for p, binding in saved:
+                p._binding = None
+                p.bind(binding)
 
     def _active(self) -> list[TestBinding]:
         seen: list[TestBinding] = []
@@ -316,11 +338,92 @@ async def open_pools(isolation: Isolation) -> AsyncIterator[ConnectionManager]:
         yield manager
 
 
+def mark_app(app: Any) -> Any:
+    """Mark `app`'s calls as the app's (`connman.testing.binding.AppMark`), so the isolation tells
+    a request's unit of work from one the test opens itself; returns what to serve.
+
+    A Starlette/FastAPI app gets the mark as its outermost middleware, in place, so clients the
+    tests build themselves on it are marked too (returns the app); any other ASGI app is returned
+    wrapped. Idempotent.
+    """
+    from .binding import AppMark
+
+    if isinstance(app, AppMark):
+        return app
+    middleware = getattr(app, "user_middleware", None)
+    if isinstance(middleware, list):
+        if not any(getattr(m, "cls", None) is AppMark for m in middleware):
+            from starlette.middleware import Middleware
+
+            middleware.insert(0, Middleware(AppMark))
+            if getattr(app, "middleware_stack", None) is not None:
+                app.middleware_stack = None  # rebuilt, with the mark, at the next call
+        return app
+    return AppMark(app)
+
+
+class SessionRuntime:
+    """The app's lifespan and pools kept open across the tests of one event loop (a session-scoped
+    loop), so they open and warm once per session (per xdist worker) instead of once per test;
+    each test is still isolated. Made by the plugin; `aclose()` ends it in that loop."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+
+    async def ensure(self, app: Any | None, isolation: Isolation) -> None:
+        """Open (once, in the running loop) the app's lifespan — or the pools alone with no app —
+        with the isolation paused, so what the app's startup writes stays for the session."""
+        loop = asyncio.get_running_loop()
+        if self.loop is loop:
+            return
+        if self.loop is not None and not self.loop.is_closed():
+            raise RuntimeError("connman: the pools are kept open in another event loop that is "
+                               "still running; use one loop scope for the whole session")
+        self.loop, self._stack = loop, contextlib.AsyncExitStack()
+        manager = isolation.manager
+        with isolation.paused():
+            lifespan = getattr(getattr(app, "router", None), "lifespan_context", None)
+            if lifespan is not None:
+                await self._stack.enter_async_context(lifespan(app))
+            if any(manager.pool(n).closed for n in manager.names):
+                await manager.open()
+                self._stack.push_async_callback(manager.close)
+
+    async def aclose(self) -> None:
+        """End the lifespan and close the pools (in the loop they were opened in)."""
+        stack, self._stack, self.loop = self._stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+    def close(self) -> None:
+        """`aclose()` from synchronous code, once the loop is idle; nothing if it is closed."""
+        loop = self.loop
+        if loop is not None and not loop.is_closed() and not loop.is_running():
+            loop.run_until_complete(self.aclose())
+        self._stack = self.loop = None
+
+
 @contextlib.asynccontextmanager
-async def app_client(app: Any, isolation: Isolation) -> AsyncIterator[Any]:
+async def session_client(app: Any, isolation: Isolation, runtime: SessionRuntime, *,
+                         base_url: str = "http://test") -> AsyncIterator[Any]:
+    """Like `app_client`, the lifespan and pools kept open in `runtime` across tests."""
+    import httpx
+
+    await runtime.ensure(app, isolation)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(isolation.aclose)
+        yield await stack.enter_async_context(httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=mark_app(app), raise_app_exceptions=False),
+            base_url=base_url))
+
+
+@contextlib.asynccontextmanager
+async def app_client(app: Any, isolation: Isolation, *,
+                     base_url: str = "http://test") -> AsyncIterator[Any]:
     """The body of `connman_client`, for your own async fixture: an `httpx.AsyncClient` on `app`
-    (base URL `http://test`, a handler's exception is a 500), the app's lifespan run in the
-    running loop, the pools open and isolated; rolls back at exit."""
+    (at `base_url`, path prefix included; a handler's exception is a 500), the app's lifespan run
+    in the running loop, the pools open and isolated; rolls back at exit."""
     import httpx
 
     async with contextlib.AsyncExitStack() as stack:
@@ -329,5 +432,5 @@ async def app_client(app: Any, isolation: Isolation) -> AsyncIterator[Any]:
             await stack.enter_async_context(lifespan(app))
         await stack.enter_async_context(open_pools(isolation))
         yield await stack.enter_async_context(httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
-            base_url="http://test"))
+            transport=httpx.ASGITransport(app=mark_app(app), raise_app_exceptions=False),
+            base_url=base_url))

@@ -29,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, ClassVar, Self
@@ -94,6 +94,30 @@ def _log_tail(path: Path | None, lines: int = _LOG_TAIL_LINES) -> str:
         return f"(log {path} unreadable: {exc})"
     tail = text.splitlines()[-lines:]
     return "\n".join(tail) if tail else "(log is empty)"
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` that ties a server's life to this process (Linux `PR_SET_PDEATHSIG`): if the
+    test run is killed (SIGKILL, a CI timeout), the kernel kills the server too, which `atexit`
+    cannot do. Only from the main thread: the signal follows the thread that started the child.
+    None elsewhere (another OS, another thread)."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the call: do not outlive it
+            os._exit(1)
+
+    return preexec
 
 
 def _killpg(pid: int, sig: int = signal.SIGKILL) -> None:
@@ -427,6 +451,7 @@ class LocalServer(Server):
         return subprocess.Popen(
             list(cmd), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             cwd=self.tmpdir, env=self._env(), start_new_session=True,
+            preexec_fn=_die_with_parent(),
             user=user.pw_uid if user else None, group=user.pw_gid if user else None,
             extra_groups=[] if user else None)
 

@@ -38,3 +38,15 @@ async def test_sessions_outside_requests_see_the_same_data(connman_client):
 
         db.add(Note(title="two"))
     assert (await connman_client.get("/notes/count")).json() == {"count": 2}
+
+
+async def test_arrange_and_assert_with_the_tests_own_session(connman_client, db):
+    from notes import Note
+    from sqlalchemy import select
+
+    db.add(Note(title="arranged"))
+    await db.commit()                                    # the requests see it from here on
+    assert (await connman_client.get("/notes")).json() == ["arranged"]
+    await connman_client.post("/notes", params={"title": "by request"})
+    titles = (await db.execute(select(Note.title).order_by(Note.id))).scalars().all()
+    assert titles == ["arranged", "by request"]          # and the session sees what they commit
