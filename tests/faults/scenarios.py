@@ -423,13 +423,18 @@ def write_integrity(outs: list[Outcome], keys: set[str], written: set[str] | Non
     """Acknowledged writes missing (or read back as 404), and failed writes present.
 
     `written`: keys whose handler finished its insert (`Served.written`), so that a
-    `StatementTimeout` (503 without Retry-After) on one of them came from its COMMIT.
+    `StatementTimeout` (503 without Retry-After) on one of them came from its COMMIT. A
+    `ConnectionLost` without Retry-After is a COMMIT cut off (outcome unknown); with Retry-After
+    nothing was applied, so finding its write is a phantom.
     """
     written = written or set()
 
     def at_commit_error(o: Outcome) -> bool:
+        # connman's 503 without Retry-After says "outcome unknown": a COMMIT the server may have
+        # applied before the link broke (ConnectionLost), or a statement deadline after the insert.
         return o.label.endswith(" at commit") or (o.label == "statement_timeout"
-                                                   and o.key in written)
+                                                   and o.key in written) or (
+            o.label == "connection_lost" and not o.retry_after)
 
     acked = {o.key for o in outs if o.method == "POST" and o.ok}
     failed = {o.key for o in outs if o.method == "POST" and o.status >= 400
