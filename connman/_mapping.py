@@ -153,8 +153,8 @@ MAPPING: dict[str, dict[str, Entry]] = {
                             "the drivers take a fixed password (asyncpg's may be a callable; "
                             "the MySQL drivers' not): connman calls the provider inside each new "
                             "connection's async connect (after any `do_connect` listener) and "
-                            "passes its `user`/`password` to the driver; asyncpg, aiomysql, "
-                            "asyncmy; SQLite: n/a"),
+                            "passes its `user`/`password` to the driver; asyncpg, psycopg, "
+                            "aiomysql, asyncmy; SQLite: n/a"),
         "mongo": Entry("n/a", "-",
                        "refused: PyMongo reads a client's credentials once; MONGODB-OIDC takes "
                        "its own `authMechanismProperties.OIDC_CALLBACK` in `options`, called "

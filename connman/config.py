@@ -246,7 +246,7 @@ class PoolConfig(BaseModel):
     `binds` are refused (sessions use this pool's engine, so its limits hold), as is `class_`
     (use `session_class`)."""
     credentials: Any = None
-    """SQL (asyncpg, aiomysql, asyncmy): where each new connection gets its password, for
+    """SQL (asyncpg, psycopg, aiomysql, asyncmy): where each new connection gets its password, for
     passwords and tokens that rotate (RDS IAM, Entra ID, Vault). A callable or a dotted path
     (`myapp.db:password`), sync or async, returning the password (`str` or `SecretStr`) or a
     `(user, password)` pair; called with a `connman.ConnectTarget` (pool, host, port, database,

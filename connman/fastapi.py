@@ -169,7 +169,10 @@ def _refuse_websocket(provider: _Provider, scope: MutableMapping[str, Any]
     if "websocket.http.response" in scope.get("extensions", {}):
         # The server can answer the handshake with an HTTP response: 503 and the reason, no
         # Retry-After (a retry gets the same answer), as for a pool that was never opened.
-        refusal = HTTPException(503, detail=str(error))
+        # The route and its handler's module path stay in the server's log, not in what any
+        # client can read.
+        public = route.split(" (handler ", 1)[0]
+        refusal = HTTPException(503, detail=str(error).replace(route, public))
     else:  # close before accepting (the client sees 403); the reason is capped at 123 bytes
         refusal = WebSocketException(1011, reason=f"pool {provider.name!r}: no session "
                                      "dependency in a websocket route; see the server log")
@@ -185,11 +188,16 @@ async def _handle(request: Request, exc: Exception) -> JSONResponse:
 
 
 def add_exception_handlers(app: FastAPI) -> None:
-    """Answer `PoolTimeout`/`PoolClosed` raised anywhere in a handler with 503 + `Retry-After`,
-    and `StatementTimeout` with 503 without `Retry-After` (see `unavailable_from`).
+    """Answer connman's errors raised anywhere in a handler as `Depends(manager.session(...))`
+    answers them (see `unavailable_from`): 503 + `Retry-After` when nothing was applied
+    (`PoolTimeout`, `CheckoutTimeout`, `TooManyWaiters`, `ServerUnavailable`,
+    `TransactionConflict`, `PoolClosed`, a `ConnectionLost` before COMMIT), 503 without it when
+    the outcome is unknown (`StatementTimeout`, a `ConnectionLost` during COMMIT).
 
     `Depends(manager.session(...))` needs none of this; it is for `async with manager.session()`
-    inside a handler or background code that runs in a request.
+    and `manager.connection()` inside a handler, or background code that runs in a request.
+    Without it, an outage met there reaches the client as a 500. Starlette picks a handler by the
+    error's class first, so these win over an app's own handler for the driver's class.
     """
     app.add_exception_handler(PoolTimeout, _handle)
     app.add_exception_handler(PoolClosed, _handle)

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from connman import ConnectionManager, PoolConfig
+from connman.fastapi import add_exception_handlers
 
 
 class Base(DeclarativeBase):
@@ -42,6 +43,7 @@ manager = ConnectionManager({
                         size=2, overflow=2, timeout=5),
 })
 app = FastAPI(lifespan=manager.lifespan)
+add_exception_handlers(app)  # 503s for the fast path below, as Depends gives them
 
 
 @app.post("/notes", status_code=201)
