@@ -83,7 +83,9 @@ def _label(resp: httpx.Response) -> str:
     detail = str(body.get("detail", ""))
     if resp.status_code == 503:
         for label, words in (("statement_timeout", "within statement_timeout"), ("busy", "busy"),
-                             ("closing", "shutting down"), ("unanswered", "did not answer")):
+                             ("closing", "shutting down"), ("unanswered", "did not answer"),
+                             ("unavailable", "is unavailable:"),
+                             ("lost", "the server ended the connection")):
             if words in detail:
                 return label
         return detail
