@@ -27,6 +27,7 @@ from connman import (
     ConnectionManager,
     ConnmanError,
     ServerUnavailable,
+    StatementTimeout,
 )
 from connman.backends._pooler import session_state
 from connman.testing.proxy import TcpProxy
@@ -600,3 +601,24 @@ async def test_session_state_behind_pgbouncer_is_warned_once_per_pool(
     assert len(warned) == 1
     assert "'main'" in warned[0]
     assert "SET LOCAL" in warned[0]
+
+
+@pytest.mark.parametrize("driver", SERVER_DRIVERS)
+async def test_statement_timeout_keeps_the_drivers_class(
+        driver: str, request: pytest.FixtureRequest, managers: list[ConnectionManager]) -> None:
+    shared = request.getfixturevalue("postgres_server" if driver == "asyncpg" else "mysql_server")
+    m = ConnectionManager({"main": {"url": shared.url(driver=driver), "size": 1, "overflow": 0,
+                                    "statement_timeout": 0.3}})
+    managers.append(m)
+    sleep = "SELECT pg_sleep(5)" if driver == "asyncpg" else "SELECT SLEEP(5)"
+    async with m:
+        with pytest.raises(StatementTimeout) as session:
+            await session_execute(m, sleep)
+        with pytest.raises(StatementTimeout) as fast:
+            await fast_execute(m, driver, sleep)
+        await session_execute(m, "SELECT 1")
+    for error in (session.value, fast.value):
+        # asyncpg's own deadline is asyncio's TimeoutError (StatementTimeout is one); the MySQL
+        # drivers' connection, killed at the deadline, raised their OperationalError.
+        assert keeps_driver_class(error) or driver == "asyncpg"
+        assert isinstance(error, TimeoutError)
