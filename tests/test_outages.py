@@ -622,3 +622,46 @@ async def test_statement_timeout_keeps_the_drivers_class(
         # drivers' connection, killed at the deadline, raised their OperationalError.
         assert keeps_driver_class(error) or driver == "asyncpg"
         assert isinstance(error, TimeoutError)
+
+
+@pytest.mark.postgres
+async def test_demoted_primary_with_a_multi_host_url_moves_to_the_writable_host(
+        own_postgres: PostgresServer, postgres_server: Server,
+        managers: list[ConnectionManager]) -> None:
+    """asyncpg's `target_session_attrs=read-write` (a URL parameter) checks each new connection
+    accepts writes, trying the URL's hosts in turn: once the pool dropped its connections to the
+    demoted host, new ones land on the writable one."""
+    import asyncpg
+
+    table = f"m_{uuid.uuid4().hex[:8]}"
+    for server in (own_postgres, postgres_server):
+        conn = await asyncpg.connect(server.url())
+        await conn.execute(f"CREATE TABLE {table} (x int)")
+        await conn.close()
+    hosts = "&".join(f"host={s.host}:{s.port}" for s in (own_postgres, postgres_server))
+    url = f"postgresql+asyncpg://postgres@/postgres?{hosts}&target_session_attrs=read-write"
+    m = ConnectionManager({"main": {"url": url, "size": 2, "overflow": 0, "timeout": 3,
+                                    "connect_timeout": 3}})
+    managers.append(m)
+    insert = f"INSERT INTO {table} VALUES (1)"
+    try:
+        async with m:
+            await session_execute(m, insert)  # on the first host, writable then
+            await _pg_read_only(own_postgres, True)
+            deadline = asyncio.get_running_loop().time() + 10
+            while True:
+                try:
+                    await session_execute(m, insert)
+                except ServerUnavailable as exc:
+                    assert exc.kind == "read_only"
+                    break
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.05)
+            await session_execute(m, insert)
+            await session_execute(m, insert)
+        conn = await asyncpg.connect(postgres_server.url())
+        assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 2
+        await conn.execute(f"DROP TABLE {table}")
+        await conn.close()
+    finally:
+        await _pg_read_only(own_postgres, False)

@@ -12,6 +12,7 @@ Classified by SQLSTATE (`PostgresError.sqlstate`, which SQLAlchemy's adapted err
 | 57P01, 57P02, 57P04 | admin_shutdown (terminated backend), crash_shutdown, database_dropped | ended |
 | 25P03, 57P05 | idle_in_transaction_session_timeout, idle_session_timeout | ended |
 | other 08xxx | connection_exception (08003: closed mid-operation; PgBouncer's 08P01) | lost |
+| (none) | `TargetServerAttributeNotMatched` (`target_session_attrs=read-write`) | read_only |
 | (none) | `InternalClientError`: the protocol lost its state (a session ended mid-send) | lost |
 
 and OS errors by errno (`connman.backends.drivers.os_kind`): a refused connect is `unreachable`.
@@ -56,6 +57,10 @@ def classify(exc: BaseException) -> Kind | None:
         if kind is None and code.startswith("08"):
             kind = "lost"
         return kind
+    if isinstance(exc, asyncpg.exceptions.TargetServerAttributeNotMatched):
+        # `target_session_attrs=read-write` (a URL parameter): no host of the URL accepts
+        # writes now (a switchover in progress).
+        return "read_only"
     if isinstance(exc, asyncpg.exceptions.InternalClientError):
         # The protocol lost its footing ("cannot switch to state ..."): seen when the server ends
         # the session (a terminated backend) while a statement is being sent. Never reusable.
