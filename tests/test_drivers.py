@@ -140,6 +140,9 @@ def test_classify_looks_through_sqlalchemy_and_cause_chains() -> None:
     assert classify("asyncpg", asyncpg.exceptions.AdminShutdownError("bye")) == "ended"
     assert classify("asyncpg", asyncpg.exceptions.ConnectionDoesNotExistError("x")) == "lost"
     assert classify("asyncpg", asyncpg.exceptions.CannotConnectNowError("x")) == "unreachable"
+    assert classify("asyncpg", asyncpg.exceptions.TargetServerAttributeNotMatched("x")) == (
+        "read_only")
+    assert classify("asyncpg", asyncpg.exceptions.InternalClientError("x")) == "lost"
     # An unknown driver still classifies socket errors.
     assert classify("nodriver", ConnectionRefusedError(111, "refused")) == "unreachable"
 

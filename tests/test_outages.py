@@ -27,6 +27,7 @@ from connman import (
     ConnectionManager,
     ConnmanError,
     ServerUnavailable,
+    StatementTimeout,
 )
 from connman.backends._pooler import session_state
 from connman.testing.proxy import TcpProxy
@@ -600,3 +601,67 @@ async def test_session_state_behind_pgbouncer_is_warned_once_per_pool(
     assert len(warned) == 1
     assert "'main'" in warned[0]
     assert "SET LOCAL" in warned[0]
+
+
+@pytest.mark.parametrize("driver", SERVER_DRIVERS)
+async def test_statement_timeout_keeps_the_drivers_class(
+        driver: str, request: pytest.FixtureRequest, managers: list[ConnectionManager]) -> None:
+    shared = request.getfixturevalue("postgres_server" if driver == "asyncpg" else "mysql_server")
+    m = ConnectionManager({"main": {"url": shared.url(driver=driver), "size": 1, "overflow": 0,
+                                    "statement_timeout": 0.3}})
+    managers.append(m)
+    sleep = "SELECT pg_sleep(5)" if driver == "asyncpg" else "SELECT SLEEP(5)"
+    async with m:
+        with pytest.raises(StatementTimeout) as session:
+            await session_execute(m, sleep)
+        with pytest.raises(StatementTimeout) as fast:
+            await fast_execute(m, driver, sleep)
+        await session_execute(m, "SELECT 1")
+    for error in (session.value, fast.value):
+        # asyncpg's own deadline is asyncio's TimeoutError (StatementTimeout is one); the MySQL
+        # drivers' connection, killed at the deadline, raised their OperationalError.
+        assert keeps_driver_class(error) or driver == "asyncpg"
+        assert isinstance(error, TimeoutError)
+
+
+@pytest.mark.postgres
+async def test_demoted_primary_with_a_multi_host_url_moves_to_the_writable_host(
+        own_postgres: PostgresServer, postgres_server: Server,
+        managers: list[ConnectionManager]) -> None:
+    """asyncpg's `target_session_attrs=read-write` (a URL parameter) checks each new connection
+    accepts writes, trying the URL's hosts in turn: once the pool dropped its connections to the
+    demoted host, new ones land on the writable one."""
+    import asyncpg
+
+    table = f"m_{uuid.uuid4().hex[:8]}"
+    for server in (own_postgres, postgres_server):
+        conn = await asyncpg.connect(server.url())
+        await conn.execute(f"CREATE TABLE {table} (x int)")
+        await conn.close()
+    hosts = "&".join(f"host={s.host}:{s.port}" for s in (own_postgres, postgres_server))
+    url = f"postgresql+asyncpg://postgres@/postgres?{hosts}&target_session_attrs=read-write"
+    m = ConnectionManager({"main": {"url": url, "size": 2, "overflow": 0, "timeout": 3,
+                                    "connect_timeout": 3}})
+    managers.append(m)
+    insert = f"INSERT INTO {table} VALUES (1)"
+    try:
+        async with m:
+            await session_execute(m, insert)  # on the first host, writable then
+            await _pg_read_only(own_postgres, True)
+            deadline = asyncio.get_running_loop().time() + 10
+            while True:
+                try:
+                    await session_execute(m, insert)
+                except ServerUnavailable as exc:
+                    assert exc.kind == "read_only"
+                    break
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.05)
+            await session_execute(m, insert)
+            await session_execute(m, insert)
+        conn = await asyncpg.connect(postgres_server.url())
+        assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 2
+        await conn.execute(f"DROP TABLE {table}")
+        await conn.close()
+    finally:
+        await _pg_read_only(own_postgres, False)

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
-from ..errors import ConcurrentUse, ConnmanError, SessionEnded
+from ..errors import ConcurrentUse, ConnmanError, SessionEnded, keep_driver_class
 
 logger = logging.getLogger("connman")
 
@@ -183,7 +183,10 @@ class _Tracked:
                 if deadline is None:
                     # asyncpg gave up waiting; the server may still run the query: kill it.
                     Deadline.kill_now(limit.kill, conn)
-                raise limit.expired() from exc
+                expired = limit.expired()
+                if isinstance(expired, ConnmanError):  # still the driver's class, too
+                    expired = keep_driver_class(expired, exc)
+                raise expired from exc
             raise
         finally:
             if deadline is not None:

@@ -68,16 +68,17 @@ def typed_error(pool: Pool, exc: BaseException, phase: Phase,
     if found is None:
         return None
     kind, source = found
+    if phase == "connect" and kind in ("lost", "ended"):
+        kind = "unreachable"  # ended while connecting: the server would not take it
     says = _SAYS[kind]
     if kind == "locked":
         says += f" for timeout={pool.config.timeout:g}s"
     message = f"pool {pool.name!r}: {says} ({_reason(pool, source)})"
     retry = pool.config.retry_after_s
     error: ConnmanError
-    if phase == "connect" or kind not in ("lost", "ended"):
-        unavailable = "unreachable" if kind in ("lost", "ended") else kind
+    if kind not in ("lost", "ended"):
         error = ServerUnavailable(message + "; nothing of the request was applied",
-                                  pool=pool.name, kind=unavailable, retry_after=retry)
+                                  pool=pool.name, kind=kind, retry_after=retry)
     elif phase == "commit":
         error = ConnectionLost(message + " during COMMIT: whether it was applied is unknown",
                                pool=pool.name, retry_after=None)

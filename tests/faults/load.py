@@ -84,8 +84,8 @@ def _label(resp: httpx.Response) -> str:
     if resp.status_code == 503:
         for label, words in (("statement_timeout", "within statement_timeout"), ("busy", "busy"),
                              ("closing", "shutting down"), ("unanswered", "did not answer"),
-                             ("connection_lost", "ended the connection"),
-                             ("unavailable", "is unavailable")):
+                             ("unavailable", "is unavailable:"),
+                             ("lost", "the server ended the connection")):
             if words in detail:
                 return label
         return detail

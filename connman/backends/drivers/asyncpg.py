@@ -14,6 +14,7 @@ the table both PostgreSQL drivers share (`connman.backends.drivers.POSTGRES_SQLS
 | 25P03, 57P05 | idle_in_transaction_session_timeout, idle_session_timeout | ended |
 | 28P01, 28000 | invalid_password, invalid_authorization_specification | credentials |
 | other 08xxx | connection_exception (08003: closed mid-operation; PgBouncer's 08P01) | lost |
+| (none) | `TargetServerAttributeNotMatched` (`target_session_attrs=read-write`) | read_only |
 | (none) | `InternalClientError`: the protocol lost its state (a session ended mid-send) | lost |
 
 and OS errors by errno (`connman.backends.drivers.os_kind`): a refused connect is `unreachable`.
@@ -42,6 +43,10 @@ def classify(exc: BaseException) -> Kind | None:
     code = getattr(exc, "sqlstate", None)  # public on asyncpg's errors; absent on others
     if isinstance(code, str) and code:
         return postgres_kind(code)
+    if isinstance(exc, asyncpg.exceptions.TargetServerAttributeNotMatched):
+        # `target_session_attrs=read-write` (a URL parameter): no host of the URL accepts
+        # writes now (a switchover in progress).
+        return "read_only"
     if isinstance(exc, asyncpg.exceptions.InternalClientError):
         # The protocol lost its footing ("cannot switch to state ..."): seen when the server ends
         # the session (a terminated backend) while a statement is being sent. Never reusable.
