@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from ._outage import Outage, heal, utc
+from ._healing import Outage, heal, utc
 from ._url import redact
 from .config import PoolConfig
 from .errors import (
@@ -774,6 +774,8 @@ class Pool(abc.ABC):
         """One line of state, httpcore style."""
         size, available = self._gauges() if self._opened else (0, 0)
         status = "closing" if self._closing else ("open" if self._opened else "closed")
+        if self.outage is not None and not self._closing:
+            status += f", down since {self.outage.when}"  # trying again in the background
         return (f"{self.name} {self.backend}/{self.config.driver_name} {self.config.url.masked} "
                 f"{status} [Requests: {self._active} active, {self._nwaiting} waiting | "
                 f"Connections: {size} open, {available} idle, max {self.config.max_size}]")

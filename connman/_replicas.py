@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from ._outage import HEAL_TICK
+from ._healing import HEAL_TICK
 from .errors import CheckoutTimeout, ConnectionLost, ServerUnavailable, StatementTimeout
 
 if TYPE_CHECKING:

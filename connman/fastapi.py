@@ -86,7 +86,7 @@ def unavailable_from(exc: BaseException) -> HTTPException | None:
                              headers={"Retry-After": str(exc.retry_after)})
     if isinstance(exc, ServerUnavailable):
         if exc.kind == "down" and exc.since is not None:
-            from ._outage import utc
+            from ._healing import utc
 
             why = f"unreachable since {utc(exc.since)}"  # the cause stays in the logs
         else:

@@ -386,8 +386,9 @@ class ConnectionManager:
 
         A pool with `required=False` (replicas are) that cannot open does not stop startup: it is
         logged, its requests get `ServerUnavailable(kind="down")` (503 + `Retry-After`), and it
-        keeps trying in the background (bounded, jittered backoff, at most `connman._outage.HEAL_TICK`
-        seconds apart) until its server answers, then opens: no restart needed.
+        keeps trying in the background (bounded, jittered backoff, at most
+        `connman._healing.HEAL_TICK` seconds apart) until its server answers, then opens: no
+        restart needed.
         Pools read at `open()` (`from_settings()` without pool settings at import, or a function
         given to the constructor) are read here first: `ConfigurationError` names what is
         missing, `UnknownPool` a name the app asked a session for that the settings lack.

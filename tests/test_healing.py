@@ -79,6 +79,7 @@ async def test_an_optional_pool_down_at_startup_answers_503_then_heals_without_a
         app = build(m, ops, fast_path=target.is_sql)
         async with serve(app) as base, httpx.AsyncClient(base_url=base, timeout=30) as http:
             assert heal_tasks() == ["connman-heal-late"]
+            assert "down since" in repr(m)  # the late pool: not just "closed"
             assert (await http.get("/main")).status_code == 200
             r = await http.get("/late")
             assert r.status_code == 503

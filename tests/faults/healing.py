@@ -7,7 +7,7 @@ work that succeeds, polled every 10 ms, with `connect_timeout=1`:
 - a late pool (optional, its server refusing connections at startup) on each backend;
 - a frozen replica (proxy black hole: nothing answers) that reads left for the primary.
 
-Target: within `connect_timeout` plus one healing tick (`connman._outage.HEAL_TICK`).
+Target: within `connect_timeout` plus one healing tick (`connman._healing.HEAL_TICK`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import text
 
 from connman import ConnectionManager
-from connman._outage import HEAL_TICK
+from connman._healing import HEAL_TICK
 from connman.testing.proxy import TcpProxy
 from connman.testing.servers import (
     MariaDBServer,
