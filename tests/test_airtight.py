@@ -422,8 +422,15 @@ async def test_a_commit_that_fails_is_a_5xx_and_leaves_nothing_out(
         return {"n": (await db.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one()}
 
     async with serve(app) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
-        for _ in range(2):
-            assert (await client.post("/bad")).status_code == 500
+        for attempt in range(2):
+            bad = await client.post("/bad")
+            if attempt and target.driver == "aiosqlite" and bad.status_code == 503:
+                # SQLAlchemy 2.0.30 leaves the connection it invalidated after the failed COMMIT
+                # to the garbage collector, with its write lock: the next writer waits `timeout`
+                # and gets the typed "locked" 503 (newer SQLAlchemy closes it at once).
+                assert "locked" in bad.text, bad.text
+                continue
+            assert bad.status_code == 500, bad.text
         assert (await client.get("/ok")).json() == {"n": 0}
         assert sql_engine_out(m) == 0
 
