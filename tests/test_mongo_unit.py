@@ -464,8 +464,23 @@ async def test_a_connection_reset_mid_operation_is_connection_lost(
                 async with m.session("main") as db:
                     await db[coll].insert_one({"k": 1})
         assert info.value.retry_after is None
-        assert m.stats("main")["requests_lost"] >= 2
-        assert await client.connman[coll].count_documents({}) <= 1
+        # A database command that changes nothing (`ping`, `count`, ...), read by its name: a
+        # read; an arbitrary command (it may write) is not.
+        async with failpoint(client, {"times": 2}, failCommands=["count"], closeConnection=True,
+                             appName="connman:main"):
+            with pytest.raises(ConnectionLost) as info:
+                async with m.session("main") as db:
+                    await db.command({"count": coll})
+        assert info.value.retry_after is not None
+        assert "command count" in str(info.value)
+        async with failpoint(client, {"times": 2}, failCommands=["insert"], closeConnection=True,
+                             appName="connman:main"):
+            with pytest.raises(ConnectionLost) as info:
+                async with m.session("main") as db:
+                    await db.command({"insert": coll, "documents": [{"k": 2}]})
+        assert info.value.retry_after is None
+        assert m.stats("main")["requests_lost"] >= 4
+        assert await client.connman[coll].count_documents({}) <= 2
 
 
 @mongo_only

@@ -9,6 +9,7 @@ AutoReconnect`), with PyMongo's error as `__cause__` and its `code`, `details` a
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from pymongo.errors import (
@@ -35,8 +36,8 @@ from ..errors import (
 )
 from ..stats import PoolStats
 
-__all__ = ["AUTHENTICATION_FAILED", "READS", "RETRIED_WRITES", "app_deadline", "conflict",
-           "handshake_refusal", "one_line", "transient", "typed_error"]
+__all__ = ["AUTHENTICATION_FAILED", "READS", "READ_COMMANDS", "RETRIED_WRITES", "app_deadline",
+           "command_op", "conflict", "handshake_refusal", "one_line", "transient", "typed_error"]
 
 # The writes PyMongo retries once (retryable writes): a retry's error may hide a first attempt.
 RETRIED_WRITES = frozenset({
@@ -51,6 +52,27 @@ READS = frozenset({
     "distinct", "list_indexes", "index_information", "options", "list_collections",
     "list_collection_names", "list_search_indexes", "list_databases", "list_database_names",
     "server_info", "watch", "next", "try_next", "to_list", "__anext__", "explain"})
+
+# Database commands that change nothing (by their name, the command document's first key): a
+# `db.command(...)` of one of these cut off midway applied nothing, as a read.
+READ_COMMANDS = frozenset({
+    "ping", "hello", "ismaster", "buildinfo", "serverstatus", "hostinfo", "dbstats", "collstats",
+    "listcollections", "listindexes", "listdatabases", "count", "distinct", "find", "getmore",
+    "explain", "connectionstatus", "getparameter", "getcmdlineopts"})
+
+
+def command_op(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """The operation's name for the classification: `command <name>` for `db.command(...)` and
+    `db.cursor_command(...)` (the command document's first key, lower-cased), else `name`."""
+    if name not in ("command", "cursor_command"):
+        return name
+    doc = args[0] if args else kwargs.get("command")
+    first = doc if isinstance(doc, str) else next(iter(doc), "") if isinstance(doc, Mapping) else ""
+    return f"command {str(first).lower()}" if first else name
+
+
+def _is_read(op: str) -> bool:
+    return op in READS or (op.startswith("command ") and op[8:] in READ_COMMANDS)
 
 
 class _Pool(Protocol):
@@ -265,7 +287,7 @@ def _classify(pool: _Pool, exc: PyMongoError, *, op: str, retried_write: bool,
                 f"pool {name!r}: the server refused the connection or could not be reached; "
                 f"nothing was sent, retry the request ({why})", pool=name, kind="unreachable",
                 retry_after=cfg.retry_after_s)
-        nothing_applied = not at_commit and (in_transaction or op in READS)
+        nothing_applied = not at_commit and (in_transaction or _is_read(op))
         outcome = ("nothing of it was applied" if nothing_applied else
                    "the commit's outcome is unknown" if at_commit else
                    "a write may have been applied")

@@ -42,7 +42,7 @@ from ._mongo_calls import (
     kind_of,
     takes_session,
 )
-from ._mongo_errors import RETRIED_WRITES, typed_error
+from ._mongo_errors import RETRIED_WRITES, command_op, typed_error
 
 __all__ = ["MongoUnit", "close_cursors"]
 
@@ -458,7 +458,7 @@ def _wrap(unit: MongoUnit, attr: Any, owner: Any, name: str) -> Any:
         def op(*args: Any, **kwargs: Any) -> Awaitable[Any]:
             if inject and "session" not in kwargs:
                 kwargs["session"] = unit._session
-            return unit._run(lambda: attr(*args, **kwargs), op=name)
+            return unit._run(lambda: attr(*args, **kwargs), op=command_op(name, args, kwargs))
         return op
 
     def call(*args: Any, **kwargs: Any) -> Any:
