@@ -751,10 +751,12 @@ def _silent_bound_ms() -> int:
 
 def _silent_allowed(env: Env) -> set[str]:
     # 503 + Retry-After (CheckoutTimeout, PoolTimeout) or 503 (StatementTimeout), Mongo too
-    # (connman types PyMongo's timeouts). Mongo may still see a 500 from a connection PyMongo
-    # found reset when the link came back (AutoReconnect), which no timeout describes.
+    # (connman types PyMongo's timeouts). Mongo may also see a connection PyMongo found reset
+    # or interrupted when its monitor gave up on the server (AutoReconnect), which connman
+    # types as ConnectionLost (503; Retry-After when nothing can have been applied); "server"
+    # stays allowed there for a raw driver error no timeout describes.
     allowed = {"busy", "unanswered", "statement_timeout"}
-    return allowed | {"server"} if env.target.kind == "mongo" else allowed
+    return allowed | {"lost", "server"} if env.target.kind == "mongo" else allowed
 
 
 async def _silent(env: Env, fault: Fault, **kw: Any) -> Figures:
