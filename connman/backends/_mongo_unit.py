@@ -171,7 +171,13 @@ class MongoUnit:
             lease = await pool.acquire()
         on_server = cursor.on_server() if cursor is not None else None
         try:
-            if opens or self._threaded or (cursor is not None and not cursor.started()):
+            # An operation runs in a task of its own and a cancel waits for it: the driver's own
+            # cleanup (the check-in of its connection) must not be cut by a cancellation that
+            # repeats at every await (anyio's cancel scopes, as under Starlette), or the slot
+            # goes back while the connection is still out. A started cursor's fetch is killed
+            # with its cursor instead (`_close_cursor`).
+            if (cursor is None and not closing) or opens or self._threaded or (
+                    cursor is not None and not cursor.started()):
                 result = await _reply_then_cancel(call, pool.config.timeout, self)
             else:
                 result = await call()
@@ -384,7 +390,7 @@ async def _itself(cursor: _Cursor) -> _Cursor:
 
 
 async def _reply_then_cancel(call: Callable[[], Any], limit: float, unit: MongoUnit) -> Any:
-    """Run a call that creates a server cursor; if cancelled meanwhile, wait for its reply first.
+    """Run a driver call in a task of its own; if cancelled meanwhile, wait for its reply first.
 
     The cursor's id is only in the reply: a request cancelled before it arrives would leave the
     cursor open on the server (mongod keeps it 10 minutes). So the cancel waits for the reply (at
@@ -396,15 +402,23 @@ async def _reply_then_cancel(call: Callable[[], Any], limit: float, unit: MongoU
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
-        if not task.done():
-            await shielded(asyncio.wait((task,), timeout=limit))
-        if not task.done():
-            task.cancel()
-        elif not task.cancelled() and task.exception() is None:
-            result = task.result()
-            if isinstance(result, (*Kinds.cursors, *Kinds.streams)):
-                with contextlib.suppress(Exception):
-                    await shielded(_close_quietly(result), limit)
+        # `shielded` waits to the end and re-raises a cancel that came meanwhile: each step runs
+        # whatever the one before it raised.
+        try:
+            if not task.done():
+                await shielded(asyncio.wait((task,), timeout=limit))
+        finally:
+            if not task.done():
+                task.cancel()  # and wait until the driver has unwound: its connection is back
+                with contextlib.suppress(asyncio.CancelledError):
+                    await shielded(asyncio.wait((task,), timeout=limit))
+            elif not task.cancelled() and task.exception() is None:
+                result = task.result()
+                if isinstance(result, (*Kinds.cursors, *Kinds.streams)):
+                    with contextlib.suppress(Exception, asyncio.CancelledError):
+                        await shielded(_close_quietly(result), limit)
+            elif not task.cancelled():
+                task.exception()  # retrieved: the request was cancelled, its error is moot
         raise
 
 
