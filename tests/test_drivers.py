@@ -8,16 +8,17 @@ release that renames it fails this file instead of making connman silently wrong
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from connman.backends.drivers import asyncpg as pg_driver
-from connman.backends.drivers import classify, os_kind
+from connman.backends.drivers import classify, os_kind, peer_hung_up
 from connman.backends.drivers import mysql as mysql_driver
 from connman.backends.drivers import sqlite as sqlite_driver
-from connman.testing.servers import Server
+from connman.testing.servers import Server, _alive
 
 from .test_semantics import eventually
 
@@ -101,6 +102,64 @@ async def test_mysql_transport_and_stream_reaches_hold(driver: str, mysql_server
     finally:
         mysql_driver.kill(conn)
     assert mysql_driver.hung_up(conn)
+
+
+def _until(check: Any, timeout: float = 10.0) -> bool:
+    """Poll `check()` without awaiting: the event loop reads nothing meanwhile."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+@pytest.mark.postgres
+async def test_asyncpg_hang_up_is_seen_before_the_loop_reads_it(postgres_server: Server) -> None:
+    """A backend terminated while its connection sits idle: its FATAL and EOF wait unread in the
+    kernel until the loop polls (a task checking the connection out at that moment would send a
+    statement into a dead session, or into asyncpg's stuck protocol). `closed()` tells at once."""
+    import asyncpg
+    import psycopg
+
+    conn = await asyncpg.connect(postgres_server.url())
+    try:
+        pid = conn.get_server_pid()
+        # The killer is synchronous: no await from here to the checks, so the loop reads nothing.
+        with psycopg.connect(postgres_server.url(), autocommit=True) as killer:
+            killer.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        assert _until(lambda: not _alive(pid))  # the backend exited: its socket is closed
+        assert not conn.is_closed()  # asyncpg has not seen it
+        assert pg_driver.closed(conn)
+    finally:
+        pg_driver.kill(conn)
+
+
+@pytest.mark.mysql
+@pytest.mark.parametrize("driver", ["aiomysql", "asyncmy"])
+async def test_mysql_hang_up_is_seen_before_the_loop_reads_it(driver: str,
+                                                              mysql_server: Server) -> None:
+    import pymysql
+
+    conn = await _mysql_connect(driver, mysql_server)
+    try:
+        conn_id = await _mysql_scalar(conn, "SELECT CONNECTION_ID()")
+        killer = pymysql.connect(host=mysql_server.host, port=mysql_server.port, user="root")
+        try:
+            with killer.cursor() as cur:
+                cur.execute(f"KILL {int(conn_id)}")
+        finally:
+            killer.close()
+        assert _until(lambda: mysql_driver.hung_up(conn))
+        reader = getattr(conn, "_reader", None)
+        assert reader is None or reader._eof is False  # the driver's stream has not seen it
+    finally:
+        mysql_driver.kill(conn)
+
+
+def test_peer_hung_up_without_a_socket_is_false() -> None:
+    assert peer_hung_up(None) is False
+    assert peer_hung_up(object()) is False
 
 
 async def test_aiosqlite_connection_reach_holds(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import text
 
 from connman import STAT_KEYS, ConnectionManager, PoolEvent, TooManyWaiters
+from connman.testing.servers import _alive
 
 from ._targets import Ops, Target
 from .conftest import only
@@ -252,9 +253,14 @@ async def kill_app_connections(target: Target) -> None:
                   "AND pid <> pg_backend_pid()")
         conn = await asyncpg.connect(target.server.url())
         try:
+            pids = [r[0] for r in await conn.fetch(f"SELECT pid {others}")]
             await conn.execute(f"SELECT pg_terminate_backend(pid) {others}")
             async with asyncio.timeout(10):
                 while await conn.fetchval(f"SELECT count(*) {others}"):
+                    await asyncio.sleep(0.02)
+                # A backend leaves pg_stat_activity before its process exits and its socket
+                # closes: until then the client cannot know it hung up.
+                while any(_alive(pid) for pid in pids):
                     await asyncio.sleep(0.02)
         finally:
             await conn.close()

@@ -97,10 +97,9 @@ async def _sqlite_select1(conn: Any) -> None:
 
 
 # `closed`: without I/O, is the connection closed or has its server hung up (its socket saw EOF)?
-# asyncpg marks the connection closed when its socket is lost; the MySQL drivers only notice at
-# their next read, but their stream or transport knows at once.
+# The drivers notice at their next read; their socket knows at once (`drivers.peer_hung_up`).
 _PROBES: dict[str, _Probe] = {
-    "asyncpg": _Probe(lambda c: c.is_closed(), lambda c: c.is_in_transaction(),
+    "asyncpg": _Probe(_asyncpg.closed, lambda c: c.is_in_transaction(),
                       lambda c: c.execute("ROLLBACK"), lambda c: c.fetchval("SELECT 1")),
     "psycopg": _Probe(_psycopg.hung_up, _psycopg.in_transaction, _psycopg.rollback,
                       _psycopg.ping),

@@ -15,11 +15,21 @@ from __future__ import annotations
 
 import errno
 import importlib
+import select
 import socket
 from collections.abc import Callable, Iterator
 from typing import Literal
 
-__all__ = ["KINDS", "POSTGRES_SQLSTATES", "Kind", "classified", "classify", "os_kind", "postgres_kind"]
+__all__ = [
+    "KINDS",
+    "POSTGRES_SQLSTATES",
+    "Kind",
+    "classified",
+    "classify",
+    "os_kind",
+    "peer_hung_up",
+    "postgres_kind",
+]
 
 Kind = Literal["unreachable", "full", "read_only", "locked", "lost", "ended", "credentials"]
 """How a server failed a request:
@@ -63,6 +73,45 @@ def postgres_kind(code: str) -> Kind | None:
     if kind is None and code.startswith("08"):
         kind = "lost"
     return kind
+
+
+def peer_hung_up(transport: object) -> bool:
+    """Without I/O: whether the server's end of the stream already waits in the kernel.
+
+    A server that ends a session says why (PostgreSQL's FATAL 57P01, MySQL's error 4031), then
+    hangs up; the loop reads the two at its next polls, and a task that checks a connection out
+    in between would find it open (asyncpg's protocol is then stuck: "another operation is in
+    progress"). On Linux, `poll(POLLRDHUP)` with a zero timeout tells the peer's shutdown even
+    behind unread data; elsewhere, a non-blocking `recv(MSG_PEEK)` tells it once the data before
+    it is read. A socket error: True. No socket (closed, not asyncio): False, the driver's own
+    flags tell that.
+    """
+    get_extra_info = getattr(transport, "get_extra_info", None)
+    sock = get_extra_info("socket") if get_extra_info is not None else None
+    if sock is None:
+        return False
+    fd = sock.fileno()
+    if fd < 0:
+        return True
+    if _POLLRDHUP is not None:
+        poller = select.poll()
+        poller.register(fd, _POLLRDHUP)  # POLLHUP, POLLERR, POLLNVAL are always reported
+        return bool(poller.poll(0))
+    # A socket object over the same descriptor, detached after: no dup, no close, and the
+    # descriptor's blocking mode is left alone (MSG_DONTWAIT makes this one call not wait).
+    peek = socket.socket(sock.family, sock.type, sock.proto, fd)
+    try:
+        return peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
+    finally:
+        peek.detach()
+
+
+_POLLRDHUP: int | None = getattr(select, "POLLRDHUP", None)
+
 
 # driver name (PoolConfig.driver_name) -> module of this package
 _MODULES = {

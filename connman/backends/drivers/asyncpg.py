@@ -23,7 +23,7 @@ Private attributes reached (each checked by tests/test_drivers.py on both depend
 
 - `Connection._transport`: `kill()` aborts it after `terminate()`, because `terminate()` does
   nothing once a graceful `close()` has begun, and that close waits for a server that may never
-  answer.
+  answer; `closed()` asks its socket for a hang-up the loop has not read yet.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 
 import asyncpg
 
-from . import Kind, os_kind, postgres_kind
+from . import Kind, os_kind, peer_hung_up, postgres_kind
 
 __all__ = ["classify", "closed", "kill"]
 
@@ -55,8 +55,12 @@ def classify(exc: BaseException) -> Kind | None:
 
 
 def closed(conn: Any) -> bool:
-    """Whether the connection is closed or its server hung up (asyncpg marks it at once)."""
-    return bool(conn.is_closed())
+    """Without I/O: whether the connection is closed or its server hung up.
+
+    asyncpg marks a connection closed when the loop reads the EOF; a hang-up whose EOF is in the
+    kernel but not read yet is seen at the socket (`peer_hung_up`).
+    """
+    return bool(conn.is_closed()) or peer_hung_up(conn._transport)
 
 
 def kill(conn: Any) -> None:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import Kind, os_kind
+from . import Kind, os_kind, peer_hung_up
 
 __all__ = ["classify", "hung_up", "kill", "transport"]
 
@@ -88,7 +88,7 @@ def hung_up(conn: Any) -> bool:
         return True
     t = transport(conn)
     # No transport: closed (asyncmy < 0.2.10 keeps `connected` True after close()).
-    return t is None or bool(t.is_closing())
+    return t is None or bool(t.is_closing()) or peer_hung_up(t)
 
 
 def kill(conn: Any) -> None:
