@@ -1249,7 +1249,7 @@ class SQLAlchemyPool(Pool):
             if typed is not None:
                 raise typed from exc
             raise
-        if self._autocommit_fast:
+        if self._autocommit_fast and not _psycopg.autocommit(conn):  # not from the hot stack
             try:
                 await _psycopg.enter_autocommit(conn)
             except BaseException as exc:
@@ -1355,6 +1355,13 @@ class SQLAlchemyPool(Pool):
 
     async def _discard(self, fairy: Any, reason: str | None) -> None:
         """Hand a fast-path connection back to SQLAlchemy's pool, or close it for `reason`."""
+        if (reason is None or reason == "ping") and self._autocommit_fast and fairy.is_valid:
+            # psycopg: the fast path's connections stay in autocommit while it holds them
+            # (no switch per unit of work); SQLAlchemy's sessions expect it off.
+            try:
+                await _psycopg.leave_autocommit(fairy.driver_connection)
+            except Exception:
+                reason = "lost"
         if reason is None or reason == "ping":
             step = fairy.close
         else:
@@ -1464,13 +1471,7 @@ class SQLAlchemyPool(Pool):
                 except Exception:
                     await self._discard(fairy, "lost")
                     return
-            if self._autocommit_fast:
-                try:
-                    await _psycopg.leave_autocommit(conn)
-                except Exception:
-                    await self._discard(fairy, "lost")
-                    return
-            self._hot.append((fairy, conn, time.monotonic()))
+            self._hot.append((fairy, conn, time.monotonic()))  # psycopg: still in autocommit
             pool, size = fairy._pool, self.config.size
             if not self._nwaiting and len(self._hot) + pool.checkedin() > size:
                 await self._trim(pool, size)

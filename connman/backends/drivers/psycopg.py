@@ -48,9 +48,15 @@ _cancels: set[asyncio.Future[Any]] = set()
 
 
 def _pq() -> Any:
-    from psycopg import pq
+    global _PQ
+    if _PQ is None:
+        from psycopg import pq
 
-    return pq
+        _PQ = pq
+    return _PQ
+
+
+_PQ: Any = None  # psycopg.pq, imported at first use (psycopg is an optional dependency)
 
 
 # ------------------------------------------------------------------ without I/O
