@@ -149,7 +149,8 @@ async def server_version(target: Target) -> str:
     from sqlalchemy.ext.asyncio import create_async_engine
     from sqlalchemy.pool import NullPool
 
-    query = {"asyncpg": "SELECT version()", "aiosqlite": "SELECT 'SQLite ' || sqlite_version()"
+    query = {"asyncpg": "SELECT version()", "psycopg": "SELECT version()",
+             "aiosqlite": "SELECT 'SQLite ' || sqlite_version()",
              }.get(backend.driver, "SELECT CONCAT('MySQL-protocol ', VERSION())")
     engine = create_async_engine(target.url, poolclass=NullPool)
     try:
