@@ -715,7 +715,15 @@ def with_source(error: ConfigurationError, *, env_file: str | Path | None = ".en
     settings.toml)`; `error` itself when that is not known."""
     source = _source_of(error.pool, error.field, env_file=env_file, config_file=config_file)
     if source is None:
-        return error
+        top = (error.field or "").split(".")[0]
+        if error.pool is None or not top or top.startswith("("):
+            return error
+        # Set nowhere: a required field nobody gave. Say what to set.
+        where = "the environment" + (f" or {env_file}" if env_file is not None else "")
+        hint = f"set CONNMAN_POOLS__{error.pool.upper()}__{top.upper()} in {where}"
+        if config_file is not None:
+            hint += f", or pools.{error.pool}.{top} in {config_file}"
+        return ConfigurationError(f"{error} ({hint})", pool=error.pool, field=error.field)
     return ConfigurationError(f"{error} ({source})", pool=error.pool, field=error.field)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,20 @@ async def test_bad_env_value_names_pool_field_and_variable_at_open(
     assert "(from the environment variable CONNMAN_POOLS__MAIN__SIZE)" in str(info.value)
     assert "\n" not in str(info.value)
     assert "s3cret" not in str(info.value)
+
+
+async def test_a_required_field_set_nowhere_names_the_variable_to_set(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in [k for k in os.environ if k.upper().startswith("CONNMAN_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("CONNMAN_POOLS__MAIN__SIZE", "5")  # a pool, but no url anywhere
+    m = ConnectionManager.from_settings()
+    with pytest.raises(ConfigurationError, match="pool 'main': url: Field required") as info:
+        await m.open()
+    assert str(info.value).endswith("(set CONNMAN_POOLS__MAIN__URL in the environment or .env)")
+    assert info.value.pool == "main"
+    assert info.value.field == "url"
 
 
 def test_duplicate_names_are_an_error() -> None:
