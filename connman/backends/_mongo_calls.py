@@ -14,7 +14,7 @@ __all__ = ["CLIENT_REFUSED", "CURSOR_OPS", "OPENERS", "OUTSIDE_TRANSACTION", "SE
 
 # Cursor methods that do I/O (Motor's `to_list` returns a Future that starts at once).
 CURSOR_OPS = frozenset({"next", "try_next", "to_list", "explain", "distinct", "__anext__"})
-# Calls that create a cursor on the server: its id is only in the reply (see `_reply_then_cancel`).
+# Calls that create a cursor on the server: its id is only in the reply (see `_in_own_task`).
 # Whatever the driver, the unit returns a cursor that can be awaited (PyMongo's shape) and
 # iterated, `to_list`-ed or entered (Motor's).
 OPENERS = frozenset({"aggregate", "watch", "list_collections", "list_indexes",

@@ -178,7 +178,7 @@ class MongoUnit:
             # with its cursor instead (`_close_cursor`).
             if (cursor is None and not closing) or opens or self._threaded or (
                     cursor is not None and not cursor.started()):
-                result = await _reply_then_cancel(call, pool.config.timeout, self)
+                result = await _in_own_task(call, pool.config.timeout, self)
             else:
                 result = await call()
         except StopAsyncIteration:
@@ -389,14 +389,17 @@ async def _itself(cursor: _Cursor) -> _Cursor:
     return cursor
 
 
-async def _reply_then_cancel(call: Callable[[], Any], limit: float, unit: MongoUnit) -> Any:
-    """Run a driver call in a task of its own; if cancelled meanwhile, wait for its reply first.
+async def _in_own_task(call: Callable[[], Any], limit: float, unit: MongoUnit) -> Any:
+    """Run a driver call in a task of its own, so that a cancel never cuts the driver midway.
 
-    The cursor's id is only in the reply: a request cancelled before it arrives would leave the
-    cursor open on the server (mongod keeps it 10 minutes). So the cancel waits for the reply (at
-    most `limit` seconds), the cursor is closed, and then the cancel goes on. Every Motor operation
-    goes this way too: its worker thread holds a driver connection until the operation returns,
-    so its gate slot is held as long (at most `limit` seconds after the cancel).
+    A cancel of the caller waits for the call's reply (at most `limit` seconds), then goes on:
+    PyMongo checks its connection back in as the call unwinds, and a cancel that lands inside that
+    check-in (anyio cancels again and again) could leave the connection out while the unit's gate
+    slot goes back. A cursor's id is only in the reply: a request cancelled before it arrived would
+    leave the cursor open on the server (mongod keeps it 10 minutes), so a cursor that arrives
+    after the cancel is closed. Motor's worker thread holds a driver connection until the
+    operation returns, so its gate slot is held as long (at most `limit` seconds after the cancel).
+    Returns the call's result; raises its error, or `CancelledError` once it has settled.
     """
     task: asyncio.Future[Any] = asyncio.ensure_future(call())
     try:
