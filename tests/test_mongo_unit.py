@@ -19,7 +19,7 @@ import httpx
 import pymongo
 import pytest
 from fastapi import Depends, FastAPI
-from pymongo import AsyncMongoClient, InsertOne
+from pymongo import InsertOne
 from pymongo.errors import AutoReconnect, NotPrimaryError, OperationFailure, PyMongoError
 
 from connman import (
@@ -34,24 +34,9 @@ from connman.backends._mongo_calls import OUTSIDE_TRANSACTION, SESSION_CALLS
 from connman.fastapi import unavailable_from
 
 from ._targets import Target, serve
-from .conftest import only
+from .test_mongo import Make, admin, coll, mongo_only
 
-Make = Callable[..., ConnectionManager]
-mongo_only = only(kinds=("mongo",))
-
-
-@pytest.fixture
-def coll() -> str:
-    return f"c_{uuid.uuid4().hex[:10]}"
-
-
-@contextlib.asynccontextmanager
-async def admin(target: Target) -> AsyncIterator[Any]:
-    client: Any = AsyncMongoClient(target.url())
-    try:
-        yield client
-    finally:
-        await client.close()
+__all__ = ["coll"]  # a fixture, shared with tests/test_mongo.py
 
 
 @contextlib.asynccontextmanager

@@ -103,7 +103,27 @@ class RawSql(Variant):
             return {"v": 0}
 
 
-class RawAsyncpg(RawSql):
+class _CountingPool(RawSql):
+    """A driver pool with a per-connection hook (asyncpg's `init`, psycopg_pool's `configure`)
+    that counts the connections it opens; closed with `await pool.close()`."""
+
+    _opened = 0
+
+    async def _count(self, conn: Any) -> None:
+        # The pool calls its hook once for every connection it opens.
+        self._opened += 1
+
+    def opened(self) -> int:
+        """Connections the pool has opened so far (its hook's calls)."""
+        return self._opened
+
+    async def close(self) -> None:
+        """Close the pool."""
+        if self.pool is not None:
+            await self.pool.close()
+
+
+class RawAsyncpg(_CountingPool):
     """`asyncpg.create_pool` (statement cache off behind PgBouncer, as connman does)."""
 
     async def open(self) -> None:
@@ -120,26 +140,13 @@ class RawAsyncpg(RawSql):
             dsn, min_size=s.size, max_size=s.max_size, timeout=s.connect_timeout,
             max_inactive_connection_lifetime=s.idle, init=self._count, **kw)
 
-    async def _count(self, conn: Any) -> None:
-        # asyncpg calls `init` once for every connection it opens.
-        self._opened += 1
-
-    def opened(self) -> int:
-        """Connections the pool has opened so far (its `init` calls)."""
-        return self._opened
-
-    async def close(self) -> None:
-        """Close the pool."""
-        if self.pool is not None:
-            await self.pool.close()
-
     def acquire(self, timeout: float | None = None) -> AbstractAsyncContextManager[Any]:
         """`pool.acquire(timeout=...)`."""
         cm: AbstractAsyncContextManager[Any] = self.pool.acquire(timeout=timeout)
         return cm
 
 
-class RawPsycopg(RawSql):
+class RawPsycopg(_CountingPool):
     """psycopg_pool's `AsyncConnectionPool`, psycopg's own pool: connections in autocommit (as
     its users configure them for point queries; writes run in `conn.transaction()`), no
     prepared statements behind PgBouncer, as connman does."""
@@ -159,19 +166,6 @@ class RawPsycopg(RawSql):
             max_idle=s.idle, max_lifetime=s.recycle, kwargs=kwargs, configure=self._count,
             open=False)
         await self.pool.open(wait=True, timeout=s.connect_timeout)
-
-    async def _count(self, conn: Any) -> None:
-        # psycopg_pool calls `configure` once for every connection it opens.
-        self._opened += 1
-
-    def opened(self) -> int:
-        """Connections the pool has opened so far (its `configure` calls)."""
-        return self._opened
-
-    async def close(self) -> None:
-        """Close the pool."""
-        if self.pool is not None:
-            await self.pool.close()
 
     def acquire(self, timeout: float | None = None) -> AbstractAsyncContextManager[Any]:
         """`pool.connection(timeout=...)`."""
