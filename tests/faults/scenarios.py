@@ -535,13 +535,22 @@ class Live:
 Fault = Callable[[Live], Awaitable[tuple[float, float]]]
 
 
+Setup = Callable[["Rig", dict[str, Any], "TcpProxy | None"], Awaitable[None]]
+
+
 async def fault_under_load(env: Env, fault: Fault, *, proxy: bool = False,
                            pgbouncer: bool = False, allowed: set[str] | None = None,
                            concurrency: int | None = None, pre: int | None = None,
-                           post: int | None = None, **cfg_fields: Any) -> Figures:
+                           post: int | None = None, setup: Setup | None = None,
+                           table_first: bool = False, write_recovery: bool = False,
+                           read_path: str = "/items", **cfg_fields: Any) -> Figures:
     """Load the app, run `fault` once `pre` requests were served, stop `post` 2xx after it lifted.
 
-    `fault(live)` returns (when the fault began, when it was lifted).
+    `fault(live)` returns (when the fault began, when it was lifted). `setup(rig, cfg, proxy)`
+    runs once the run's database exists, before the app starts (it may change `cfg`);
+    `table_first` creates the table on a connection of its own before that, for a fault the app
+    starts into. `write_recovery` adds `write_recovery_ms`: from the lift to the first 2xx write
+    started after it (for a fault that refuses writes only). `read_path`: the route of the reads.
     """
     prx = TcpProxy(env.target.server.host, env.target.server.port).start() if proxy else None
     try:
@@ -552,10 +561,18 @@ async def fault_under_load(env: Env, fault: Fault, *, proxy: bool = False,
         cfg = rig.config(**fields)
         await rig.prepare()
         try:
+            if table_first:
+                maker = ConnectionManager({"main": rig.config(
+                    app_name=f"{rig.app_name}-setup", direct=True, size=1, overflow=0)})
+                async with maker:
+                    await rig.create_table(maker)
+            if setup is not None:
+                await setup(rig, cfg, prx)
             return await _fault_run(env, rig, cfg, fault, prx,
                                     allowed or {"server", "unavailable", "lost"},
                                     concurrency or env.size(16, 32), pre or env.size(40, 300),
-                                    post or env.size(40, 400))
+                                    post or env.size(40, 400), create_table=not table_first,
+                                    write_recovery=write_recovery, read_path=read_path)
         finally:
             await rig.cleanup()
     finally:
@@ -565,17 +582,20 @@ async def fault_under_load(env: Env, fault: Fault, *, proxy: bool = False,
 
 async def _fault_run(env: Env, rig: Rig, cfg: dict[str, Any], fault: Fault,
                      prx: TcpProxy | None, allowed: set[str], concurrency: int, pre: int,
-                     post: int) -> Figures:
+                     post: int, *, create_table: bool = True, write_recovery: bool = False,
+                     read_path: str = "/items") -> Figures:
     manager = ConnectionManager({"main": cfg})
     app = build_app(manager, rig.ops)
     served: Served = app.state.served
     fig: Figures = {}
     with stop_file() as stop:
         async with serve(app) as base:
-            await rig.create_table(manager)
+            if create_table:
+                await rig.create_table(manager)
             fig["server_conns_before"] = await rig.count()
             plan = Plan(base, requests=200_000, concurrency=concurrency, prefix=rig.tag,
-                        max_seconds=env.size(40, 120), stop_file=stop, pace=0.005)
+                        max_seconds=env.size(40, 120), stop_file=stop, pace=0.005,
+                        read_path=read_path)
             load = asyncio.ensure_future(run_load(plan))
             try:
                 await until(lambda: served.total >= pre or load.done(), 30)
@@ -589,6 +609,9 @@ async def _fault_run(env: Env, rig: Rig, cfg: dict[str, Any], fault: Fault,
                 outs = await load
             fig.update(analyse(outs, allowed=allowed, window=(start, lift), served=served,
                                busy_grace=float(cfg["timeout"])))
+            if write_recovery:
+                firsts = [o.t1 for o in outs if o.ok and o.method == "POST" and o.t0 >= lift]
+                fig["write_recovery_ms"] = round((min(firsts) - lift) * 1000) if firsts else None
             if outs:
                 fig["longest_ms"] = round(max(o.t1 - o.t0 for o in outs) * 1000)
             await finish(fig, rig, manager, cfg)
@@ -822,6 +845,166 @@ async def blackhole(env: Env) -> Figures:
         return start, time.monotonic()
 
     return await _silent(env, fault, proxy=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Outages that heal: a late server, a full one, a locked SQLite, a demoted primary, a step-down
+# ---------------------------------------------------------------------------------------------
+
+
+async def late_server(env: Env) -> Figures:
+    """An optional pool (`required: false`) starts while its server refuses connections (the
+    proxy cut): the app starts anyway, its requests answer 503 + Retry-After, and the pool
+    opens in the background once the server answers, without a restart. `recovery_ms` is from
+    the server answering again to the first 2xx (target: `connect_timeout` + one healing
+    tick)."""
+    from connman._healing import HEAL_TICK
+
+    seconds = env.size(1.5, 3.0)
+    connect_timeout = 1.0
+    began: list[float] = []
+
+    async def cut(rig: Rig, cfg: dict[str, Any], prx: TcpProxy | None) -> None:
+        assert prx is not None
+        prx.cut()
+        began.append(time.monotonic())
+
+    async def fault(live: Live) -> tuple[float, float]:
+        assert live.proxy is not None
+        live.extra["down_at_start"] = live.manager.pool("main").outage is not None
+        await asyncio.sleep(max(0.0, began[0] + seconds - time.monotonic()))
+        live.proxy.restore()
+        return began[0], time.monotonic()
+
+    fig = await fault_under_load(env, fault, proxy=True, setup=cut, table_first=True,
+                                 allowed={"unavailable", "busy"}, pre=env.size(40, 200),
+                                 required=False, connect_timeout=connect_timeout)
+    fig["heal_target_ms"] = round((connect_timeout + HEAL_TICK) * 1000)
+    return fig
+
+
+async def _pg(server: Server, sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(server.url(), timeout=10)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def server_full(env: Env) -> Figures:
+    """The server refuses the app more connections (a role's CONNECTION LIMIT, a MariaDB
+    user's MAX_USER_CONNECTIONS, lowered to 1, as when other clients took every slot) while the
+    app's connections are killed: the pool keeps serving on the one connection it gets back,
+    every refused connect is a 503 + Retry-After (`ServerUnavailable(kind="full")`), and the
+    limit lifted, the pool grows again. The limit is on the app's own login, so the server
+    stays usable for everyone else."""
+    seconds = env.size(1.5, 3.0)
+    login = f"cmfull{uuid.uuid4().hex[:6]}"
+    t = env.target
+    server = t.server
+    assert server is not None
+    rigs: list[Rig] = []
+
+    async def limit(rig: Rig, n: int) -> None:
+        if t.is_postgres:
+            await _pg(server, f"ALTER ROLE {login} CONNECTION LIMIT {n}")
+        else:  # MariaDB: 0 is "no limit"
+            await rig._mysql(f"ALTER USER '{login}'@'127.0.0.1' "
+                             f"WITH MAX_USER_CONNECTIONS {max(n, 0)}")
+
+    async def make_login(rig: Rig, cfg: dict[str, Any], prx: TcpProxy | None) -> None:
+        rigs.append(rig)
+        if t.is_postgres:
+            await _pg(server, f"CREATE ROLE {login} LOGIN")
+            await _pg(server, f"GRANT CREATE, USAGE ON SCHEMA public TO {login}")
+            cfg["url"] = cfg["url"].replace("postgres@", f"{login}@", 1)
+        else:
+            await rig._mysql(f"CREATE USER '{login}'@'127.0.0.1'")
+            await rig._mysql(f"GRANT ALL ON `{rig.database}`.* TO '{login}'@'127.0.0.1'")
+            cfg["url"] = cfg["url"].replace("root@", f"{login}@", 1)
+
+    async def fault(live: Live) -> tuple[float, float]:
+        start = time.monotonic()
+        await limit(live.rig, 1)
+        try:
+            live.extra["killed"] = await live.rig.kill()
+            await asyncio.sleep(seconds)
+        finally:
+            await limit(live.rig, -1)
+        return start, time.monotonic()
+
+    try:
+        return await fault_under_load(env, fault, setup=make_login,
+                                      allowed={"unavailable", "lost", "busy"})
+    finally:
+        with contextlib.suppress(Exception):
+            if t.is_postgres:
+                await _pg(server, f"DROP OWNED BY {login}")
+                await _pg(server, f"DROP ROLE {login}")
+            elif rigs:
+                await rigs[0]._mysql(f"DROP USER '{login}'@'127.0.0.1'")
+
+
+def _write_lock(path: str) -> Any:
+    """A sqlite3 connection of its own holding the database's write lock (BEGIN IMMEDIATE)."""
+    import sqlite3
+
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    conn.execute("BEGIN IMMEDIATE")
+    return conn
+
+
+def _release(conn: Any) -> None:
+    conn.execute("ROLLBACK")
+    conn.close()
+
+
+async def sqlite_locked(env: Env) -> Figures:
+    """Another writer (a sqlite3 connection outside the pool) holds SQLite's write lock longer
+    than the pool's `timeout` (1 s, also sqlite3's lock wait): the app's writes answer 503 +
+    Retry-After (`ServerUnavailable(kind="locked")`, nothing committed), its reads go on, and
+    writes succeed again once the lock is released."""
+    seconds = env.size(2.0, 3.0)
+
+    async def fault(live: Live) -> tuple[float, float]:
+        path = live.rig.direct_url().split(":///", 1)[1]
+        start = time.monotonic()
+        holder = await asyncio.to_thread(_write_lock, path)
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            await asyncio.to_thread(_release, holder)
+        return start, time.monotonic()
+
+    # The app's own writers queue for the one write lock too: a small pool and a `timeout` of
+    # 1 s keep that wait well inside it outside the fault, even on a loaded machine.
+    return await fault_under_load(env, fault, allowed={"unavailable", "busy"},
+                                  write_recovery=True, concurrency=8, size=2, overflow=2,
+                                  timeout=1.0)
+
+
+async def mongo_stepdown(env: Env) -> Figures:
+    """The primary steps down (`replSetStepDown`, force) for a while and is primary again: the
+    app's pool is on a replica-set URL (not a direct connection). Writes refused by the
+    secondary (`NotPrimaryError`, nothing applied) answer 503 + Retry-After, reads go on, and
+    writes succeed again once the clients see the primary (`heartbeatFrequencyMS=500`)."""
+    seconds = env.size(2, 4)
+
+    async def fault(live: Live) -> tuple[float, float]:
+        start = time.monotonic()
+        async with live.rig._mongo() as client:
+            await client.admin.command({"replSetStepDown": seconds, "force": True})
+        await asyncio.sleep(max(0.0, start + seconds - time.monotonic()))
+        return start, time.monotonic()
+
+    async def replica_set(rig: Rig, cfg: dict[str, Any], prx: TcpProxy | None) -> None:
+        cfg["url"] = cfg["url"] + ("&" if "?" in cfg["url"] else "?") + "replicaSet=secantus"
+
+    return await fault_under_load(env, fault, setup=replica_set, write_recovery=True,
+                                  allowed={"unavailable", "busy"}, timeout=1.0,
+                                  connect_timeout=2.0)
 
 
 async def cancellation_storm(env: Env) -> Figures:
@@ -1197,6 +1380,18 @@ def _check_shutdown(fig: Figures) -> list[str]:
     return problems
 
 
+def _bites(label: str) -> Callable[[Figures], list[str]]:
+    """The common checks, and the fault must have shown: some 503 `label` with Retry-After."""
+
+    def check(fig: Figures) -> list[str]:
+        problems = _common(fig)
+        if not any(k == f"503 {label}" for k in fig.get("errors") or {}):
+            problems.append(f"no 503 {label} with Retry-After: the fault did not bite")
+        return problems
+
+    return check
+
+
 @dataclass(frozen=True)
 class Scenario:
     """One scenario: its function, the backends it applies to, extra servers, its checks."""
@@ -1229,6 +1424,14 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              ("postgres",), needs=("pgbouncer",), check=_check_bounded),
     Scenario("blackhole", "Link black-holed (TcpProxy), then restored", blackhole, NETWORKED,
              check=_check_bounded),
+    Scenario("late_server", "Optional pool, its server down at startup, up 1.5 s later "
+             "(heals in the background)", late_server, NETWORKED, check=_bites("unavailable")),
+    Scenario("server_full", "Server full: the app's login limited to 1 connection, its "
+             "connections killed", server_full, SQL_SERVERS, check=_bites("unavailable")),
+    Scenario("sqlite_locked", "SQLite write lock held by another writer past `timeout`",
+             sqlite_locked, ("sqlite",), check=_bites("unavailable")),
+    Scenario("mongo_stepdown", "Mongo primary steps down (replSetStepDown), primary again",
+             mongo_stepdown, MONGO, check=_bites("unavailable")),
     Scenario("cancellation_storm", "Cancellation storm (client disconnects, cancelled waiters)",
              cancellation_storm, EVERY, check=_check_storm),
     Scenario("sustained_load", "Sustained load, concurrency 200, pool 10 + 20",
