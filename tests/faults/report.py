@@ -32,6 +32,7 @@ from connman.testing.servers import (
     MariaDBServer,
     MongoWireServer,
     PgBouncerServer,
+    PostgresReplicaServer,
     PostgresServer,
     Server,
     server_from_env,
@@ -102,6 +103,7 @@ def start_servers() -> dict[str, Server]:
     pg = servers["postgres"]
     servers["pgbouncer"] = server_from_env("pgbouncer") or PgBouncerServer(
         pg).start()  # type: ignore[arg-type]
+    servers["replica"] = PostgresReplicaServer(pg).start()  # type: ignore[arg-type]
     return servers
 
 

@@ -93,6 +93,8 @@ class Rig:
         self.ops = Ops(target)
         self.through = through
         self.pgbouncer = pgbouncer
+        self.key_sources: list[Callable[[], Awaitable[set[str]]]] = []
+        """Other places the run's writes may have landed (a demoted primary), read by `keys`."""
 
     @property
     def server(self) -> Server:
@@ -159,7 +161,10 @@ class Rig:
             app_name=f"{self.app_name}-check", direct=True, size=1, overflow=0, timeout=10,
             connect_timeout=10)})
         async with check, check.session("check") as unit:
-            return set(await self.ops.keys(unit))
+            keys = set(await self.ops.keys(unit))
+        for source in self.key_sources:
+            keys |= await source()
+        return keys
 
     async def cleanup(self) -> None:
         """Drop what the run created; never raises."""
@@ -543,7 +548,8 @@ async def fault_under_load(env: Env, fault: Fault, *, proxy: bool = False,
                            concurrency: int | None = None, pre: int | None = None,
                            post: int | None = None, setup: Setup | None = None,
                            table_first: bool = False, write_recovery: bool = False,
-                           read_path: str = "/items", **cfg_fields: Any) -> Figures:
+                           read_path: str = "/items", write_ratio: float = 0.5,
+                           **cfg_fields: Any) -> Figures:
     """Load the app, run `fault` once `pre` requests were served, stop `post` 2xx after it lifted.
 
     `fault(live)` returns (when the fault began, when it was lifted). `setup(rig, cfg, proxy)`
@@ -572,7 +578,8 @@ async def fault_under_load(env: Env, fault: Fault, *, proxy: bool = False,
                                     allowed or {"server", "unavailable", "lost"},
                                     concurrency or env.size(16, 32), pre or env.size(40, 300),
                                     post or env.size(40, 400), create_table=not table_first,
-                                    write_recovery=write_recovery, read_path=read_path)
+                                    write_recovery=write_recovery, read_path=read_path,
+                                    write_ratio=write_ratio)
         finally:
             await rig.cleanup()
     finally:
@@ -583,7 +590,7 @@ async def fault_under_load(env: Env, fault: Fault, *, proxy: bool = False,
 async def _fault_run(env: Env, rig: Rig, cfg: dict[str, Any], fault: Fault,
                      prx: TcpProxy | None, allowed: set[str], concurrency: int, pre: int,
                      post: int, *, create_table: bool = True, write_recovery: bool = False,
-                     read_path: str = "/items") -> Figures:
+                     read_path: str = "/items", write_ratio: float = 0.5) -> Figures:
     manager = ConnectionManager({"main": cfg})
     app = build_app(manager, rig.ops)
     served: Served = app.state.served
@@ -595,7 +602,7 @@ async def _fault_run(env: Env, rig: Rig, cfg: dict[str, Any], fault: Fault,
             fig["server_conns_before"] = await rig.count()
             plan = Plan(base, requests=200_000, concurrency=concurrency, prefix=rig.tag,
                         max_seconds=env.size(40, 120), stop_file=stop, pace=0.005,
-                        read_path=read_path)
+                        read_path=read_path, write_ratio=write_ratio)
             load = asyncio.ensure_future(run_load(plan))
             try:
                 await until(lambda: served.total >= pre or load.done(), 30)
@@ -988,8 +995,8 @@ async def sqlite_locked(env: Env) -> Figures:
 async def mongo_stepdown(env: Env) -> Figures:
     """The primary steps down (`replSetStepDown`, force) for a while and is primary again: the
     app's pool is on a replica-set URL (not a direct connection). Writes refused by the
-    secondary (`NotPrimaryError`, nothing applied) answer 503 + Retry-After, reads go on, and
-    writes succeed again once the clients see the primary (`heartbeatFrequencyMS=500`)."""
+    secondary (`NotPrimaryError`, nothing applied) answer 503 + Retry-After, and writes succeed
+    again once the clients see the primary (`heartbeatFrequencyMS=500`)."""
     seconds = env.size(2, 4)
 
     async def fault(live: Live) -> tuple[float, float]:
@@ -1002,9 +1009,188 @@ async def mongo_stepdown(env: Env) -> Figures:
     async def replica_set(rig: Rig, cfg: dict[str, Any], prx: TcpProxy | None) -> None:
         cfg["url"] = cfg["url"] + ("&" if "?" in cfg["url"] else "?") + "replicaSet=secantus"
 
+    # Writes only: reads succeed throughout, so the first 2xx after the window must be a write
+    # (the clients see the primary again at their next heartbeat).
     return await fault_under_load(env, fault, setup=replica_set, write_recovery=True,
-                                  allowed={"unavailable", "busy"}, timeout=1.0,
+                                  write_ratio=1.0, allowed={"unavailable", "busy"}, timeout=1.0,
                                   connect_timeout=2.0)
+
+
+# -- replicas and a demoted primary (PostgreSQL) -------------------------------------------------
+
+
+async def _pg_count(server: Server, app_name: str) -> int:
+    import asyncpg
+
+    conn = await asyncpg.connect(server.url(), timeout=10)
+    try:
+        return int(await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", app_name))
+    finally:
+        await conn.close()
+
+
+async def _pg_settled(server: Server, app_name: str, allowed: int, timeout: float = 5.0) -> int:
+    """The app's connections on `server`, polled until within `allowed` (or `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        n = await _pg_count(server, app_name)
+        if n <= allowed or time.monotonic() > deadline:
+            return n
+        await asyncio.sleep(0.1)
+
+
+async def _replica_run(env: Env, fault: Fault, extra_fields: dict[str, Any],
+                       allowed: set[str]) -> Figures:
+    """Load an app whose pool reads from the replica through a TcpProxy (`GET /replica/{key}`),
+    run `fault` (`live.proxy` is the replica's proxy); any connection of the app left open on
+    the replica after shutdown counts as leaked too."""
+    replica = env.servers["replica"]
+    rep_proxy = TcpProxy(replica.host, replica.port).start()
+
+    async def with_replica(rig: Rig, cfg: dict[str, Any], prx: TcpProxy | None) -> None:
+        cfg["replicas"] = [_swap_address(replica.url(driver=env.target.driver), "127.0.0.1",
+                                         rep_proxy.port)]
+        await asyncio.to_thread(replica.wait_replicated)  # the table is there to read
+
+    async def on_replica_proxy(live: Live) -> tuple[float, float]:
+        live.proxy = rep_proxy
+        live.extra["app_name"] = live.rig.app_name
+        return await fault(live)
+
+    try:
+        fig = await fault_under_load(env, on_replica_proxy, setup=with_replica,
+                                     table_first=True, read_path="/replica", allowed=allowed,
+                                     **{"size": 2, "overflow": 4, "read_your_writes": "off",
+                                        **extra_fields})
+    finally:
+        rep_proxy.stop()
+    app_name = fig.pop("app_name")
+    fig["replica_open_after_close"] = await _pg_settled(replica, app_name, 0, 2.0)
+    fig["leaked"] += fig["replica_open_after_close"]
+    return fig
+
+
+async def frozen_replica(env: Env) -> Figures:
+    """The replica stops answering (the link to it black-holed: connects hang, queries get no
+    reply), then answers again. `connect_timeout` and `statement_timeout` bound the reads it
+    held; it is marked down and reads move to the primary; it rejoins when it answers.
+    `rejoin_ms`: from the replica answering again to the pool marking it up (target:
+    `connect_timeout` + one healing tick)."""
+    from connman._healing import HEAL_TICK
+
+    seconds = env.size(2.0, 4.0)
+    connect_timeout = 1.0
+
+    async def fault(live: Live) -> tuple[float, float]:
+        assert live.proxy is not None
+        pool = live.manager.pool("main.replica1")
+        start = time.monotonic()
+        live.proxy.blackhole()
+        try:
+            # Marked down by the first read that times out on it (a connect after
+            # `connect_timeout`, a query on a pooled connection after `statement_timeout`).
+            marked = await until(lambda: pool.outage is not None, seconds + 15)
+            live.extra["replica_marked_down_ms"] = (
+                round((time.monotonic() - start) * 1000) if marked else None)
+            await asyncio.sleep(max(0.0, start + seconds - time.monotonic()))
+        finally:
+            live.proxy.restore()
+        lift = time.monotonic()
+        back = await until(lambda: pool.outage is None, 30)
+        live.extra["rejoin_ms"] = round((time.monotonic() - lift) * 1000) if back else None
+        live.extra["rejoin_target_ms"] = round((connect_timeout + HEAL_TICK) * 1000)
+        return start, lift
+
+    return await _replica_run(env, fault, {"connect_timeout": connect_timeout,
+                                           "statement_timeout": 2.0, "timeout": 5.0},
+                              allowed={"statement_timeout", "unanswered", "busy"})
+
+
+async def lagging_replica(env: Env) -> Figures:
+    """The replica stops replaying (pg_wal_replay_pause, as a long conflicting query does) while
+    the app writes, then resumes: with `max_replica_lag` 0.2 s it leaves the read rotation (the
+    primary serves the reads) and rejoins once caught up; no request fails. `left_ms`: from the
+    pause to the pool taking it out; `rejoin_ms`: from the resume to it being back."""
+    import asyncpg
+
+    seconds = env.size(2.0, 4.0)
+    replica = env.servers["replica"]
+
+    async def fault(live: Live) -> tuple[float, float]:
+        router = live.manager._routers["main"]
+        conn = await asyncpg.connect(replica.url(), timeout=10)
+        try:
+            start = time.monotonic()
+            await conn.execute("SELECT pg_wal_replay_pause()")
+            try:
+                left = await until(lambda: "main.replica1" in router.lagging, seconds + 10)
+                live.extra["left_ms"] = round((time.monotonic() - start) * 1000) if left else None
+                await asyncio.sleep(max(0.0, start + seconds - time.monotonic()))
+            finally:
+                await conn.execute("SELECT pg_wal_replay_resume()")
+            lift = time.monotonic()
+        finally:
+            await conn.close()
+        back = await until(lambda: "main.replica1" not in router.lagging, 30)
+        live.extra["rejoin_ms"] = round((time.monotonic() - lift) * 1000) if back else None
+        return start, lift
+
+    return await _replica_run(env, fault, {"max_replica_lag": 0.2}, allowed={"busy"})
+
+
+async def demoted_primary(env: Env) -> Figures:
+    """A switchover: the primary is demoted (stays up, read-only: `default_transaction_read_only`
+    set and reloaded), and 0.5 s later the pool's address (a TcpProxy) leads to the new primary.
+    Writes refused as read-only are 503 + Retry-After and make the pool discard its connections
+    to the old server, so new ones follow the address; nothing waits for `recycle`. The old
+    primary is a throwaway PostgreSQL of the scenario's own, the new one the shared server.
+    `write_recovery_ms`: from the address leading to the new primary to the first 2xx write."""
+    from connman.testing.servers import PostgresServer
+
+    seconds = env.size(0.5, 2.0)
+    old = await asyncio.to_thread(lambda: PostgresServer().start())
+    rigs: list[Rig] = []
+    on_old: set[str] = set()
+
+    async def keys_on_old() -> set[str]:
+        import asyncpg
+
+        conn = await asyncpg.connect(old.url(), timeout=10)
+        try:
+            keys = {r[0] for r in await conn.fetch(f"SELECT k FROM {rigs[0].ops.table}")}
+        finally:
+            await conn.close()
+        on_old.update(keys)
+        return keys
+
+    async def onto_old(rig: Rig, cfg: dict[str, Any], prx: TcpProxy | None) -> None:
+        assert prx is not None
+        rigs.append(rig)
+        await _pg(old, f"CREATE TABLE {rig.ops.table} (k VARCHAR(64) PRIMARY KEY, v INT)")
+        rig.key_sources.append(keys_on_old)
+        prx.target_port = old.port
+
+    async def fault(live: Live) -> tuple[float, float]:
+        assert live.proxy is not None
+        start = time.monotonic()
+        await _pg(old, "ALTER SYSTEM SET default_transaction_read_only = on")
+        await _pg(old, "SELECT pg_reload_conf()")
+        await asyncio.sleep(seconds)
+        live.proxy.target_port = live.rig.server.port
+        return start, time.monotonic()
+
+    try:
+        fig = await fault_under_load(env, fault, proxy=True, setup=onto_old, table_first=True,
+                                     write_recovery=True, write_ratio=1.0,
+                                     allowed={"unavailable", "busy"})
+        # Writes acknowledged before the switchover are on the old primary (`keys_on_old`).
+        fig["writes_on_old_primary"] = len(on_old)
+        fig["old_primary_open_after_close"] = await _pg_settled(old, rigs[0].app_name, 0, 2.0)
+        fig["leaked"] += fig["old_primary_open_after_close"]
+        return fig
+    finally:
+        await asyncio.to_thread(old.stop)
 
 
 async def cancellation_storm(env: Env) -> Figures:
@@ -1392,6 +1578,20 @@ def _bites(label: str) -> Callable[[Figures], list[str]]:
     return check
 
 
+def _replica_check(seen: str) -> Callable[[Figures], list[str]]:
+    """The common checks; the pool must have taken the replica out (`seen`) and back in."""
+
+    def check(fig: Figures) -> list[str]:
+        problems = _common(fig)
+        if fig.get(seen) is None:
+            problems.append(f"{seen}: the pool never took the replica out of rotation")
+        if fig.get("rejoin_ms") is None:
+            problems.append("the replica never rejoined the rotation")
+        return problems
+
+    return check
+
+
 @dataclass(frozen=True)
 class Scenario:
     """One scenario: its function, the backends it applies to, extra servers, its checks."""
@@ -1432,6 +1632,15 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              sqlite_locked, ("sqlite",), check=_bites("unavailable")),
     Scenario("mongo_stepdown", "Mongo primary steps down (replSetStepDown), primary again",
              mongo_stepdown, MONGO, check=_bites("unavailable")),
+    Scenario("demoted_primary", "Primary demoted (read-only), the address moved to the new "
+             "primary 0.5 s later", demoted_primary, ("postgres", "postgres-psycopg"),
+             check=_bites("unavailable")),
+    Scenario("frozen_replica", "Replica frozen (link black-holed), then answering again",
+             frozen_replica, ("postgres", "postgres-psycopg"), needs=("replica",),
+             check=_replica_check("replica_marked_down_ms")),
+    Scenario("lagging_replica", "Replica lagging (replay paused), max_replica_lag 0.2 s",
+             lagging_replica, ("postgres", "postgres-psycopg"), needs=("replica",),
+             check=_replica_check("left_ms")),
     Scenario("cancellation_storm", "Cancellation storm (client disconnects, cancelled waiters)",
              cancellation_storm, EVERY, check=_check_storm),
     Scenario("sustained_load", "Sustained load, concurrency 200, pool 10 + 20",
@@ -1443,10 +1652,23 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
 ]}
 
 
-KNOWN_ISSUES: dict[tuple[str, str], tuple[str, bool]] = {}
+_DEMOTED_CHECKOUT = (
+    "A demoted primary: a few requests end in a raw 500 `InvalidRequestError: This connection "
+    "is closed` (nothing applied) instead of a 503 + Retry-After. connman discards the pool's "
+    "connections lazily: its `checkout` event raises `DisconnectionError` for a connection "
+    "opened before the last read-only refusal (`_stale_before`); SQLAlchemy then reconnects "
+    "the record and runs the event again, twice at most, and gives up with that error. While "
+    "writes keep being refused, another refusal moves `_stale_before` past the reconnected "
+    "record's `starttime` (set when its connect began), so the retry is refused as stale too."
+)
+
+KNOWN_ISSUES: dict[tuple[str, str], tuple[str, bool]] = {
+    ("demoted_primary", "postgres"): (_DEMOTED_CHECKOUT, False),
+    ("demoted_primary", "postgres-psycopg"): (_DEMOTED_CHECKOUT, False),
+}
 """(scenario, backend) -> (the library misbehaviour it shows, whether it shows every time).
 
-Empty now; what it held is in FIXED.
+What it held before is in FIXED.
 """
 
 
