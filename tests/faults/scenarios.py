@@ -1139,45 +1139,83 @@ async def lagging_replica(env: Env) -> Figures:
     return await _replica_run(env, fault, {"max_replica_lag": 0.2}, allowed={"busy"})
 
 
+async def _mysql_on(server: Server, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """`sql` as root on the MariaDB `server` (autocommit)."""
+    import aiomysql
+
+    conn = await aiomysql.connect(host=server.host, port=server.port, user="root",
+                                  connect_timeout=10, autocommit=True)
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute(sql, args or None)
+            return list(await cur.fetchall())
+    finally:
+        conn.close()
+
+
 async def demoted_primary(env: Env) -> Figures:
-    """A switchover: the primary is demoted (stays up, read-only: `default_transaction_read_only`
-    set and reloaded), and 0.5 s later the pool's address (a TcpProxy) leads to the new primary.
-    Writes refused as read-only are 503 + Retry-After and make the pool discard its connections
-    to the old server, so new ones follow the address; nothing waits for `recycle`. The old
-    primary is a throwaway PostgreSQL of the scenario's own, the new one the shared server.
+    """A switchover: the primary is demoted (stays up, read-only: PostgreSQL's
+    `default_transaction_read_only` set and reloaded, MariaDB's `SET GLOBAL read_only = 1` for a
+    login without SUPER), and 0.5 s later the pool's address (a TcpProxy) leads to the new
+    primary. Writes refused as read-only are 503 + Retry-After and make the pool discard its
+    connections to the old server, so new ones follow the address; nothing waits for `recycle`.
+    The old primary is a throwaway server of the scenario's own, the new one the shared server.
     `write_recovery_ms`: from the address leading to the new primary to the first 2xx write."""
-    from connman.testing.servers import PostgresServer
+    from connman.testing.servers import MariaDBServer, PostgresServer
 
     seconds = env.size(0.5, 2.0)
-    old = await asyncio.to_thread(lambda: PostgresServer().start())
+    pg = env.target.is_postgres
+    new_primary = env.target.server
+    assert new_primary is not None
+    old: Server = await asyncio.to_thread(
+        lambda: (PostgresServer() if pg else MariaDBServer()).start())
+    login = f"cmdemo{uuid.uuid4().hex[:6]}"
     rigs: list[Rig] = []
     on_old: set[str] = set()
+    ddl = "(k VARCHAR(64) PRIMARY KEY, v INT)"
 
     async def keys_on_old() -> set[str]:
-        import asyncpg
+        rig = rigs[0]
+        if pg:
+            import asyncpg
 
-        conn = await asyncpg.connect(old.url(), timeout=10)
-        try:
-            keys = {r[0] for r in await conn.fetch(f"SELECT k FROM {rigs[0].ops.table}")}
-        finally:
-            await conn.close()
+            conn = await asyncpg.connect(old.url(), timeout=10)
+            try:
+                keys = {r[0] for r in await conn.fetch(f"SELECT k FROM {rig.ops.table}")}
+            finally:
+                await conn.close()
+        else:
+            keys = {r[0] for r in await _mysql_on(
+                old, f"SELECT k FROM `{rig.database}`.{rig.ops.table}")}
         on_old.update(keys)
         return keys
 
     async def onto_old(rig: Rig, cfg: dict[str, Any], prx: TcpProxy | None) -> None:
         assert prx is not None
         rigs.append(rig)
-        await _pg(old, f"CREATE TABLE {rig.ops.table} (k VARCHAR(64) PRIMARY KEY, v INT)")
+        if pg:
+            await _pg(old, f"CREATE TABLE {rig.ops.table} {ddl}")
+        else:
+            await _mysql_on(old, f"CREATE DATABASE `{rig.database}`")
+            await _mysql_on(old, f"CREATE TABLE `{rig.database}`.{rig.ops.table} {ddl}")
+            for server in (old, new_primary):  # read_only binds a login without SUPER only
+                await _mysql_on(server, f"CREATE USER '{login}'@'127.0.0.1'")
+                await _mysql_on(server, f"GRANT ALL ON `{rig.database}`.* "
+                                        f"TO '{login}'@'127.0.0.1'")
+            cfg["url"] = cfg["url"].replace("root@", f"{login}@", 1)
         rig.key_sources.append(keys_on_old)
         prx.target_port = old.port
 
     async def fault(live: Live) -> tuple[float, float]:
         assert live.proxy is not None
         start = time.monotonic()
-        await _pg(old, "ALTER SYSTEM SET default_transaction_read_only = on")
-        await _pg(old, "SELECT pg_reload_conf()")
+        if pg:
+            await _pg(old, "ALTER SYSTEM SET default_transaction_read_only = on")
+            await _pg(old, "SELECT pg_reload_conf()")
+        else:
+            await _mysql_on(old, "SET GLOBAL read_only = 1")
         await asyncio.sleep(seconds)
-        live.proxy.target_port = live.rig.server.port
+        live.proxy.target_port = new_primary.port
         return start, time.monotonic()
 
     try:
@@ -1186,10 +1224,20 @@ async def demoted_primary(env: Env) -> Figures:
                                      allowed={"unavailable", "busy"})
         # Writes acknowledged before the switchover are on the old primary (`keys_on_old`).
         fig["writes_on_old_primary"] = len(on_old)
-        fig["old_primary_open_after_close"] = await _pg_settled(old, rigs[0].app_name, 0, 2.0)
-        fig["leaked"] += fig["old_primary_open_after_close"]
+        rig = rigs[0]
+        if pg:
+            left = await _pg_settled(old, rig.app_name, 0, 2.0)
+        else:
+            left = int((await _mysql_on(old, "SELECT COUNT(*) FROM "
+                                             "information_schema.PROCESSLIST WHERE DB = %s",
+                                        rig.database))[0][0])
+        fig["old_primary_open_after_close"] = left
+        fig["leaked"] += left
         return fig
     finally:
+        if not pg:
+            with contextlib.suppress(Exception):
+                await _mysql_on(new_primary, f"DROP USER '{login}'@'127.0.0.1'")
         await asyncio.to_thread(old.stop)
 
 
@@ -1633,8 +1681,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("mongo_stepdown", "Mongo primary steps down (replSetStepDown), primary again",
              mongo_stepdown, MONGO, check=_bites("unavailable")),
     Scenario("demoted_primary", "Primary demoted (read-only), the address moved to the new "
-             "primary 0.5 s later", demoted_primary, ("postgres", "postgres-psycopg"),
-             check=_bites("unavailable")),
+             "primary 0.5 s later", demoted_primary, SQL_SERVERS, check=_bites("unavailable")),
     Scenario("frozen_replica", "Replica frozen (link black-holed), then answering again",
              frozen_replica, ("postgres", "postgres-psycopg"), needs=("replica",),
              check=_replica_check("replica_marked_down_ms")),
@@ -1663,8 +1710,7 @@ _DEMOTED_CHECKOUT = (
 )
 
 KNOWN_ISSUES: dict[tuple[str, str], tuple[str, bool]] = {
-    ("demoted_primary", "postgres"): (_DEMOTED_CHECKOUT, False),
-    ("demoted_primary", "postgres-psycopg"): (_DEMOTED_CHECKOUT, False),
+    ("demoted_primary", tid): (_DEMOTED_CHECKOUT, False) for tid in SQL_SERVERS
 }
 """(scenario, backend) -> (the library misbehaviour it shows, whether it shows every time).
 
