@@ -101,9 +101,9 @@ LIMITS = [
      "served. Its wall time includes starting that server."),
     ("Server full", "the app's own login is limited (PostgreSQL `CONNECTION LIMIT`, MariaDB "
      "`MAX_USER_CONNECTIONS`) to 1 while its connections are killed, so the server refuses "
-     "the rest (SQLSTATE 53300, MariaDB's max_user_connections error) and stays usable for everyone else; a server-wide "
-     "`max_connections` refusal (53300 'remaining connection slots are reserved', 1040) is the "
-     "same kind, tested in tests/test_outages.py."),
+     "the rest (SQLSTATE 53300, MariaDB's max_user_connections error) and stays usable for "
+     "everyone else; a server-wide `max_connections` refusal (53300 'remaining connection "
+     "slots are reserved', 1040) is the same kind, tested in tests/test_outages.py."),
     ("Mongo step-down", "SecantusDB implements `replSetStepDown` as a single-node replica set "
      "does (secondary for the period, writes refused with 10107 NotWritablePrimary, reads "
      "served), so the pool's URL names the replica set (`replicaSet=secantus`). There is no "

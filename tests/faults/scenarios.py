@@ -1709,8 +1709,19 @@ _DEMOTED_CHECKOUT = (
     "record's `starttime` (set when its connect began), so the retry is refused as stale too."
 )
 
+_LOCKED_LEFT_OPEN = (
+    "SQLite on the lowest supported set (SQLAlchemy 2.0.30, aiosqlite 0.20.0) only: a "
+    "connection whose write was refused as locked (503 `ServerUnavailable(kind='locked')`) "
+    "keeps its file handle open after `close()` until the garbage collector runs (sqlite_locked: "
+    "all 4 of the pool's connections open after shutdown; in 1 run of 4, 2 writes started after "
+    "the lock was released were still refused as locked). Reproduced alone: one refused write, "
+    "then `close()`, leaves 1 handle open until `gc.collect()`; SQLAlchemy 2.1.9 with aiosqlite "
+    "0.22.1 closes it."
+)
+
 KNOWN_ISSUES: dict[tuple[str, str], tuple[str, bool]] = {
-    ("demoted_primary", tid): (_DEMOTED_CHECKOUT, False) for tid in SQL_SERVERS
+    **{("demoted_primary", tid): (_DEMOTED_CHECKOUT, False) for tid in SQL_SERVERS},
+    ("sqlite_locked", "sqlite"): (_LOCKED_LEFT_OPEN, False),
 }
 """(scenario, backend) -> (the library misbehaviour it shows, whether it shows every time).
 
