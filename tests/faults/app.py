@@ -2,6 +2,7 @@
 
     POST /items/{key}    writes one row (SQL) or document (Mongo) via Depends(manager.session("main"))
     GET  /items/{key}    200 if the key is there, 404 if not
+    GET  /replica/{key}  (a pool with replicas) reads it with readonly=True; 200 either way
     GET  /slow?seconds=  holds a connection that long (a server-side sleep on PostgreSQL/MariaDB)
 
 Two plain ASGI middlewares make the outcome of every request observable:
@@ -206,6 +207,14 @@ def build_app(manager: ConnectionManager, ops: Ops, *, cancel_on_disconnect: boo
         if not await fetch(ops, unit, key):
             raise HTTPException(404, f"no item {key!r}")
         return {"key": key}
+
+    if manager.pool("main").config.replicas:
+        readonly = manager.session("main", readonly=True)
+
+        @app.get("/replica/{key}")
+        async def read_replica(key: str, unit: Any = Depends(readonly)) -> dict[str, Any]:
+            # Always 200: a replica may not have replayed the write yet (that is lag, not loss).
+            return {"key": key, "found": await fetch(ops, unit, key)}
 
     @app.get("/slow")
     async def slow(seconds: float = 0.5, unit: Any = Depends(session)) -> dict[str, bool]:

@@ -51,6 +51,8 @@ class Plan:
     per_client: int = 5
     pace: float = 0.0
     """Seconds each worker waits between two requests."""
+    read_path: str = "/items"
+    """Reads are GET <read_path>/{key}."""
 
 
 class Outcome(NamedTuple):
@@ -134,7 +136,7 @@ async def _run(plan: Plan) -> list[Outcome]:
                 method, key, url = "GET", "", f"/slow?seconds={plan.slow}"
             elif acked and rng.random() >= plan.write_ratio:
                 key = rng.choice(acked)
-                method, url = "GET", f"/items/{key}"
+                method, url = "GET", f"{plan.read_path}/{key}"
             else:
                 key = f"{plan.prefix}-{n}"
                 method, url = "POST", f"/items/{key}"

@@ -32,6 +32,7 @@ from connman.testing.servers import (
     MariaDBServer,
     MongoWireServer,
     PgBouncerServer,
+    PostgresReplicaServer,
     PostgresServer,
     Server,
     server_from_env,
@@ -58,7 +59,9 @@ BACKENDS = list(TARGETS)
 EXTRAS = ("longest_ms", "bound_ms", "killed", "handlers_cancelled", "tasks_cancelled",
           "serves_after", "throughput_rps",
           "fail_ms", "hang_fail_ms", "app_fail_ms", "app_exit_code", "drain_ms", "late_request",
-          "job", "commit_errors", "commit_errors_applied", "unknown_writes", "transport")
+          "job", "commit_errors", "commit_errors_applied", "unknown_writes", "transport",
+          "write_recovery_ms", "heal_target_ms", "replica_marked_down_ms", "left_ms", "rejoin_ms",
+          "rejoin_target_ms", "writes_on_old_primary")
 
 LIMITS = [
     ("SQLite", "has no server: nothing to restart, kill, cut, slow down, freeze or black-hole, "
@@ -84,6 +87,35 @@ LIMITS = [
      "plus one."),
     ("PgBouncer", "applies to PostgreSQL only; the app's connections are counted with "
      "`SHOW CLIENTS` on its admin console."),
+    ("Replicas (frozen, lagging)", "PostgreSQL only: a streaming replica of the shared server "
+     "(`pg_basebackup -R`), read with `readonly=True` (`GET /replica/{key}`, 200 whether the "
+     "replica has the key yet or not) and `read_your_writes: off`, so the reads do go to it. "
+     "Frozen: the link to it black-holed (TcpProxy); lagging: `pg_wal_replay_pause()` with "
+     "`max_replica_lag` 0.2 s. MariaDB replication is not built here, and `max_replica_lag` "
+     "does not apply to MariaDB."),
+    ("Demoted primary", "each run starts a throwaway server of its own as the old primary (the "
+     "shared one is the new primary), demotes it (PostgreSQL: `ALTER SYSTEM SET "
+     "default_transaction_read_only = on` + `pg_reload_conf()`; MariaDB: `SET GLOBAL read_only "
+     "= 1`, the app's login without SUPER) and 0.5 s later points the pool's address (the "
+     "proxy) at the new primary; the load writes only, so the recovery is the first write "
+     "served. Its wall time includes starting that server."),
+    ("Server full", "the app's own login is limited (PostgreSQL `CONNECTION LIMIT`, MariaDB "
+     "`MAX_USER_CONNECTIONS`) to 1 while its connections are killed, so the server refuses "
+     "the rest (SQLSTATE 53300, MariaDB's max_user_connections error) and stays usable for "
+     "everyone else; a server-wide `max_connections` refusal (53300 'remaining connection "
+     "slots are reserved', 1040) is the same kind, tested in tests/test_outages.py."),
+    ("Mongo step-down", "SecantusDB implements `replSetStepDown` as a single-node replica set "
+     "does (secondary for the period, writes refused with 10107 NotWritablePrimary, reads "
+     "served), so the pool's URL names the replica set (`replicaSet=secantus`). There is no "
+     "other node to elect: the same server is primary again after the period. Its 'not "
+     "primary' error carries no `RetryableWriteError` label, so PyMongo does not retry the "
+     "write itself as it would against mongod; the load writes only."),
+    ("SQLite locked", "another sqlite3 connection (outside the pool) holds the write lock "
+     "(`BEGIN IMMEDIATE`) past the pool's `timeout`, which is also sqlite3's lock wait."),
+    ("Late server", "an optional pool (`required: false`) starts with its server refusing "
+     "connections (the proxy cut); the table was created beforehand on a connection of its "
+     "own. The recovery is from the proxy letting connections through again; the target is "
+     "`connect_timeout` (1 s) plus one healing tick (1 s)."),
     ("Frozen server, black hole", "a frozen server is SIGSTOP of its whole process tree "
      "(PostgreSQL's backends leave the postmaster's process group); its kernel still completes "
      "new TCP handshakes, so a connect gets as far as the server's greeting. The proxy's black "
@@ -102,6 +134,7 @@ def start_servers() -> dict[str, Server]:
     pg = servers["postgres"]
     servers["pgbouncer"] = server_from_env("pgbouncer") or PgBouncerServer(
         pg).start()  # type: ignore[arg-type]
+    servers["replica"] = PostgresReplicaServer(pg).start()  # type: ignore[arg-type]
     return servers
 
 

@@ -36,6 +36,15 @@ def cases() -> Iterator[Any]:
                                marks=[*marks[tid], *extra])
 
 
+@pytest.fixture(scope="session")
+def replica_server(postgres_server: Any) -> Iterator[Any]:
+    """A streaming replica of the shared PostgreSQL (for the replica scenarios)."""
+    from connman.testing.servers import PostgresReplicaServer
+
+    with PostgresReplicaServer(postgres_server) as server:
+        yield server
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _load_worker() -> Iterator[None]:
     yield
