@@ -35,10 +35,10 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 from sqlalchemy.util import await_only, greenlet_spawn
 
-from .._credentials import Credentials
-from .._pool import Pool, finish, jittered_lifetime, shielded
-from ..config import PoolConfig
-from ..errors import (
+from ..._credentials import Credentials
+from ..._pool import Pool, finish, jittered_lifetime, shielded
+from ...config import PoolConfig
+from ...errors import (
     CheckoutTimeout,
     ConcurrentUse,
     ConfigurationError,
@@ -47,17 +47,17 @@ from ..errors import (
     ServerUnavailable,
     StatementTimeout,
 )
-from ..stats import EventHub
-from . import _outage
-from ._guard import Deadline as _Deadline
-from ._guard import EndedBind, FastConnection, Limit
-from ._guard import driver_timeout as _driver_timeout
-from ._pooler import PoolerGuard
-from ._reset import FULL_RESET, mysql_cursor
-from .drivers import asyncpg as _asyncpg
-from .drivers import mysql as _mysql
-from .drivers import psycopg as _psycopg
-from .drivers import sqlite as _sqlite
+from ...stats import EventHub
+from .. import _outage
+from .._guard import Deadline as _Deadline
+from .._guard import EndedBind, FastConnection, Limit
+from .._guard import driver_timeout as _driver_timeout
+from .._pooler import PoolerGuard
+from .._reset import FULL_RESET, mysql_cursor
+from ..drivers import asyncpg as _asyncpg
+from ..drivers import mysql as _mysql
+from ..drivers import psycopg as _psycopg
+from ..drivers import sqlite as _sqlite
 
 logger = logging.getLogger("connman")
 T = TypeVar("T")
@@ -1070,7 +1070,7 @@ class SQLAlchemyPool(Pool):
     def _drop_driver(self) -> None:
         """Drop the engine of a loop that is gone: close the driver connections' sockets directly
         (no round trip is possible without their loop) and forget the pool."""
-        from ._abandon import close_driver_connection
+        from .._abandon import close_driver_connection
 
         engine, self._engine = self._engine, None
         hot, self._hot = self._hot, []

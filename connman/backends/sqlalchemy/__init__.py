@@ -1,0 +1,9 @@
+"""SQLAlchemy async engines (asyncpg, psycopg, aiomysql, asyncmy, aiosqlite) behind the connman pool.
+
+A package whose modules each have one job; this module re-exports the names imported from
+`connman.backends.sqlalchemy` elsewhere (see docs/architecture.md for the layout).
+"""
+
+from .pool import ALIVE_BYPASS_S, SQLAlchemyPool, UnitHook
+
+__all__ = ["ALIVE_BYPASS_S", "SQLAlchemyPool", "UnitHook"]
