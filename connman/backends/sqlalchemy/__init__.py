@@ -4,6 +4,7 @@ A package whose modules each have one job; this module re-exports the names impo
 `connman.backends.sqlalchemy` elsewhere (see docs/architecture.md for the layout).
 """
 
-from .pool import ALIVE_BYPASS_S, SQLAlchemyPool, UnitHook
+from .pool import SQLAlchemyPool, UnitHook
+from .probes import ALIVE_BYPASS_S
 
 __all__ = ["ALIVE_BYPASS_S", "SQLAlchemyPool", "UnitHook"]

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import inspect
 import logging
 import time
 import weakref
 from collections.abc import Callable
 from functools import partial
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from sqlalchemy import event, text
 from sqlalchemy import exc as sa_exc
@@ -32,7 +31,6 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.pool import AsyncAdaptedQueuePool
 from sqlalchemy.util import await_only, greenlet_spawn
 
 from ..._credentials import Credentials
@@ -53,82 +51,15 @@ from .._guard import Deadline as _Deadline
 from .._guard import EndedBind, FastConnection, Limit
 from .._guard import driver_timeout as _driver_timeout
 from .._pooler import PoolerGuard
-from .._reset import FULL_RESET, mysql_cursor
-from ..drivers import asyncpg as _asyncpg
-from ..drivers import mysql as _mysql
+from .._reset import FULL_RESET
 from ..drivers import psycopg as _psycopg
 from ..drivers import sqlite as _sqlite
+from .connect import _CONNECT, _creator
+from .deadlines import _EMULATED_STATEMENT_TIMEOUT, _KILL, _bound_statements, _call_within, _driver_conn
+from .options import BoundedQueuePool, engine_options, session_options
+from .probes import _PROBES, ALIVE_BYPASS_S, _may_be_disconnected
 
 logger = logging.getLogger("connman")
-T = TypeVar("T")
-
-# HikariCP's aliveBypassWindowMs: a connection used this recently is not pinged again.
-ALIVE_BYPASS_S = 0.5
-
-
-class _Probe:
-    """How to ask one driver's raw connection, without I/O, whether it is closed or in a transaction."""
-
-    __slots__ = ("closed", "in_transaction", "ping", "rollback")
-
-    def __init__(self, closed: Callable[[Any], bool], in_transaction: Callable[[Any], bool],
-                 rollback: Callable[[Any], Any], ping: Callable[[Any], Any]) -> None:
-        self.closed = closed
-        self.in_transaction = in_transaction
-        self.rollback = rollback
-        self.ping = ping
-
-
-async def _mysql_select1(conn: Any) -> None:
-    cur = await mysql_cursor(conn)
-    try:
-        await cur.execute("SELECT 1")
-        await cur.fetchall()
-    finally:
-        await cur.close()
-
-
-async def _sqlite_select1(conn: Any) -> None:
-    cur = await conn.execute("SELECT 1")
-    try:
-        await cur.fetchall()
-    finally:
-        await cur.close()
-
-
-# `closed`: without I/O, is the connection closed or has its server hung up (its socket saw EOF)?
-# The drivers notice at their next read; their socket knows at once (`drivers.peer_hung_up`).
-_PROBES: dict[str, _Probe] = {
-    "asyncpg": _Probe(_asyncpg.closed, lambda c: c.is_in_transaction(),
-                      lambda c: c.execute("ROLLBACK"), lambda c: c.fetchval("SELECT 1")),
-    "psycopg": _Probe(_psycopg.hung_up, _psycopg.in_transaction, _psycopg.rollback,
-                      _psycopg.ping),
-    "aiomysql": _Probe(_mysql.hung_up, lambda c: c.get_transaction_status(),
-                       lambda c: c.rollback(), _mysql_select1),
-    "asyncmy": _Probe(_mysql.hung_up, lambda c: c.get_transaction_status(),
-                      lambda c: c.rollback(), _mysql_select1),
-    "aiosqlite": _Probe(_sqlite.closed, lambda c: c.in_transaction,
-                        lambda c: c.rollback(), _sqlite_select1),
-}
-
-
-_DISCONNECT_NAMES = frozenset({"OperationalError", "InterfaceError", "ConnectionDoesNotExistError",
-                               "PostgresConnectionError", "InternalClientError"})
-
-
-def _may_be_disconnected(exc: BaseException) -> bool:
-    """Whether a driver's own exception (fast path, probe) may mean its connection is broken.
-
-    A driver connection can look open after its socket died (asyncmy < 0.2.10 keeps `connected`
-    True), so such an error discards the connection rather than trust it: the MySQL drivers'
-    OperationalError and InterfaceError, asyncpg's connection errors, and OS-level errors.
-    """
-    if isinstance(exc, (OSError, ConnectionError, TimeoutError)):
-        return True
-    psycopg_says = _psycopg.may_be_disconnected(exc)
-    if psycopg_says is not None:
-        return psycopg_says
-    return any(cls.__name__ in _DISCONNECT_NAMES for cls in type(exc).__mro__)
 
 
 def _is_concurrency_error(exc: BaseException) -> bool:
@@ -159,216 +90,6 @@ def _session_connections(session: Any) -> list[Any]:
     for entry in list(trans._connections.values()):
         seen.setdefault(id(entry[0]), entry[0])
     return list(seen.values())
-
-_orphans: set[asyncio.Future[Any]] = set()
-
-
-def _close_orphan(task: asyncio.Future[Any]) -> None:
-    """A connect that finished for a caller who was cancelled meanwhile: close what it made."""
-    if task.cancelled() or task.exception() is not None:
-        return
-    closing = asyncio.ensure_future(task.result().close())
-    _orphans.add(closing)
-    closing.add_done_callback(_orphans.discard)
-
-
-async def _shielded_connect(pending: Any) -> Any:
-    task = asyncio.ensure_future(pending)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        task.add_done_callback(_close_orphan)
-        raise
-
-
-def _aiosqlite_connect(*args: Any, **kw: Any) -> Any:
-    """`aiosqlite.connect` that a cancelled caller cannot leave half-open.
-
-    Cancelled while aiosqlite's thread opens the file, aiosqlite drops the result without closing
-    it: the handle stays open until the garbage collector finds it. Shielded, the connect finishes
-    and the connection is closed.
-    """
-    import aiosqlite
-
-    pending = aiosqlite.connect(*args, **kw)
-    thread: Any = getattr(pending, "_thread", pending)  # aiosqlite < 0.22: it is the thread
-    thread.daemon = True  # as SQLAlchemy does
-    return _shielded_connect(pending)
-
-
-# ------------------------------------------------------------------ bounded driver calls
-# A frozen server or a black-holed link answers nothing and closes nothing, so only a client-side
-# deadline ends a call. asyncpg has one (`command_timeout`); for the rest, and for the calls
-# connman makes itself (pre-ping, close), a timer kills the connection when the deadline passes:
-# the pending call then fails at once, and connman raises its typed error from that failure.
-
-
-# How to drop a driver connection now, without a word to the server (the driver modules).
-_KILL: dict[str, Callable[[Any], None]] = {
-    "asyncpg": _asyncpg.kill,
-    "psycopg": _psycopg.kill,
-    "aiomysql": _mysql.kill,
-    "asyncmy": _mysql.kill,
-    "aiosqlite": _sqlite.interrupt,
-}
-
-# Drivers whose statements connman bounds itself (asyncpg's `command_timeout` is native).
-# psycopg has none: connman's deadline, and its kill cancels the statement on the server.
-_EMULATED_STATEMENT_TIMEOUT = ("psycopg", "aiomysql", "asyncmy", "aiosqlite")
-
-
-def _call_within(seconds: float, kill: Callable[[Any], None], conn: Any,
-                 expired: Callable[[], Exception], call: Callable[[], T]) -> T:
-    """Run `call()` (a driver call, in SQLAlchemy's greenlet); past `seconds`, kill `conn`.
-
-    Returns what `call()` returns; raises `expired()`, chained to the driver's error, when the
-    deadline killed the connection, and the driver's own error otherwise.
-    """
-    deadline = _Deadline(seconds, kill, conn)
-    try:
-        return call()
-    except Exception as exc:
-        if deadline.fired:
-            raise expired() from exc
-        if _driver_timeout(exc):  # asyncpg's `command_timeout` ran out first
-            deadline.cancel()
-            deadline._fire(kill, conn)
-            raise expired() from exc
-        raise
-    finally:
-        deadline.cancel()
-
-
-def _driver_conn(conn: Any) -> Any:
-    """The driver's connection behind a pool proxy or SQLAlchemy's adapter (or itself)."""
-    return getattr(conn, "driver_connection", conn)
-
-
-async def _connect_within(seconds: float, connect: Callable[[], Any],
-                          close: Callable[[], None]) -> Any:
-    """Await a driver connect that must finish, handshake included, within `seconds`.
-
-    `close()` runs on what the connect left half-open when it timed out or was cancelled.
-    """
-    try:
-        async with asyncio.timeout(seconds):
-            return await connect()
-    except BaseException:
-        close()
-        raise
-
-
-def _aiomysql_connect(seconds: float) -> Callable[..., Any]:
-    """aiomysql's connect with the handshake bounded too (its `connect_timeout` covers only TCP).
-
-    Built from its public `Connection` so that a connect cut short can be closed: cancelled
-    midway, `aiomysql.connect` drops the half-open socket to the garbage collector.
-    """
-    import aiomysql
-
-    async def connected(*args: Any, **kw: Any) -> Any:
-        conn = aiomysql.Connection(*args, **kw)
-        await _connect_within(seconds, conn._connect, conn.close)
-        return conn
-
-    return connected
-
-
-def _asyncmy_connect(seconds: float) -> Callable[..., Any]:
-    """asyncmy's connect with the handshake bounded too (it closes what a cancel cut short)."""
-    import asyncmy
-
-    async def connected(*args: Any, **kw: Any) -> Any:
-        return await _connect_within(seconds, partial(asyncmy.connect, *args, **kw),
-                                     lambda: None)
-
-    return connected
-
-
-_CONNECT_TIMEOUT_ARG = {"asyncpg": "timeout", "aiomysql": "connect_timeout",
-                        "asyncmy": "connect_timeout"}
-
-
-def engine_options(name: str, config: PoolConfig) -> dict[str, Any]:
-    """The `create_async_engine` keywords for a pool config: the mapping table, as code."""
-    driver = config.driver_name
-    if config.size < 1:
-        raise ConfigurationError(
-            f"pool {name!r}: size: must be at least 1 for SQL pools "
-            "(SQLAlchemy reads pool_size=0 as 'no limit')", pool=name, field="size")
-    url = config.url.get_secret_value()
-    if driver == "aiosqlite" and (":memory:" in url or url.rstrip("/").endswith("sqlite+aiosqlite:")):
-        raise ConfigurationError(
-            f"pool {name!r}: url: an in-memory SQLite database cannot be pooled; use a file",
-            pool=name, field="url")
-    opts = dict(config.options)
-    raw_args = opts.pop("connect_args", None) or {}
-    if not isinstance(raw_args, dict):
-        raise ConfigurationError(f"pool {name!r}: options: 'connect_args' must be a mapping",
-                                 pool=name, field="options")
-    connect_args: dict[str, Any] = dict(raw_args)
-    arg = _CONNECT_TIMEOUT_ARG.get(driver)
-    if arg is not None:
-        connect_args.setdefault(arg, config.connect_timeout)
-    elif driver == "aiosqlite":
-        # sqlite3's `timeout` is how long a writer waits for the file lock: the same promise as
-        # `timeout` (wait for the database, then fail), instead of sqlite3's own 5 s.
-        connect_args.setdefault("timeout", config.timeout)
-    if config.statement_timeout is not None and driver == "asyncpg":
-        # asyncpg's own per-call deadline (queries, BEGIN/COMMIT/ROLLBACK); the other drivers
-        # have none that works on a silent server, so connman bounds their calls itself.
-        connect_args.setdefault("command_timeout", config.statement_timeout)
-    if config.external_pooler == "pgbouncer":
-        # Transaction pooling hands each transaction a different server connection, so named
-        # prepared statements cannot be reused: turn off both asyncpg's and SQLAlchemy's caches,
-        # or psycopg's preparing altogether.
-        if driver == "psycopg":
-            for key, value in _psycopg.PGBOUNCER_ARGS.items():
-                connect_args.setdefault(key, value)
-        else:
-            connect_args.setdefault("statement_cache_size", 0)
-            connect_args.setdefault("prepared_statement_cache_size", 0)
-    kw: dict[str, Any] = {
-        # Room for every connection up to the maximum, so none is closed as "overflow" the moment
-        # it comes back (a reconnect storm on every burst): connman's maintenance closes what is
-        # above `size` once idle for `overflow_idle`, and the warm-up opens exactly `size`.
-        "pool_size": config.max_size,
-        "max_overflow": 0,
-        # LIFO: a light load reuses the same few connections, so the surplus stays idle long
-        # enough to be closed (FIFO would rotate through all of them and keep every one open).
-        "pool_use_lifo": True,
-        # connman's gate bounds the wait; the native timeout is a backstop just beyond it.
-        "pool_timeout": config.timeout + 1.0,
-        "pool_recycle": int(config.recycle) if config.recycle is not None else -1,
-        "pool_pre_ping": config.pre_ping,
-        "echo": config.echo,
-        "poolclass": BoundedQueuePool,
-        "pool_reset_on_return": "rollback",
-    }
-    if connect_args:
-        kw["connect_args"] = connect_args
-    kw.update(opts)
-    return kw
-
-
-def session_options(name: str, config: PoolConfig) -> dict[str, Any]:
-    """The `async_sessionmaker` keywords for a pool config (`class_` from `session_class`).
-
-    Checked now, by making one unbound session: an option the session class does not take
-    would otherwise fail on the first request, not at startup.
-    """
-    cls = config.session_class or AsyncSession
-    if not issubclass(cls, AsyncSession):
-        raise ConfigurationError(
-            f"pool {name!r}: session_class: {cls.__module__}.{cls.__qualname__} is not a "
-            "subclass of sqlalchemy.ext.asyncio.AsyncSession", pool=name, field="session_class")
-    kw: dict[str, Any] = {"expire_on_commit": False, **config.session_options}
-    try:
-        cls(**kw)
-    except (TypeError, sa_exc.ArgumentError) as exc:
-        raise ConfigurationError(f"pool {name!r}: session_options: {exc}", pool=name,
-                                 field="session_options") from None
-    return {"class_": cls, **kw}
 
 
 def _queued(pool: Any) -> Any:
@@ -452,99 +173,6 @@ class UnitHook(Protocol):
 
     async def rollback(self) -> None:
         """Roll back everything and give the connection back (the pool is closing)."""
-
-
-def _bound_statements(sync_engine: Any, dialect: Any, seconds: float, kill: Callable[[Any], None],
-                      expired: Callable[[], Exception]) -> None:
-    """Bound every execute, COMMIT and ROLLBACK of an engine by `seconds` (the emulated
-    `statement_timeout`): past it the connection is killed and `expired()` raised."""
-
-    def within(conn: Any, call: Callable[[], Any]) -> Any:
-        return _call_within(seconds, kill, _driver_conn(conn), expired, call)
-
-    @event.listens_for(sync_engine, "do_execute")
-    def do_execute(cursor: Any, statement: Any, parameters: Any, context: Any) -> bool:
-        within(context.root_connection.connection,
-               partial(dialect.do_execute, cursor, statement, parameters, context))
-        return True  # executed here
-
-    @event.listens_for(sync_engine, "do_execute_no_params")
-    def do_execute_no_params(cursor: Any, statement: Any, context: Any) -> bool:
-        within(context.root_connection.connection,
-               partial(dialect.do_execute_no_params, cursor, statement, context))
-        return True
-
-    @event.listens_for(sync_engine, "do_executemany")
-    def do_executemany(cursor: Any, statement: Any, parameters: Any, context: Any) -> bool:
-        within(context.root_connection.connection,
-               partial(dialect.do_executemany, cursor, statement, parameters, context))
-        return True
-
-    commit, rollback = dialect.do_commit, dialect.do_rollback
-    dialect.do_commit = lambda conn: within(conn, partial(commit, conn))
-    dialect.do_rollback = lambda conn: within(conn, partial(rollback, conn))
-
-
-class BoundedQueuePool(AsyncAdaptedQueuePool):
-    """SQLAlchemy's async queue pool, whose checkout fails with `CheckoutTimeout` when a new
-    connection's setup got no answer in time.
-
-    After the connect, the dialect sets the connection up (asyncpg: type codecs, one query each)
-    in the pool's `connect` event, out of reach of connman's connect bound; a driver
-    timeout there (asyncpg's `command_timeout`), or the setup deadline connman arms around it,
-    would otherwise surface as a bare `TimeoutError` or driver error.
-    """
-
-    # Log where SQLAlchemy's own pool logs, so logging configured for it still applies.
-    _sqla_logger_namespace = "sqlalchemy.pool.impl.AsyncAdaptedQueuePool"
-
-    cm_setup_expired: Callable[[BaseException, int], Exception | None] | None = None
-    """Set by connman: (the error, setup kills before the checkout) -> the error to raise
-    (`CheckoutTimeout` for an expired setup, `ServerUnavailable` for a refused one)."""
-    cm_setup_kills = 0
-    """Setups connman's deadline killed so far."""
-
-    def connect(self) -> Any:
-        """Check a connection out (see `sqlalchemy.pool.Pool.connect`)."""
-        kills = self.cm_setup_kills
-        try:
-            return super().connect()
-        except Exception as exc:
-            translate = self.cm_setup_expired
-            replacement = translate(exc, kills) if translate is not None else None
-            if replacement is None:
-                raise
-            raise replacement from exc
-
-
-def _driver_call(module: str, path: str) -> Callable[..., Any]:
-    """A driver's own connect function (`module` + dotted `path`), imported at the first call."""
-
-    def connect(*args: Any, **kw: Any) -> Any:
-        fn: Any = importlib.import_module(module)
-        for attr in path.split("."):
-            fn = getattr(fn, attr)
-        return fn(*args, **kw)
-
-    return connect
-
-
-# Each driver's connect as connman's `async_creator_fn` awaits it, given `connect_timeout`: the
-# one place a driver's connect is named (adding a driver is one line here). A driver missing here
-# connects as SQLAlchemy's dialect would without connman: no `credentials`, no connect stats.
-_CONNECT: dict[str, Callable[[float], Callable[..., Any]]] = {
-    "asyncpg": lambda _: _driver_call("asyncpg", "connect"),  # `timeout` bounds it all
-    "aiomysql": _aiomysql_connect,
-    "asyncmy": _asyncmy_connect,
-    "aiosqlite": lambda _: _aiosqlite_connect,
-    "psycopg": _psycopg.connect_within,
-}
-
-
-def _creator(driver: str, connect_timeout: float) -> Callable[..., Any] | None:
-    """The driver connect connman's `async_creator_fn` calls (None: a driver not in `_CONNECT`)."""
-    factory = _CONNECT.get(driver)
-    return factory(connect_timeout) if factory is not None else None
 
 
 class SQLAlchemyPool(Pool):
