@@ -1,14 +1,8 @@
-"""SQLAlchemy async engines (asyncpg, psycopg, aiomysql, asyncmy, aiosqlite) behind the connman pool.
-
-Maps the schema to `create_async_engine` keywords, feeds the stats from pool events, and emulates
+"""Maps the schema to `create_async_engine` keywords, feeds the stats from pool events, and emulates
 what SQLAlchemy lacks: an idle timeout, lifetime jitter (both checked at checkout, where
 `pool_recycle` is checked) and counted reasons for every closed connection.
 
-The fast path (`connection()`) keeps the connections it gives back on a small LIFO stack of its own
-instead of returning them through SQLAlchemy's pool: the next fast-path checkout then costs no
-greenlet hop, no pool bookkeeping and no pre-ping round trip, which is what made it 3x slower than
-asyncpg's own pool. Those connections stay checked out of SQLAlchemy's pool, so its bound on open
-connections still holds; the stack gives one back whenever a session could otherwise wait for it.
+`SQLAlchemyPool` composes the package's parts (being split out of this module).
 """
 
 from __future__ import annotations
@@ -18,46 +12,25 @@ import contextlib
 import inspect
 import logging
 import time
-import weakref
 from collections.abc import Callable
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
-from sqlalchemy import event, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
-    create_async_engine,
-)
-from sqlalchemy.util import await_only, greenlet_spawn
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.util import greenlet_spawn
 
-from ..._credentials import Credentials
-from ..._pool import Pool, finish, jittered_lifetime, shielded
-from ...config import PoolConfig
-from ...errors import (
-    CheckoutTimeout,
-    ConcurrentUse,
-    ConfigurationError,
-    ConnectionLost,
-    ConnmanError,
-    ServerUnavailable,
-    StatementTimeout,
-)
-from ...stats import EventHub
+from ..._pool import finish, shielded
+from ...errors import ConcurrentUse, ConnectionLost, ServerUnavailable, StatementTimeout
 from .. import _outage
-from .._guard import Deadline as _Deadline
-from .._guard import EndedBind, FastConnection, Limit
+from .._guard import EndedBind, FastConnection
 from .._guard import driver_timeout as _driver_timeout
-from .._pooler import PoolerGuard
-from .._reset import FULL_RESET
 from ..drivers import psycopg as _psycopg
-from ..drivers import sqlite as _sqlite
-from .connect import _CONNECT, _creator
-from .deadlines import _EMULATED_STATEMENT_TIMEOUT, _KILL, _bound_statements, _call_within, _driver_conn
-from .options import BoundedQueuePool, engine_options, session_options
-from .probes import _PROBES, ALIVE_BYPASS_S, _may_be_disconnected
+from .connect import _creator
+from .events import EventsMixin
+from .probes import ALIVE_BYPASS_S, _may_be_disconnected
+from .state import UnitHook
 
 logger = logging.getLogger("connman")
 
@@ -147,96 +120,10 @@ def _release_frames(error: BaseException) -> None:
             tb = tb.tb_next
 
 
-class UnitHook(Protocol):
-    """What `SQLAlchemyPool.bind()` joins a pool's units of work to: connman.testing's per-test
-    binding (`connman.testing.binding.TestBinding`), kept out of this module's hot path."""
-
-    @property
-    def pool(self) -> SQLAlchemyPool:
-        """The pool whose binding it is (a replica pool shares its primary's)."""
-
-    @property
-    def active(self) -> bool:
-        """Whether it holds a connection (an outer transaction is open)."""
-
-    async def begin(self) -> AsyncSession:
-        """A session for one unit of work, joined to the binding."""
-
-    async def end(self, session: AsyncSession, error: BaseException | None) -> None:
-        """End the unit of work `begin()` started."""
-
-    async def begin_raw(self) -> tuple[Any, Any]:
-        """A fast-path unit: (its handle for `end_raw`, the connection handed to the app)."""
-
-    async def end_raw(self, handle: Any, error: BaseException | None) -> None:
-        """End the fast-path unit `begin_raw()` started."""
-
-    async def rollback(self) -> None:
-        """Roll back everything and give the connection back (the pool is closing)."""
-
-
-class SQLAlchemyPool(Pool):
+class SQLAlchemyPool(EventsMixin):
     """A pool whose sessions are `AsyncSession`s on one `AsyncEngine`."""
 
     backend = "sqlalchemy"
-
-    def __init__(self, name: str, config: PoolConfig, hub: EventHub) -> None:
-        super().__init__(name, config, hub)
-        self._options = engine_options(name, config)
-        self._session_kw = session_options(name, config)
-        self._engine: AsyncEngine | None = None
-        self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
-        self.connect_hooks: list[Callable[[Any, Any], None]] = []
-        self._finish_timeout = config.connect_timeout + config.timeout
-        self._disposed_pool: Any = None
-        # The fast path's own idle connections: (fairy, driver connection, when it came back).
-        self._hot: list[tuple[Any, Any, float]] = []
-        self._probe = _PROBES.get(config.driver_name)
-        self._sqlite = config.driver_name == "aiosqlite"
-        # psycopg's fast path runs in autocommit, as asyncpg's connections do; SQLAlchemy's
-        # sessions need it off, so it is on only inside a fast-path unit of work.
-        self._autocommit_fast = config.driver_name == "psycopg"
-        self._autocommit = config.commit == "auto"
-        # Drivers whose every query the fast path's proxy sees (asyncpg's connection methods,
-        # the MySQL drivers' cursors); aiosqlite's `execute` calls are seen, but not the rows an
-        # `async for` over its cursor reads on its thread.
-        self._tracked = config.driver_name != "aiosqlite"
-        self._binding: UnitHook | None = None
-        self._full_reset = (FULL_RESET.get(config.driver_name)
-                            if config.reset_on_return == "full" else None)
-        self._silent_until = 0.0
-        """Until then, closes do not wait for the server: one goodbye just went unanswered."""
-        kill = _KILL.get(config.driver_name)
-        # `statement_timeout` on the fast path's calls (asyncpg's methods, the MySQL drivers'
-        # cursors, aiosqlite's execute calls and cursors).
-        self._fast_limit = (
-            Limit(config.statement_timeout, kill, self._statement_expired,
-                  native=config.driver_name == "asyncpg")
-            if config.statement_timeout is not None and kill is not None else None)
-        # The records SQLAlchemy's pool has checked out (its checkout and checkin events), so
-        # that a record whose checkin a cancellation cut short can be found and given back.
-        self._out: set[Any] = set()
-        self._recent: dict[int, float] = {}
-        """When each open driver connection (by id) was last checked in: the pre-ping bypass."""
-        self._pooler = (PoolerGuard(name, config.external_pooler)
-                        if config.external_pooler is not None else None)
-        """Warns once about session-level state behind a transaction-mode pooler."""
-        self._stale_before = 0.0
-        """Connections opened before then (`time.time()`) are discarded at their next checkout:
-        their server refused a write as read-only (a demoted primary)."""
-        self._committed: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
-        """Tasks whose current unit of work sent a COMMIT: a connection it loses later may have
-        applied something, so its `ConnectionLost` gets no `Retry-After`."""
-        self._credentials = (
-            Credentials(name, config.credentials, config.connect_timeout, config.retry_after_s)
-            if config.credentials is not None else None)
-        """The `credentials` provider, called in each new connection's connect."""
-        if self._credentials is not None and config.driver_name not in _CONNECT:
-            raise ConfigurationError(
-                f"pool {name!r}: credentials: not supported for driver {config.driver_name!r}",
-                pool=name, field="credentials")
-        self._connect_ms: dict[int, float] = {}
-        """How long each new driver connection (by id) took to open, until its connect event."""
 
     # ------------------------------------------------------------------ lifecycle
     async def _open(self) -> None:
@@ -341,336 +228,6 @@ class SQLAlchemyPool(Pool):
             return conn
 
         return connect
-
-    # ------------------------------------------------------------------ deadlines
-    def _statement_expired(self) -> StatementTimeout:
-        return StatementTimeout(
-            f"pool {self.name!r}: no answer from the server within statement_timeout="
-            f"{self.config.statement_timeout:g}s; the connection was discarded and the unit of "
-            "work rolled back", pool=self.name)
-
-    def _ping_expired(self) -> CheckoutTimeout:
-        return CheckoutTimeout(
-            f"pool {self.name!r}: the server did not answer the pre-ping within connect_timeout="
-            f"{self.config.connect_timeout:g}s; the connection was discarded",
-            pool=self.name, retry_after=self.config.retry_after_s)
-
-    def _connect_expired(self) -> CheckoutTimeout:
-        return CheckoutTimeout(
-            f"pool {self.name!r}: no connection to the server within connect_timeout="
-            f"{self.config.connect_timeout:g}s", pool=self.name,
-            retry_after=self.config.retry_after_s)
-
-    def _kill(self, conn: Any) -> None:
-        """Drop a driver connection now, without a word to the server."""
-        kill = _KILL.get(self.config.driver_name)
-        if kill is not None:
-            try:
-                kill(conn)
-            except Exception:
-                logger.debug("connman: pool %r: killing a connection failed", self.name,
-                             exc_info=True)
-
-    def _refuse_overlapping_executes(self, dialect: Any) -> None:
-        """Refuse a statement on a connection that is running another: `ConcurrentUse`.
-
-        Two tasks on one session (`gather` over one `AsyncSession`) send their statements on
-        one connection. SQLAlchemy's asyncio adapters queue them on a mutex and aiosqlite runs
-        them one after the other on its thread, so some drivers would not even fail; the session's
-        state is shared all the same. Detected here for every driver, before the driver sees the
-        second statement. (Units of work joined to a test's outer connection take turns in
-        `connman.testing.binding.TestBinding`, so they never overlap here.)
-        """
-        running: set[int] = set()
-        name = self.name
-
-        def guarded(call: Callable[..., Any]) -> Callable[..., Any]:
-            def run(cursor: Any, *args: Any) -> Any:
-                key = id(getattr(cursor, "_adapt_connection", cursor))
-                if key in running:
-                    raise ConcurrentUse(
-                        f"pool {name!r}: two tasks used one session at the same time (a "
-                        "statement was sent while another was running on its connection); a "
-                        "session is one unit of work on one connection: await its operations "
-                        f"in turn, or give each task its own `async with manager.session({name!r})`",
-                        pool=name)
-                running.add(key)
-                try:
-                    return call(cursor, *args)
-                finally:
-                    running.discard(key)
-            return run
-
-        dialect.do_execute = guarded(dialect.do_execute)
-        dialect.do_execute_no_params = guarded(dialect.do_execute_no_params)
-        dialect.do_executemany = guarded(dialect.do_executemany)
-
-    def _bound_calls(self, sync_engine: Any) -> None:
-        """Put a deadline on every driver call that waits for the server's answer.
-
-        Statements (`statement_timeout`): asyncpg natively; the other drivers through the
-        dialect's execute events and its `do_commit`/`do_rollback`. The pre-ping and the graceful
-        close get `connect_timeout`. An expired statement raises `StatementTimeout`, an expired
-        pre-ping `CheckoutTimeout`; either way the connection is invalidated (discarded).
-        """
-        cfg = self.config
-        kill = _KILL.get(cfg.driver_name)
-        if kill is None:
-            return
-        dialect = sync_engine.dialect
-        seconds = cfg.statement_timeout
-        if seconds is not None and cfg.driver_name in _EMULATED_STATEMENT_TIMEOUT:
-            _bound_statements(sync_engine, dialect, seconds, kill, self._statement_expired)
-        ping, close = dialect.do_ping, dialect.do_close
-        recent = self._recent
-        probe = self._probe
-
-        def do_ping(dbapi_conn: Any) -> bool:
-            # HikariCP's aliveBypassWindowMs: a connection checked in within the last
-            # ALIVE_BYPASS_S was alive then; one round trip fewer per unit of work in a burst.
-            # Unless its server hung up since (a restart): then the ping runs, fails at once,
-            # and SQLAlchemy replaces the pool's connections, as without the bypass.
-            last_in = recent.get(id(dbapi_conn))
-            if (last_in is not None and time.monotonic() - last_in < ALIVE_BYPASS_S
-                    and probe is not None and not probe.closed(_driver_conn(dbapi_conn))):
-                return True
-            return bool(_call_within(cfg.connect_timeout, kill, _driver_conn(dbapi_conn),
-                                     self._ping_expired, partial(ping, dbapi_conn)))
-
-        dialect.do_ping = do_ping
-
-        def do_close(dbapi_conn: Any) -> None:
-            # Shutdown and overflow closes say goodbye to the server (asyncpg waits for it to
-            # hang up); a frozen one never answers. Once one goodbye went unanswered, the next
-            # ones are not waited for: dispose() closes connections one after the other.
-            driver_conn = _driver_conn(dbapi_conn)
-            if time.monotonic() < self._silent_until:
-                with contextlib.suppress(Exception):
-                    kill(driver_conn)
-            deadline = _Deadline(cfg.connect_timeout, kill, driver_conn)
-            try:
-                close(dbapi_conn)
-            except Exception:
-                if not deadline.fired:
-                    raise
-            finally:
-                deadline.cancel()
-            if deadline.fired:  # killed, whether the close then failed or returned
-                self._silent_until = time.monotonic() + cfg.connect_timeout
-                logger.info("connman: pool %r: the server did not answer a close within %gs; "
-                            "the connection was dropped", self.name, cfg.connect_timeout)
-
-        dialect.do_close = do_close
-
-        @event.listens_for(sync_engine, "handle_error")
-        def on_error(ctx: Any) -> Exception | None:
-            exc = ctx.original_exception
-            if isinstance(exc, StatementTimeout):
-                replace = None
-            elif seconds is not None and _driver_timeout(exc) and ctx.connection is not None:
-                # asyncpg's command_timeout: it would wait for the server to cancel the query.
-                fairy = ctx.connection.connection if not ctx.connection.invalidated else None
-                if fairy is not None:
-                    with contextlib.suppress(Exception):
-                        kill(_driver_conn(fairy))
-                replace = self._statement_expired()
-            else:
-                return None
-            # Its protocol state is unknown: discard this connection, not the whole pool.
-            ctx.is_disconnect = True
-            ctx.invalidate_pool_on_disconnect = False
-            return replace
-
-    def _typed_errors(self, sync_engine: Any) -> None:
-        """Raise a server's failure as connman's typed error, still of SQLAlchemy's class.
-
-        Runs after `_bound_calls`' handler (which types statement timeouts). A refused, full or
-        read-only server is `ServerUnavailable`, a connection the server ended in use is
-        `ConnectionLost` (see `_outage`); each keeps the class of SQLAlchemy's exception (or of
-        the driver's, for errors SQLAlchemy does not wrap). A read-only refusal discards the
-        connection and, lazily at their next checkout, every connection opened before it.
-        """
-        committed = self._committed
-
-        @event.listens_for(sync_engine, "commit")
-        def on_commit(conn: Any) -> None:
-            task = asyncio.current_task()
-            if task is not None:
-                committed.add(task)
-
-        @event.listens_for(sync_engine, "handle_error")
-        def typed(ctx: Any) -> Exception | None:
-            if ctx.is_pre_ping or not isinstance(ctx.original_exception, Exception):
-                # Pre-ping: SQLAlchemy reconnects (a failed reconnect comes here again).
-                # A cancellation stays a cancellation.
-                return None
-            wrapper = ctx.sqlalchemy_exception
-            # `chained_exception` (public) is only set once an earlier handler returned one.
-            error = getattr(ctx, "chained_exception", None) or ctx.original_exception
-            if isinstance(error, ConnmanError):
-                # Typed already (the connect, a statement deadline): keep SQLAlchemy's class too,
-                # or the driver's when SQLAlchemy did not wrap it.
-                cause = wrapper if wrapper is not None else error.__cause__
-                if cause is None or isinstance(cause, ConnmanError):
-                    return None
-                return _outage.driver_classed(error, cause)
-            phase: _outage.Phase = ("connect" if ctx.connection is None else
-                                    "commit" if ctx.statement is None else "statement")
-            typed = _outage.typed_error(self, ctx.original_exception, phase, wrapper,
-                                        disconnected=ctx.is_disconnect and phase != "connect")
-            if typed is None:
-                return None
-            if isinstance(typed, ConnectionLost) or (
-                    isinstance(typed, ServerUnavailable) and typed.kind == "read_only"):
-                ctx.is_disconnect = True  # never hand this connection out again
-                if isinstance(typed, sa_exc.DBAPIError):
-                    typed.connection_invalidated = True
-            if isinstance(typed, ServerUnavailable) and typed.kind == "read_only":
-                self._stale_before = time.time()
-                ctx.invalidate_pool_on_disconnect = False  # done lazily by _stale_before
-                logger.warning("connman: pool %r: the server refused a write as read-only; "
-                               "discarding the pool's connections to it", self.name)
-            return typed
-
-    # ------------------------------------------------------------------ events -> stats
-    def _install_events(self, engine: AsyncEngine) -> None:
-        sync_engine = engine.sync_engine
-        pool = sync_engine.pool
-        cfg = self.config
-
-        sqlite = self._sqlite
-        self._recent = {}
-        self._refuse_overlapping_executes(sync_engine.dialect)
-        if cfg.driver_name == "psycopg":
-            # SQLAlchemy terminates a psycopg connection by awaiting its close(): outside its
-            # greenlet (connman discarding a connection) that fails and leaves it open.
-            def do_terminate(dbapi_connection: Any) -> None:
-                _psycopg.terminate(_driver_conn(dbapi_connection))
-
-            sync_engine.dialect.do_terminate = do_terminate  # type: ignore[method-assign]
-        self._bound_calls(sync_engine)
-        self._typed_errors(sync_engine)
-        guard = self._pooler
-        if guard is not None:
-            @event.listens_for(sync_engine, "before_cursor_execute")
-            def pooler_check(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-                guard.check(statement)
-        out: set[Any] = set()
-        self._out = out
-        connect_ms = self._connect_ms
-
-
-        kill = _KILL.get(cfg.driver_name)
-        if kill is not None and isinstance(pool, BoundedQueuePool):
-            bounded_pool = pool
-
-            def setup_expired(exc: BaseException, kills: int) -> Exception | None:
-                if isinstance(exc, ConnmanError):
-                    return None
-                if _driver_timeout(exc) or bounded_pool.cm_setup_kills != kills:
-                    return self._connect_expired()
-                # The dialect's setup queries after the connect (a pooler that answers the
-                # login, then fails the first query): nothing of the request ran.
-                return _outage.typed_error(self, exc, "connect")
-
-            pool.cm_setup_expired = setup_expired
-
-            def killed_in_setup(conn: Any) -> None:
-                bounded_pool.cm_setup_kills += 1
-                kill(conn)
-
-            @event.listens_for(pool, "connect", insert=True)
-            def arm_setup(dbapi_con: Any, rec: Any) -> None:
-                # Runs before the dialect's own setup queries; our on_connect, after them,
-                # disarms it. If the setup fails, SQLAlchemy drops the connection unclosed:
-                # the deadline then closes it.
-                rec.info["cm_setup"] = _Deadline(cfg.connect_timeout, killed_in_setup,
-                                                 _driver_conn(dbapi_con))
-
-        @event.listens_for(pool, "connect")
-        def on_connect(dbapi_con: Any, rec: Any) -> None:
-            setup = rec.info.pop("cm_setup", None)
-            if setup is not None:
-                setup.cancel()
-            now = time.monotonic()
-            rec.info["cm_born"] = now
-            if cfg.recycle is not None:
-                rec.info["cm_deadline"] = now + jittered_lifetime(cfg.recycle, cfg.recycle_jitter)
-            self._emit("connect", connect_ms.pop(id(_driver_conn(dbapi_con)), 0.0))
-
-        for hook in self.connect_hooks:
-            event.listen(pool, "connect", hook)
-
-        @event.listens_for(pool, "checkout")
-        def on_checkout(dbapi_con: Any, rec: Any, proxy: Any) -> None:
-            info = rec.info
-            if self._stale_before > rec.starttime:
-                # Opened before the server refused a write as read-only (a demoted primary):
-                # reconnect, through the pool's URL, to whichever server is primary now.
-                info["cm_reason"] = "lost"
-                raise sa_exc.DisconnectionError("connman: connection to a read-only server")
-            now = time.monotonic()
-            deadline = info.get("cm_deadline")
-            if deadline is not None and now >= deadline:
-                info["cm_reason"] = "recycle"
-                raise sa_exc.DisconnectionError("connman: connection exceeded recycle")
-            last_in = info.get("cm_in")
-            if cfg.idle is not None and last_in is not None and now - last_in > cfg.idle:
-                info["cm_reason"] = "idle_close"
-                raise sa_exc.DisconnectionError("connman: connection exceeded idle")
-            out.add(rec)
-
-        recent = self._recent
-
-        @event.listens_for(pool, "checkin")
-        def on_checkin(dbapi_con: Any, rec: Any) -> None:
-            if rec is not None:
-                now = rec.info["cm_in"] = time.monotonic()
-                out.discard(rec)
-                if dbapi_con is not None:
-                    recent[id(dbapi_con)] = now
-
-        full_reset = self._full_reset
-        if full_reset is not None:
-            hooks = self.connect_hooks
-
-            @event.listens_for(pool, "reset")
-            def on_reset(dbapi_con: Any, rec: Any, reset_state: Any) -> None:
-                if reset_state.terminate_only or not reset_state.asyncio_safe:
-                    return  # being closed, or collected by the GC: nothing to reset
-                # Through the adapter first, so SQLAlchemy's view of the transaction stays true;
-                # an error here makes SQLAlchemy invalidate the connection instead.
-                dbapi_con.rollback()
-                await_only(full_reset(dbapi_con.driver_connection))
-                for hook in hooks:
-                    hook(dbapi_con, rec)
-
-        @event.listens_for(pool, "invalidate")
-        def on_invalidate(dbapi_con: Any, rec: Any, error: BaseException | None) -> None:
-            rec.info.setdefault("cm_reason", "lost")
-            recent.pop(id(dbapi_con), None)
-            if sqlite and dbapi_con is not None:
-                # Invalidated mid-query (a cancelled request): stop the query, so the close that
-                # follows runs now rather than after it, and the file handle goes with it.
-                try:
-                    _sqlite.interrupt(getattr(dbapi_con, "driver_connection", dbapi_con))
-                except Exception:
-                    logger.debug("connman: pool %r: interrupt failed", self.name, exc_info=True)
-
-        @event.listens_for(pool, "close")
-        def on_close(dbapi_con: Any, rec: Any) -> None:
-            recent.pop(id(dbapi_con), None)
-            info = rec.info
-            reason = info.pop("cm_reason", None)
-            if reason is None:
-                deadline = info.get("cm_deadline")
-                if deadline is not None and time.monotonic() >= deadline:
-                    reason = "recycle"  # SQLAlchemy's own pool_recycle got there first
-                elif getattr(pool, "_invalidate_time", 0) > getattr(rec, "starttime", 0):
-                    reason = "lost"  # the whole pool was invalidated (server restarted)
-                else:
-                    reason = "close"
-            self.connection_event(reason)
 
     # ------------------------------------------------------------------ sessions
     async def _begin(self) -> AsyncSession:
@@ -796,33 +353,6 @@ class SQLAlchemyPool(Pool):
             "its operations in turn, or give each task its own `async with "
             f"manager.session({self.name!r})`", pool=self.name)
 
-    def _reclaim_stranded(self) -> int:
-        """Give back to SQLAlchemy's pool the records whose checkin a cancellation cut short.
-
-        SQLAlchemy before 2.0.58 (its issue #13699): when a cancellation (a request cancelled
-        while its connection was being reset, or a reset abandoned past its deadline) interrupts
-        the reset of a connection being checked in, the pool invalidates the connection but never
-        checks the record in. The slot is lost for good: `checkedout()` stays one higher and the
-        pool can open one connection fewer, for the life of the process. Such a record is
-        recognised by a closed proxy (`_counter` 0) still attached to it and no DBAPI connection;
-        it is checked in empty, as SQLAlchemy 2.0.58 does. Returns how many were given back.
-        """
-        found = 0
-        for rec in list(self._out):
-            ref = rec.fairy_ref
-            fairy = ref() if ref is not None else None
-            if (fairy is None or rec.dbapi_connection is not None
-                    or fairy._connection_record is not rec or fairy._counter > 0):
-                continue
-            fairy.dbapi_connection = None
-            fairy._connection_record = None
-            rec.checkin()
-            found += 1
-        if found:
-            logger.info("connman: pool %r: %d connection(s) whose checkin was cancelled given "
-                        "back to the pool (SQLAlchemy < 2.0.58)", self.name, found)
-        return found
-
     async def _finish_checkin(self, step: Callable[[], Any]) -> None:
         """Run a fast-path connection's `close()`/`invalidate()` in SQLAlchemy's greenlet (see
         `finish`); if a cancellation or the deadline cut into it, give back a stranded record."""
@@ -856,13 +386,6 @@ class SQLAlchemyPool(Pool):
                 except Exception:
                     logger.debug("connman: pool %r: invalidating a session's connection failed",
                                  self.name, exc_info=True)
-
-    async def _close_if_disposed(self) -> None:
-        if self._disposed_pool is not None:
-            # A session outlived the drain deadline: its connection went back to a pool that
-            # was already disposed, so dispose that pool again to close it.
-            await finish(partial(greenlet_spawn, self._disposed_pool.dispose),
-                         self._finish_timeout, self.name)
 
     async def _begin_raw(self) -> tuple[Any, Any]:
         if self._binding is not None:  # connman.testing: a savepoint on the test's connection
@@ -1151,11 +674,6 @@ class SQLAlchemyPool(Pool):
     def binding(self) -> UnitHook | None:
         """The test binding in force, if any."""
         return self._binding
-
-    def _require_engine(self) -> AsyncEngine:
-        if self._engine is None:
-            raise RuntimeError(f"pool {self.name!r} is not open")
-        return self._engine
 
     async def _ping(self) -> float:
         """One `SELECT 1` on a pooled driver connection; latency in milliseconds."""
