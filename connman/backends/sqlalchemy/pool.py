@@ -1,16 +1,15 @@
-"""Maps the schema to `create_async_engine` keywords, feeds the stats from pool events, and emulates
-what SQLAlchemy lacks: an idle timeout, lifetime jitter (both checked at checkout, where
-`pool_recycle` is checked) and counted reasons for every closed connection.
+"""`SQLAlchemyPool`: a connman pool whose sessions are `AsyncSession`s on one `AsyncEngine`.
 
-`SQLAlchemyPool` composes the package's parts (being split out of this module).
+It composes the package's parts (see `connman.backends.sqlalchemy`): the events, the fast path and
+the units of work are its mixins, over the shared `PoolState`. This module holds the rest: its
+lifecycle (open with warm-up, close, fork), the connect connman wraps around each driver's, the
+maintenance that closes connections above `size`, gauges and server facts, and the test binding's
+hooks.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import inspect
-import logging
 import time
 from collections.abc import Callable
 from functools import partial
@@ -18,51 +17,18 @@ from typing import Any
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.util import greenlet_spawn
 
 from ..._pool import finish, shielded
-from ...errors import ConcurrentUse, ConnectionLost, ServerUnavailable, StatementTimeout
+from ...errors import ConnectionLost, ServerUnavailable
 from .. import _outage
-from .._guard import EndedBind, FastConnection
 from .._guard import driver_timeout as _driver_timeout
 from ..drivers import psycopg as _psycopg
 from .connect import _creator
 from .events import EventsMixin
-from .probes import ALIVE_BYPASS_S, _may_be_disconnected
 from .state import UnitHook
-
-logger = logging.getLogger("connman")
-
-
-def _is_concurrency_error(exc: BaseException) -> bool:
-    """SQLAlchemy's own word that two tasks used one session at once."""
-    return isinstance(exc, sa_exc.IllegalStateChangeError) or (
-        isinstance(exc, sa_exc.InvalidRequestError) and getattr(exc, "code", None) == "isce")
-
-
-def _changing(session: Any) -> bool:
-    """Whether a task is inside a state change of this (sync) session now, such as checking a
-    connection out for it: SQLAlchemy's `_StateChange` marks that on each transaction."""
-    trans = session._transaction
-    while trans is not None:
-        if getattr(trans._next_state, "name", "") == "CHANGE_IN_PROGRESS":
-            return True
-        trans = trans._parent
-    return False
-
-
-def _session_connections(session: Any) -> list[Any]:
-    """The SQLAlchemy `Connection`s a (sync) session holds, whatever state it is in."""
-    trans = session._transaction
-    while trans is not None and trans._parent is not None:
-        trans = trans._parent
-    if trans is None:
-        return []
-    seen: dict[int, Any] = {}
-    for entry in list(trans._connections.values()):
-        seen.setdefault(id(entry[0]), entry[0])
-    return list(seen.values())
+from .units import UnitsMixin
 
 
 def _queued(pool: Any) -> Any:
@@ -89,38 +55,7 @@ def _live_idle(pool: Any) -> int:
     return sum(1 for rec in list(records) if rec.dbapi_connection is not None)
 
 
-_OPTIMIZED = inspect.CO_OPTIMIZED
-_CLEARABLE = (inspect.CO_OPTIMIZED | inspect.CO_GENERATOR | inspect.CO_COROUTINE
-              | inspect.CO_ASYNC_GENERATOR | inspect.CO_ITERABLE_COROUTINE)
-
-
-def _release_frames(error: BaseException) -> None:
-    """Drop the locals of the finished frames a cancellation passed through.
-
-    sqlite3's close() leaves the file open while a statement of the connection is alive, and the
-    cursor of a query cut short by the cancel is held by those frames, in a reference cycle with
-    the exception: without this, the handle stays open until the garbage collector runs.
-    """
-    seen: set[int] = set()
-    todo: list[BaseException] = [error]
-    while todo:
-        exc = todo.pop()
-        if id(exc) in seen:
-            continue
-        seen.add(id(exc))
-        todo += [e for e in (exc.__context__, exc.__cause__) if e is not None]
-        tb = exc.__traceback__
-        while tb is not None:
-            frame = tb.tb_frame
-            # Only finished plain functions: never a module's namespace, never a suspended
-            # generator or coroutine (clearing one would finalize it).
-            if frame.f_code.co_flags & _CLEARABLE == _OPTIMIZED:
-                with contextlib.suppress(RuntimeError):  # still executing
-                    frame.clear()
-            tb = tb.tb_next
-
-
-class SQLAlchemyPool(EventsMixin):
+class SQLAlchemyPool(EventsMixin, UnitsMixin):
     """A pool whose sessions are `AsyncSession`s on one `AsyncEngine`."""
 
     backend = "sqlalchemy"
@@ -229,18 +164,6 @@ class SQLAlchemyPool(EventsMixin):
 
         return connect
 
-    # ------------------------------------------------------------------ sessions
-    async def _begin(self) -> AsyncSession:
-        if self._binding is not None:  # connman.testing: join the test's outer transaction
-            return await self._binding.begin()
-        assert self._sessionmaker is not None
-        if self._committed:
-            self._committed.discard(asyncio.current_task())  # type: ignore[arg-type]
-        if self._hot and self._active + len(self._hot) > self.config.max_size:
-            # This session's slot would need a connection the fast path holds idle.
-            await self._discard(self._hot.pop(0)[0], reason=None)
-        return self._sessionmaker()
-
     def off_books(self) -> int:
         """SQLAlchemy's checked-out connections beyond the leases and the fast path's idle stack."""
         if self._engine is None:
@@ -271,193 +194,6 @@ class SQLAlchemyPool(EventsMixin):
         for conn in conns:
             close_driver_connection(conn)
         self._sessionmaker = None
-
-    async def _end(self, session: AsyncSession, error: BaseException | None) -> None:
-        if self._binding is not None:  # connman.testing
-            return await self._binding.end(session, error)
-        if error is not None:
-            self._typed_end(error)
-        try:
-            clean = await self._close_unit(session, error)
-        except BaseException as exc:
-            self._reclaim_stranded()
-            if exc is not error:
-                self._typed_end(exc)
-            raise
-        if not clean or error is not None:
-            self._reclaim_stranded()
-
-    def _typed_end(self, error: BaseException) -> None:
-        """Count a unit that ended in a typed server failure; a connection lost after the unit
-        sent a COMMIT may have applied something: no `Retry-After` then."""
-        if isinstance(error, ConnectionLost) and error.retry_after is not None:
-            task = asyncio.current_task()
-            if task is not None and task in self._committed:
-                error.retry_after = None
-        _outage.count(self, error)
-
-    async def _close_unit(self, session: AsyncSession, error: BaseException | None) -> bool:
-        """Commit (`commit="auto"`) and close a session; its connections go back or are discarded.
-
-        Returns False when closing was interrupted or abandoned (see `finish`)."""
-        clean = True
-        if isinstance(error, ConcurrentUse):
-            # Another task may still be running a statement on this session's connection:
-            # discard it (which interrupts that statement) rather than give it back busy.
-            await self._force_close(session.sync_session)
-        if error is not None and not isinstance(error, Exception) and self._sqlite:
-            # Cancelled: SQLAlchemy invalidated the connection if a query was in flight (the
-            # invalidate event interrupts it); the cursor it leaves must not keep the file open.
-            _release_frames(error)
-        sync = session.sync_session
-        try:
-            if error is None and self._autocommit and session.in_transaction():
-                try:
-                    await session.commit()
-                except Exception:
-                    # What the server kept is unknown (SQLite even leaves the transaction open
-                    # after a failed COMMIT, for the next unit to see): discard the connection
-                    # instead of trusting a rollback on it.
-                    await self._force_close(sync)
-                    raise
-        finally:
-            # close() rolls back what was not committed and returns the connection, also when
-            # the request was cancelled.
-            try:
-                clean = await finish(session.close, self._finish_timeout, self.name)
-                if _session_connections(sync):
-                    # close() was abandoned (stuck past its deadline): discard what it held.
-                    await self._force_close(sync)
-            except Exception as exc:
-                # Another task is still inside this session (gather over one session), or the
-                # connection broke while being reset: close() could not return it, so discard it
-                # before the gate gives the slot back.
-                await self._force_close(sync)
-                if _is_concurrency_error(exc) or (error is not None
-                                                  and _is_concurrency_error(error)):
-                    raise self._concurrent(error or exc) from exc
-                raise
-            finally:
-                # From now on the session refuses to check a connection out: no work after the
-                # unit of work ended can go past the gate.
-                sync.bind = EndedBind(self.name)  # type: ignore[assignment]
-                await self._close_if_disposed()
-        if error is not None and _is_concurrency_error(error):
-            raise self._concurrent(error) from error
-        return clean
-
-    def _concurrent(self, cause: BaseException) -> ConcurrentUse:
-        return ConcurrentUse(
-            f"pool {self.name!r}: two tasks used one session at the same time "
-            f"({type(cause).__name__}); a session is one unit of work on one connection: await "
-            "its operations in turn, or give each task its own `async with "
-            f"manager.session({self.name!r})`", pool=self.name)
-
-    async def _finish_checkin(self, step: Callable[[], Any]) -> None:
-        """Run a fast-path connection's `close()`/`invalidate()` in SQLAlchemy's greenlet (see
-        `finish`); if a cancellation or the deadline cut into it, give back a stranded record."""
-        try:
-            clean = await finish(partial(greenlet_spawn, step), self._finish_timeout, self.name)
-        except BaseException:
-            self._reclaim_stranded()
-            raise
-        if not clean:
-            self._reclaim_stranded()
-
-    async def _force_close(self, sync: Any) -> None:
-        """Discard the connections of a session that close() could not end.
-
-        A task may be checking a connection out for the session right now: wait (at most the
-        time a checkout may take) until it holds it, then invalidate every connection the session
-        holds. Invalidating outside SQLAlchemy's greenlet terminates the driver connection at once
-        (no round trip) and checks it back in, so the slot goes back with no connection out.
-        """
-        sync.bind = EndedBind(self.name)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._finish_timeout
-        try:
-            while _changing(sync) and loop.time() < deadline:
-                await asyncio.sleep(0.005)
-        finally:
-            for conn in _session_connections(sync):
-                try:
-                    if not conn.closed and not conn.invalidated:
-                        conn.invalidate()
-                except Exception:
-                    logger.debug("connman: pool %r: invalidating a session's connection failed",
-                                 self.name, exc_info=True)
-
-    async def _begin_raw(self) -> tuple[Any, Any]:
-        if self._binding is not None:  # connman.testing: a savepoint on the test's connection
-            return await self._binding.begin_raw()
-        try:
-            fairy, conn = await self._checkout_raw()
-        except Exception as exc:
-            # A refused connect is typed in the connect; this types what fails after it (the
-            # dialect's setup queries, a pooler that refuses at the first query).
-            typed = _outage.typed_error(self, exc, "connect")
-            _outage.count(self, typed or exc)
-            if typed is not None:
-                raise typed from exc
-            raise
-        if self._autocommit_fast and not _psycopg.autocommit(conn):  # not from the hot stack
-            try:
-                await _psycopg.enter_autocommit(conn)
-            except BaseException as exc:
-                await self._checkin_raw(fairy, exc)
-                raise
-        proxy = FastConnection(self.name, conn, self._fast_limit,
-                               self._pooler.check if self._pooler is not None else None)
-        return (fairy, proxy), proxy
-
-    async def _checkout_raw(self) -> tuple[Any, Any]:
-        hot = self._hot
-        while hot:
-            fairy, conn, since = hot.pop()
-            reason = self._unusable(fairy, conn, since)
-            if reason is None:
-                return fairy, conn
-            await self._discard(fairy, reason)
-        fairy = await self._require_engine().raw_connection()
-        return fairy, fairy.driver_connection
-
-    def _unusable(self, fairy: Any, conn: Any, since: float) -> str | None:
-        """Why a fast-path connection cannot be handed out as is (None: it can)."""
-        probe = self._probe
-        assert probe is not None
-        if probe.closed(conn):
-            return "lost"
-        rec = fairy._connection_record
-        now = time.monotonic()
-        deadline = rec.info.get("cm_deadline")
-        if deadline is not None and now >= deadline:
-            return "recycle"
-        cfg = self.config
-        if cfg.idle is not None and now - since > cfg.idle:
-            return "idle_close"
-        if fairy._pool._invalidate_time > rec.starttime or self._stale_before > rec.starttime:
-            return "lost"  # SQLAlchemy saw the server go away meanwhile, or turn read-only
-        if cfg.pre_ping and now - since > ALIVE_BYPASS_S:
-            return "ping"  # not used lately: let SQLAlchemy's checkout ping it
-        return None
-
-    async def _make_room(self) -> None:
-        """Before checking out past the gate (ping, server_info): free a connection the fast path
-        holds idle if SQLAlchemy's pool has none, so that checkout cannot wait on them."""
-        pool: Any = self._engine.sync_engine.pool if self._engine is not None else None
-        if self._hot and pool is not None and not pool.checkedin():
-            await self._discard(self._hot.pop(0)[0], reason=None)
-
-    async def _trim(self, pool: Any, size: int) -> None:
-        """While the fast path holds more than `size` idle, give the oldest back to SQLAlchemy.
-
-        Only when nobody waits. They stay open in SQLAlchemy's queue, which has room for `size +
-        overflow`, for sessions to reuse; the maintenance closes them once idle for
-        `overflow_idle`. Closing them here instead would make the next burst reconnect.
-        """
-        hot = self._hot
-        while len(hot) > size and not self._nwaiting:
-            await self._discard(hot.pop(0)[0], reason=None)
 
     def _maintenance_interval(self) -> float | None:
         if self.config.overflow == 0:
@@ -504,136 +240,6 @@ class SQLAlchemyPool(EventsMixin):
             finally:
                 self._unreserve()
 
-    async def _discard(self, fairy: Any, reason: str | None) -> None:
-        """Hand a fast-path connection back to SQLAlchemy's pool, or close it for `reason`."""
-        if (reason is None or reason == "ping") and self._autocommit_fast and fairy.is_valid:
-            # psycopg: the fast path's connections stay in autocommit while it holds them
-            # (no switch per unit of work); SQLAlchemy's sessions expect it off.
-            try:
-                await _psycopg.leave_autocommit(fairy.driver_connection)
-            except Exception:
-                reason = "lost"
-        if reason is None or reason == "ping":
-            step = fairy.close
-        else:
-            fairy._connection_record.info["cm_reason"] = reason
-            step = fairy.invalidate
-        await self._finish_checkin(step)
-
-    async def _end_raw(self, handle: Any, error: BaseException | None) -> None:
-        if self._binding is not None:  # connman.testing
-            return await self._binding.end_raw(handle, error)
-        fairy, proxy = handle
-        typed = None
-        if isinstance(error, Exception):
-            probe = self._probe
-            gone = probe is not None and probe.closed(fairy.driver_connection)
-            typed = _outage.typed_error(self, error, "statement", disconnected=gone)
-        if typed is None:
-            if (isinstance(error, ConnectionLost) or (isinstance(error, ServerUnavailable)
-                                                      and error.kind == "read_only")) and (
-                    error.pool == self.name):
-                # Typed already (by an inner unit of this pool): discard this connection too.
-                proxy._cm_detach()
-                self._terminate(fairy, "lost")
-                return None
-            return await self._end_raw_untyped(fairy, proxy, error)
-        if isinstance(typed, ConnectionLost):
-            # The fast path has no unit-wide transaction (asyncpg autocommits each statement
-            # outside `conn.transaction()`; the others' `commit()` is the app's): whether
-            # something was applied before the loss is unknown.
-            typed.retry_after = None
-        _outage.count(self, typed)
-        if isinstance(typed, ConnectionLost) or (isinstance(typed, ServerUnavailable)
-                                                 and typed.kind == "read_only"):
-            if isinstance(typed, ServerUnavailable):
-                self._stale_before = time.time()
-                logger.warning("connman: pool %r: the server refused a write as read-only; "
-                               "discarding the pool's connections to it", self.name)
-            proxy._cm_detach()
-            self._terminate(fairy, "lost")  # never handed out again
-        else:
-            await self._end_raw_untyped(fairy, proxy, error)
-        raise typed from error
-
-    async def _end_raw_untyped(self, fairy: Any, proxy: Any, error: BaseException | None) -> None:
-        if proxy._cm_detach() or (isinstance(error, Exception) and not self._tracked):
-            # An operation is still running on it (a task the `async with` did not wait for), or
-            # may be: aiosqlite queues queries on its thread through objects the proxy does not
-            # see, so an error exit could leave one queued. Its state is unknown: terminate it,
-            # never hand it out again busy. One that timed out counts as lost, as elsewhere.
-            self._terminate(fairy, "lost" if isinstance(error, StatementTimeout) else "close")
-            return
-        await self._checkin_raw(fairy, error)
-
-    async def _reset_raw(self, fairy: Any, conn: Any) -> None:
-        """`reset_on_return="full"` on the fast path: the driver's reset, then the pool's
-        `on_connect` hooks again (they run in SQLAlchemy's greenlet, as at connect)."""
-        assert self._full_reset is not None
-        await self._full_reset(conn)
-        if self.connect_hooks:
-            def rerun() -> None:
-                for hook in self.connect_hooks:
-                    hook(fairy.dbapi_connection, fairy._connection_record)
-            await greenlet_spawn(rerun)
-
-    def _terminate(self, fairy: Any, reason: str) -> None:
-        """Invalidate a connection outside SQLAlchemy's greenlet: the driver connection is closed
-        at once, without a round trip, and the record goes back to the pool empty."""
-        if fairy.is_valid:
-            fairy._connection_record.info["cm_reason"] = reason
-            fairy.invalidate()
-        else:
-            fairy.close()
-
-    async def _checkin_raw(self, fairy: Any, error: BaseException | None) -> None:
-        probe = self._probe
-        if (probe is not None and self._engine is not None and not self._closing
-                and fairy.is_valid):
-            conn = fairy.driver_connection
-            if not isinstance(error, Exception) and error is not None:
-                # Cancelled, perhaps mid-query: this connection's protocol state is unknown.
-                # Invalidating it also interrupts a SQLite query (the invalidate event).
-                await self._discard(fairy, "close")
-                return
-            if _driver_timeout(error):
-                # asyncpg's command_timeout: kill it first, or closing it would wait for the
-                # server to answer the query's cancellation.
-                self._kill(conn)
-                await self._discard(fairy, "lost")
-                return
-            if probe.closed(conn) or (error is not None and _may_be_disconnected(error)):
-                await self._discard(fairy, "lost")
-                return
-            if probe.in_transaction(conn):
-                # What SQLAlchemy's reset-on-return does: roll back what the caller left open.
-                try:
-                    await finish(partial(probe.rollback, conn), self._finish_timeout, self.name)
-                except Exception:
-                    await self._discard(fairy, "lost")
-                    return
-                if probe.closed(conn) or probe.in_transaction(conn):
-                    await self._discard(fairy, "lost")
-                    return
-            if self._full_reset is not None:
-                try:
-                    await finish(partial(self._reset_raw, fairy, conn), self._finish_timeout,
-                                 self.name)
-                except Exception:
-                    await self._discard(fairy, "lost")
-                    return
-            self._hot.append((fairy, conn, time.monotonic()))  # psycopg: still in autocommit
-            pool, size = fairy._pool, self.config.size
-            if not self._nwaiting and len(self._hot) + pool.checkedin() > size:
-                await self._trim(pool, size)
-            return
-        if self._autocommit_fast and fairy.is_valid and _psycopg.autocommit(fairy.driver_connection):
-            # Not made ready for sessions (the pool is closing): never hand it to one.
-            await self._discard(fairy, "close")
-            return
-        await self._finish_checkin(fairy.close)
-        await self._close_if_disposed()
-
     def is_connection_error(self, exc: BaseException) -> bool:
         """A DBAPI error that invalidated the connection, or could not make one (a failed
         `credentials` provider included: a replica's reads then go to the next one)."""
@@ -674,22 +280,6 @@ class SQLAlchemyPool(EventsMixin):
     def binding(self) -> UnitHook | None:
         """The test binding in force, if any."""
         return self._binding
-
-    async def _ping(self) -> float:
-        """One `SELECT 1` on a pooled driver connection; latency in milliseconds."""
-        probe = self._probe
-        assert probe is not None
-        t0 = time.perf_counter()
-        fairy, conn = await self._checkout_raw()
-        error: BaseException | None = None
-        try:
-            await probe.ping(conn)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            await self._checkin_raw(fairy, error)
-        return (time.perf_counter() - t0) * 1000
 
     def _gauges(self) -> tuple[int, int]:
         if self._engine is None:
