@@ -32,7 +32,7 @@ logger = logging.getLogger("connman")
 
 class UnitHook(Protocol):
     """What `SQLAlchemyPool.bind()` joins a pool's units of work to: connman.testing's per-test
-    binding (`connman.testing.binding.TestBinding`), kept out of this module's hot path."""
+    binding (`connman.testing.binding.TestBinding`), kept out of the backend's hot path."""
 
     @property
     def pool(self) -> PoolState:
