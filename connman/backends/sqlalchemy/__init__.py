@@ -17,11 +17,14 @@ One job a module (each imports only those above it):
 - `units`: units of work on sessions.
 - `pool`: `SQLAlchemyPool` itself (lifecycle, maintenance, gauges), composing the above.
 
-This module re-exports the names imported from `connman.backends.sqlalchemy` elsewhere.
+This module re-exports the public names the single module `backends/sqlalchemy.py` had (those
+imported from `connman.backends.sqlalchemy` elsewhere among them).
 """
 
+from .options import BoundedQueuePool, engine_options, session_options
 from .pool import SQLAlchemyPool
 from .probes import ALIVE_BYPASS_S
 from .state import UnitHook
 
-__all__ = ["ALIVE_BYPASS_S", "SQLAlchemyPool", "UnitHook"]
+__all__ = ["ALIVE_BYPASS_S", "BoundedQueuePool", "SQLAlchemyPool", "UnitHook", "engine_options",
+           "session_options"]
