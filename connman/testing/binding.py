@@ -1,8 +1,8 @@
 """The per-test binding: every unit of work of a SQL pool joined to one outer transaction.
 
-Moved out of `connman/backends/sqlalchemy.py` (issue 20): the backend keeps one typed hook
-(`SQLAlchemyPool.bind(hook)`, the `UnitHook` protocol) and two `if self._binding` branches; what a
-test's isolation does lives here.
+Moved out of the SQL backend (`connman/backends/sqlalchemy/`, issue 20): the backend keeps one
+typed hook (`SQLAlchemyPool.bind(hook)`, the `UnitHook` protocol) and two `if self._binding`
+branches; what a test's isolation does lives here.
 
 How units of work share the test's one connection
 -------------------------------------------------

@@ -1,0 +1,344 @@
+"""SQLAlchemy's engine and pool events, as connman's rules and stats: lifetime (recycle with
+jitter, idle, a read-only server's connections) checked at checkout, counted reasons for every
+closed connection, typed errors (`handle_error`), deadlines on the pre-ping and the close (with the
+pre-ping bypass window) and on every statement, and concurrent use of one session refused."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.util import await_only
+
+from ..._pool import jittered_lifetime
+from ...errors import (
+    ConcurrentUse,
+    ConnectionLost,
+    ConnmanError,
+    ServerUnavailable,
+    StatementTimeout,
+)
+from .. import _outage
+from .._guard import Deadline as _Deadline
+from .._guard import driver_timeout as _driver_timeout
+from ..drivers import psycopg as _psycopg
+from ..drivers import sqlite as _sqlite
+from .deadlines import _EMULATED_STATEMENT_TIMEOUT, _KILL, _bound_statements, _call_within, _driver_conn
+from .options import BoundedQueuePool
+from .probes import ALIVE_BYPASS_S
+from .state import PoolState
+
+logger = logging.getLogger("connman")
+
+
+class EventsMixin(PoolState):
+    """`SQLAlchemyPool`'s listeners on its engine and pool, installed by `_install_events`."""
+
+    def _refuse_overlapping_executes(self, dialect: Any) -> None:
+        """Refuse a statement on a connection that is running another: `ConcurrentUse`.
+
+        Two tasks on one session (`gather` over one `AsyncSession`) send their statements on
+        one connection. SQLAlchemy's asyncio adapters queue them on a mutex and aiosqlite runs
+        them one after the other on its thread, so some drivers would not even fail; the session's
+        state is shared all the same. Detected here for every driver, before the driver sees the
+        second statement. (Units of work joined to a test's outer connection take turns in
+        `connman.testing.binding.TestBinding`, so they never overlap here.)
+        """
+        running: set[int] = set()
+        name = self.name
+
+        def guarded(call: Callable[..., Any]) -> Callable[..., Any]:
+            def run(cursor: Any, *args: Any) -> Any:
+                key = id(getattr(cursor, "_adapt_connection", cursor))
+                if key in running:
+                    raise ConcurrentUse(
+                        f"pool {name!r}: two tasks used one session at the same time (a "
+                        "statement was sent while another was running on its connection); a "
+                        "session is one unit of work on one connection: await its operations "
+                        f"in turn, or give each task its own `async with manager.session({name!r})`",
+                        pool=name)
+                running.add(key)
+                try:
+                    return call(cursor, *args)
+                finally:
+                    running.discard(key)
+            return run
+
+        dialect.do_execute = guarded(dialect.do_execute)
+        dialect.do_execute_no_params = guarded(dialect.do_execute_no_params)
+        dialect.do_executemany = guarded(dialect.do_executemany)
+
+    def _bound_calls(self, sync_engine: Any) -> None:
+        """Put a deadline on every driver call that waits for the server's answer.
+
+        Statements (`statement_timeout`): asyncpg natively; the other drivers through the
+        dialect's execute events and its `do_commit`/`do_rollback`. The pre-ping and the graceful
+        close get `connect_timeout`. An expired statement raises `StatementTimeout`, an expired
+        pre-ping `CheckoutTimeout`; either way the connection is invalidated (discarded).
+        """
+        cfg = self.config
+        kill = _KILL.get(cfg.driver_name)
+        if kill is None:
+            return
+        dialect = sync_engine.dialect
+        seconds = cfg.statement_timeout
+        if seconds is not None and cfg.driver_name in _EMULATED_STATEMENT_TIMEOUT:
+            _bound_statements(sync_engine, dialect, seconds, kill, self._statement_expired)
+        ping, close = dialect.do_ping, dialect.do_close
+        recent = self._recent
+        probe = self._probe
+
+        def do_ping(dbapi_conn: Any) -> bool:
+            # HikariCP's aliveBypassWindowMs: a connection checked in within the last
+            # ALIVE_BYPASS_S was alive then; one round trip fewer per unit of work in a burst.
+            # Unless its server hung up since (a restart): then the ping runs, fails at once,
+            # and SQLAlchemy replaces the pool's connections, as without the bypass.
+            last_in = recent.get(id(dbapi_conn))
+            if (last_in is not None and time.monotonic() - last_in < ALIVE_BYPASS_S
+                    and probe is not None and not probe.closed(_driver_conn(dbapi_conn))):
+                return True
+            return bool(_call_within(cfg.connect_timeout, kill, _driver_conn(dbapi_conn),
+                                     self._ping_expired, partial(ping, dbapi_conn)))
+
+        dialect.do_ping = do_ping
+
+        def do_close(dbapi_conn: Any) -> None:
+            # Shutdown and overflow closes say goodbye to the server (asyncpg waits for it to
+            # hang up); a frozen one never answers. Once one goodbye went unanswered, the next
+            # ones are not waited for: dispose() closes connections one after the other.
+            driver_conn = _driver_conn(dbapi_conn)
+            if time.monotonic() < self._silent_until:
+                with contextlib.suppress(Exception):
+                    kill(driver_conn)
+            deadline = _Deadline(cfg.connect_timeout, kill, driver_conn)
+            try:
+                close(dbapi_conn)
+            except Exception:
+                if not deadline.fired:
+                    raise
+            finally:
+                deadline.cancel()
+            if deadline.fired:  # killed, whether the close then failed or returned
+                self._silent_until = time.monotonic() + cfg.connect_timeout
+                logger.info("connman: pool %r: the server did not answer a close within %gs; "
+                            "the connection was dropped", self.name, cfg.connect_timeout)
+
+        dialect.do_close = do_close
+
+        @event.listens_for(sync_engine, "handle_error")
+        def on_error(ctx: Any) -> Exception | None:
+            exc = ctx.original_exception
+            if isinstance(exc, StatementTimeout):
+                replace = None
+            elif seconds is not None and _driver_timeout(exc) and ctx.connection is not None:
+                # asyncpg's command_timeout: it would wait for the server to cancel the query.
+                fairy = ctx.connection.connection if not ctx.connection.invalidated else None
+                if fairy is not None:
+                    with contextlib.suppress(Exception):
+                        kill(_driver_conn(fairy))
+                replace = self._statement_expired()
+            else:
+                return None
+            # Its protocol state is unknown: discard this connection, not the whole pool.
+            ctx.is_disconnect = True
+            ctx.invalidate_pool_on_disconnect = False
+            return replace
+
+    def _typed_errors(self, sync_engine: Any) -> None:
+        """Raise a server's failure as connman's typed error, still of SQLAlchemy's class.
+
+        Runs after `_bound_calls`' handler (which types statement timeouts). A refused, full or
+        read-only server is `ServerUnavailable`, a connection the server ended in use is
+        `ConnectionLost` (see `_outage`); each keeps the class of SQLAlchemy's exception (or of
+        the driver's, for errors SQLAlchemy does not wrap). A read-only refusal discards the
+        connection and, lazily at their next checkout, every connection opened before it.
+        """
+        committed = self._committed
+
+        @event.listens_for(sync_engine, "commit")
+        def on_commit(conn: Any) -> None:
+            task = asyncio.current_task()
+            if task is not None:
+                committed.add(task)
+
+        @event.listens_for(sync_engine, "handle_error")
+        def typed(ctx: Any) -> Exception | None:
+            if ctx.is_pre_ping or not isinstance(ctx.original_exception, Exception):
+                # Pre-ping: SQLAlchemy reconnects (a failed reconnect comes here again).
+                # A cancellation stays a cancellation.
+                return None
+            wrapper = ctx.sqlalchemy_exception
+            # `chained_exception` (public) is only set once an earlier handler returned one.
+            error = getattr(ctx, "chained_exception", None) or ctx.original_exception
+            if isinstance(error, ConnmanError):
+                # Typed already (the connect, a statement deadline): keep SQLAlchemy's class too,
+                # or the driver's when SQLAlchemy did not wrap it.
+                cause = wrapper if wrapper is not None else error.__cause__
+                if cause is None or isinstance(cause, ConnmanError):
+                    return None
+                return _outage.driver_classed(error, cause)
+            phase: _outage.Phase = ("connect" if ctx.connection is None else
+                                    "commit" if ctx.statement is None else "statement")
+            typed = _outage.typed_error(self, ctx.original_exception, phase, wrapper,
+                                        disconnected=ctx.is_disconnect and phase != "connect")
+            if typed is None:
+                return None
+            if isinstance(typed, ConnectionLost) or (
+                    isinstance(typed, ServerUnavailable) and typed.kind == "read_only"):
+                ctx.is_disconnect = True  # never hand this connection out again
+                if isinstance(typed, sa_exc.DBAPIError):
+                    typed.connection_invalidated = True
+            if isinstance(typed, ServerUnavailable) and typed.kind == "read_only":
+                self._stale_before = time.time()
+                ctx.invalidate_pool_on_disconnect = False  # done lazily by _stale_before
+                logger.warning("connman: pool %r: the server refused a write as read-only; "
+                               "discarding the pool's connections to it", self.name)
+            return typed
+
+    # ------------------------------------------------------------------ events -> stats
+    def _install_events(self, engine: AsyncEngine) -> None:
+        sync_engine = engine.sync_engine
+        pool = sync_engine.pool
+        cfg = self.config
+
+        sqlite = self._sqlite
+        self._recent = {}
+        self._refuse_overlapping_executes(sync_engine.dialect)
+        if cfg.driver_name == "psycopg":
+            # SQLAlchemy terminates a psycopg connection by awaiting its close(): outside its
+            # greenlet (connman discarding a connection) that fails and leaves it open.
+            def do_terminate(dbapi_connection: Any) -> None:
+                _psycopg.terminate(_driver_conn(dbapi_connection))
+
+            sync_engine.dialect.do_terminate = do_terminate  # type: ignore[method-assign]
+        self._bound_calls(sync_engine)
+        self._typed_errors(sync_engine)
+        guard = self._pooler
+        if guard is not None:
+            @event.listens_for(sync_engine, "before_cursor_execute")
+            def pooler_check(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+                guard.check(statement)
+        out: set[Any] = set()
+        self._out = out
+        connect_ms = self._connect_ms
+
+
+        kill = _KILL.get(cfg.driver_name)
+        if kill is not None and isinstance(pool, BoundedQueuePool):
+            bounded_pool = pool
+
+            def setup_expired(exc: BaseException, kills: int) -> Exception | None:
+                if isinstance(exc, ConnmanError):
+                    return None
+                if _driver_timeout(exc) or bounded_pool.cm_setup_kills != kills:
+                    return self._connect_expired()
+                # The dialect's setup queries after the connect (a pooler that answers the
+                # login, then fails the first query): nothing of the request ran.
+                return _outage.typed_error(self, exc, "connect")
+
+            pool.cm_setup_expired = setup_expired
+
+            def killed_in_setup(conn: Any) -> None:
+                bounded_pool.cm_setup_kills += 1
+                kill(conn)
+
+            @event.listens_for(pool, "connect", insert=True)
+            def arm_setup(dbapi_con: Any, rec: Any) -> None:
+                # Runs before the dialect's own setup queries; our on_connect, after them,
+                # disarms it. If the setup fails, SQLAlchemy drops the connection unclosed:
+                # the deadline then closes it.
+                rec.info["cm_setup"] = _Deadline(cfg.connect_timeout, killed_in_setup,
+                                                 _driver_conn(dbapi_con))
+
+        @event.listens_for(pool, "connect")
+        def on_connect(dbapi_con: Any, rec: Any) -> None:
+            setup = rec.info.pop("cm_setup", None)
+            if setup is not None:
+                setup.cancel()
+            now = time.monotonic()
+            rec.info["cm_born"] = now
+            if cfg.recycle is not None:
+                rec.info["cm_deadline"] = now + jittered_lifetime(cfg.recycle, cfg.recycle_jitter)
+            self._emit("connect", connect_ms.pop(id(_driver_conn(dbapi_con)), 0.0))
+
+        for hook in self.connect_hooks:
+            event.listen(pool, "connect", hook)
+
+        @event.listens_for(pool, "checkout")
+        def on_checkout(dbapi_con: Any, rec: Any, proxy: Any) -> None:
+            info = rec.info
+            if self._stale_before > rec.starttime:
+                # Opened before the server refused a write as read-only (a demoted primary):
+                # reconnect, through the pool's URL, to whichever server is primary now.
+                info["cm_reason"] = "lost"
+                raise sa_exc.DisconnectionError("connman: connection to a read-only server")
+            now = time.monotonic()
+            deadline = info.get("cm_deadline")
+            if deadline is not None and now >= deadline:
+                info["cm_reason"] = "recycle"
+                raise sa_exc.DisconnectionError("connman: connection exceeded recycle")
+            last_in = info.get("cm_in")
+            if cfg.idle is not None and last_in is not None and now - last_in > cfg.idle:
+                info["cm_reason"] = "idle_close"
+                raise sa_exc.DisconnectionError("connman: connection exceeded idle")
+            out.add(rec)
+
+        recent = self._recent
+
+        @event.listens_for(pool, "checkin")
+        def on_checkin(dbapi_con: Any, rec: Any) -> None:
+            if rec is not None:
+                now = rec.info["cm_in"] = time.monotonic()
+                out.discard(rec)
+                if dbapi_con is not None:
+                    recent[id(dbapi_con)] = now
+
+        full_reset = self._full_reset
+        if full_reset is not None:
+            hooks = self.connect_hooks
+
+            @event.listens_for(pool, "reset")
+            def on_reset(dbapi_con: Any, rec: Any, reset_state: Any) -> None:
+                if reset_state.terminate_only or not reset_state.asyncio_safe:
+                    return  # being closed, or collected by the GC: nothing to reset
+                # Through the adapter first, so SQLAlchemy's view of the transaction stays true;
+                # an error here makes SQLAlchemy invalidate the connection instead.
+                dbapi_con.rollback()
+                await_only(full_reset(dbapi_con.driver_connection))
+                for hook in hooks:
+                    hook(dbapi_con, rec)
+
+        @event.listens_for(pool, "invalidate")
+        def on_invalidate(dbapi_con: Any, rec: Any, error: BaseException | None) -> None:
+            rec.info.setdefault("cm_reason", "lost")
+            recent.pop(id(dbapi_con), None)
+            if sqlite and dbapi_con is not None:
+                # Invalidated mid-query (a cancelled request): stop the query, so the close that
+                # follows runs now rather than after it, and the file handle goes with it.
+                try:
+                    _sqlite.interrupt(getattr(dbapi_con, "driver_connection", dbapi_con))
+                except Exception:
+                    logger.debug("connman: pool %r: interrupt failed", self.name, exc_info=True)
+
+        @event.listens_for(pool, "close")
+        def on_close(dbapi_con: Any, rec: Any) -> None:
+            recent.pop(id(dbapi_con), None)
+            info = rec.info
+            reason = info.pop("cm_reason", None)
+            if reason is None:
+                deadline = info.get("cm_deadline")
+                if deadline is not None and time.monotonic() >= deadline:
+                    reason = "recycle"  # SQLAlchemy's own pool_recycle got there first
+                elif getattr(pool, "_invalidate_time", 0) > getattr(rec, "starttime", 0):
+                    reason = "lost"  # the whole pool was invalidated (server restarted)
+                else:
+                    reason = "close"
+            self.connection_event(reason)
