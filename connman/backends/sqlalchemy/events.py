@@ -197,10 +197,8 @@ class EventsMixin(PoolState):
                 if isinstance(typed, sa_exc.DBAPIError):
                     typed.connection_invalidated = True
             if isinstance(typed, ServerUnavailable) and typed.kind == "read_only":
-                self._stale_before = time.time()
-                ctx.invalidate_pool_on_disconnect = False  # done lazily by _stale_before
-                logger.warning("connman: pool %r: the server refused a write as read-only; "
-                               "discarding the pool's connections to it", self.name)
+                ctx.invalidate_pool_on_disconnect = False  # done lazily by _refused_as_read_only
+                self._refused_as_read_only(_record_info(ctx.connection))
             return typed
 
     # ------------------------------------------------------------------ events -> stats
@@ -275,7 +273,7 @@ class EventsMixin(PoolState):
         @event.listens_for(pool, "checkout")
         def on_checkout(dbapi_con: Any, rec: Any, proxy: Any) -> None:
             info = rec.info
-            if self._stale_before > rec.starttime:
+            if self._stale(info):
                 # Opened before the server refused a write as read-only (a demoted primary):
                 # reconnect, through the pool's URL, to whichever server is primary now.
                 info["cm_reason"] = "lost"
@@ -342,3 +340,12 @@ class EventsMixin(PoolState):
                 else:
                     reason = "close"
             self.connection_event(reason)
+
+
+def _record_info(connection: Any) -> Any:
+    """The pool record's `info` of a SQLAlchemy `Connection` (public: `PoolProxiedConnection.info`),
+    or None if it has none any more."""
+    try:
+        return connection.connection.info if connection is not None else None
+    except Exception:  # closed or invalidated meanwhile
+        return None

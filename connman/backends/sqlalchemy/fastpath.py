@@ -92,7 +92,7 @@ class FastPathMixin(PoolState):
         cfg = self.config
         if cfg.idle is not None and now - since > cfg.idle:
             return "idle_close"
-        if fairy._pool._invalidate_time > rec.starttime or self._stale_before > rec.starttime:
+        if fairy._pool._invalidate_time > rec.starttime or self._stale(rec.info):
             return "lost"  # SQLAlchemy saw the server go away meanwhile, or turn read-only
         if cfg.pre_ping and now - since > ALIVE_BYPASS_S:
             return "ping"  # not used lately: let SQLAlchemy's checkout ping it
@@ -159,9 +159,7 @@ class FastPathMixin(PoolState):
         if isinstance(typed, ConnectionLost) or (isinstance(typed, ServerUnavailable)
                                                  and typed.kind == "read_only"):
             if isinstance(typed, ServerUnavailable):
-                self._stale_before = time.time()
-                logger.warning("connman: pool %r: the server refused a write as read-only; "
-                               "discarding the pool's connections to it", self.name)
+                self._refused_as_read_only(fairy.info)
             proxy._cm_detach()
             self._terminate(fairy, "lost")  # never handed out again
         else:

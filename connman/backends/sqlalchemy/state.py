@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from collections.abc import Callable
 from functools import partial
@@ -103,9 +104,13 @@ class PoolState(Pool):
         self._pooler = (PoolerGuard(name, config.external_pooler)
                         if config.external_pooler is not None else None)
         """Warns once about session-level state behind a transaction-mode pooler."""
-        self._stale_before = 0.0
-        """Connections opened before then (`time.time()`) are discarded at their next checkout:
-        their server refused a write as read-only (a demoted primary)."""
+        self._stale_born = float("-inf")
+        """Connections opened (`cm_born`, `time.monotonic()`) no later than then are discarded at
+        their next checkout: their server, or an older connection's, refused a write as
+        read-only (a demoted primary). Only as late as the refused connection's own birth: one
+        opened after it may already reach the new primary, and refusals still arriving on old
+        connections must not condemn it (that exhausted SQLAlchemy's two checkout attempts
+        into a raw `InvalidRequestError`)."""
         self._committed: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
         """Tasks whose current unit of work sent a COMMIT: a connection it loses later may have
         applied something, so its `ConnectionLost` gets no `Retry-After`."""
@@ -138,6 +143,26 @@ class PoolState(Pool):
             f"pool {self.name!r}: no connection to the server within connect_timeout="
             f"{self.config.connect_timeout:g}s", pool=self.name,
             retry_after=self.config.retry_after_s)
+
+    def _refused_as_read_only(self, info: Any) -> None:
+        """A connection's server refused a write as read-only: this connection and every one
+        opened no later than it are discarded (lazily, at their next checkout), so new ones
+        follow the pool's URL to whichever server is primary now. `info`: the connection's
+        record info (SQLAlchemy's `PoolProxiedConnection.info`), or None if unknown (then every
+        connection open now)."""
+        born = info.get("cm_born") if info is not None else None
+        if born is None:
+            born = time.monotonic()
+        if born > self._stale_born:
+            self._stale_born = born
+            logger.warning("connman: pool %r: the server refused a write as read-only; "
+                           "discarding the pool's connections to it", self.name)
+
+    def _stale(self, info: Any) -> bool:
+        """Whether a connection (by its record info) was opened no later than one whose server
+        refused a write as read-only."""
+        born = info.get("cm_born")
+        return born is not None and born <= self._stale_born
 
     def _kill(self, conn: Any) -> None:
         """Drop a driver connection now, without a word to the server."""
