@@ -184,6 +184,14 @@ class EventsMixin(PoolState):
                 cause = wrapper if wrapper is not None else error.__cause__
                 if cause is None or isinstance(cause, ConnmanError):
                     return None
+                dbapi = ctx.dialect.loaded_dbapi
+                if wrapper is None and isinstance(cause, dbapi.Error):
+                    # connman's error is no DBAPI error, so SQLAlchemy did not wrap it: wrap its
+                    # driver cause as SQLAlchemy wraps the driver's own errors, so the class an
+                    # app catches on a session today (`sqlalchemy.exc.OperationalError` for a
+                    # statement the server cut short) still catches it.
+                    cause = sa_exc.DBAPIError.instance(
+                        ctx.statement, ctx.parameters, cause, dbapi.Error, dialect=ctx.dialect)
                 return _outage.driver_classed(error, cause)
             phase: _outage.Phase = ("connect" if ctx.connection is None else
                                     "commit" if ctx.statement is None else "statement")
