@@ -14,7 +14,7 @@ share the machine's load:
 
 Each strategy has a database of its own on the same server. Run:
 
-    python -m connman.bench.isolation [--tests 30] [--backends asyncpg,aiomysql,asyncmy,aiosqlite]
+    python -m connman.bench.isolation [--tests 30] [--backends asyncpg,psycopg,aiomysql,asyncmy,aiosqlite]
 
 Servers are throwaway ones (or `CONNMAN_TEST_<KIND>_URL`). Prints one markdown table per backend:
 milliseconds per test (median, p10-p90), the cost over the baseline, and that cost as a multiple
@@ -72,7 +72,7 @@ async def _truncate(manager: ConnectionManager, pool: str, metadata: MetaData) -
     driver = manager.pool(pool).config.driver_name
     tables = [t.name for t in reversed(metadata.sorted_tables)]
     async with manager.native(pool).begin() as conn:
-        if driver == "asyncpg":
+        if driver in ("asyncpg", "psycopg"):
             await conn.exec_driver_sql(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
         elif driver in ("aiomysql", "asyncmy"):
             await conn.exec_driver_sql("SET FOREIGN_KEY_CHECKS=0")
@@ -200,7 +200,8 @@ def run(backends: list[str], tests: int) -> str:
 
             urls = {}
             for s in STRATEGIES:
-                sample = {"asyncpg": "postgresql+asyncpg://x/y", "aiomysql": "mysql+aiomysql://x/y",
+                sample = {"asyncpg": "postgresql+asyncpg://x/y",
+                          "psycopg": "postgresql+psycopg://x/y", "aiomysql": "mysql+aiomysql://x/y",
                           "asyncmy": "mysql+asyncmy://x/y", "aiosqlite": "sqlite+aiosqlite:///x.db"}
                 urls[s] = servers.url_for(f"bench_{s}", PoolConfig.model_validate({"url": sample[driver]}))
             times, costs = asyncio.run(_run_backend(urls, tests))
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m connman.bench.isolation",
                                      description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--tests", type=int, default=30, help="tests per strategy (default 30)")
-    parser.add_argument("--backends", default="asyncpg,aiomysql,asyncmy,aiosqlite",
+    parser.add_argument("--backends", default="asyncpg,psycopg,aiomysql,asyncmy,aiosqlite",
                         help="comma-separated drivers (default: every SQL driver)")
     args = parser.parse_args(argv)
     print(run([b.strip() for b in args.backends.split(",") if b.strip()], args.tests))
