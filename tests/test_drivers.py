@@ -157,6 +157,29 @@ async def test_mysql_hang_up_is_seen_before_the_loop_reads_it(driver: str,
         mysql_driver.kill(conn)
 
 
+async def test_sqlalchemy_pool_queue_reaches_hold(tmp_path: Path) -> None:
+    """The idle records in SQLAlchemy's queue (`pool._pool._queue`, an asyncio.Queue's deque) and
+    the overflow counter's `_dec_overflow`, which connman's maintenance reads and calls."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from connman.backends.sqlalchemy.options import BoundedQueuePool
+    from connman.backends.sqlalchemy.pool import _queued
+
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'q.db'}",
+                                 poolclass=BoundedQueuePool, pool_size=2, max_overflow=1)
+    try:
+        pool: Any = engine.sync_engine.pool
+        assert _queued(pool) is not None and len(_queued(pool)) == 0
+        async with engine.connect() as conn:
+            await conn.exec_driver_sql("SELECT 1")
+        queued = _queued(pool)
+        assert len(queued) == 1
+        assert queued[0].dbapi_connection is not None  # a record, idle in the queue
+        assert callable(pool._dec_overflow)
+    finally:
+        await engine.dispose()
+
+
 def test_peer_hung_up_without_a_socket_is_false() -> None:
     assert peer_hung_up(None) is False
     assert peer_hung_up(object()) is False

@@ -4,8 +4,8 @@ A pool opened in one event loop (a test's, an `asyncio.run`) and closed from ano
 loop closed, cannot await its driver's close: every coroutine of those connections belongs to the
 dead loop. What can still be done is to close their sockets directly, so the server sees them go and
 no `ResourceWarning` is left for the garbage collector. This reaches into the drivers' and asyncio's
-private attributes, all of them here, each guarded: a driver version that lacks one is left to the
-garbage collector.
+private attributes (the drivers' other reaches are in `backends/drivers/`), each guarded: a driver
+version that lacks one is left to the garbage collector.
 """
 
 from __future__ import annotations

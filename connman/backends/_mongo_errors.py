@@ -88,9 +88,9 @@ class _Pool(Protocol):
 def app_deadline() -> bool:
     """Whether the app bounds the current call with its own `pymongo.timeout()` block.
 
-    PyMongo keeps that deadline in a context variable (`pymongo._csot`, the one private reach of
-    this module: the public `pymongo.timeout()` offers no getter; tests/test_mongo_unit.py pins
-    it on both dependency sets). A timeout under it is the app's, and reaches the app untouched.
+    PyMongo keeps that deadline in a context variable (`pymongo._csot`, a private module: the
+    public `pymongo.timeout()` offers no getter; tests/test_mongo_unit.py pins it on both
+    dependency sets). A timeout under it is the app's, and reaches the app untouched.
     """
     from pymongo import _csot
 

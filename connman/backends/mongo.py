@@ -250,7 +250,8 @@ class MongoPool(Pool):
         return max(0.05, min(1.0, *periods)) if periods else None
 
     def _server_pools(self) -> list[Any]:
-        # The one reach into PyMongo's internals: the topology's servers and their pools.
+        # A reach into PyMongo's internals (others: backends/_mongo_*.py): the topology's
+        # servers and their pools.
         client = self._client
         if client is None:
             return []

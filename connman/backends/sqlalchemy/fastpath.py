@@ -128,7 +128,7 @@ class FastPathMixin(PoolState):
         if reason is None or reason == "ping":
             step = fairy.close
         else:
-            fairy._connection_record.info["cm_reason"] = reason
+            fairy.info["cm_reason"] = reason
             step = fairy.invalidate
         await self._finish_checkin(step)
 
@@ -191,7 +191,7 @@ class FastPathMixin(PoolState):
         """Invalidate a connection outside SQLAlchemy's greenlet: the driver connection is closed
         at once, without a round trip, and the record goes back to the pool empty."""
         if fairy.is_valid:
-            fairy._connection_record.info["cm_reason"] = reason
+            fairy.info["cm_reason"] = reason
             fairy.invalidate()
         else:
             fairy.close()
@@ -201,6 +201,7 @@ class FastPathMixin(PoolState):
         if (probe is not None and self._engine is not None and not self._closing
                 and fairy.is_valid):
             conn = fairy.driver_connection
+            pool: Any = self._engine.sync_engine.pool  # the fairy's pool (public, not fairy._pool)
             if not isinstance(error, Exception) and error is not None:
                 # Cancelled, perhaps mid-query: this connection's protocol state is unknown.
                 # Invalidating it also interrupts a SQLite query (the invalidate event).
@@ -233,7 +234,7 @@ class FastPathMixin(PoolState):
                     await self._discard(fairy, "lost")
                     return
             self._hot.append((fairy, conn, time.monotonic()))  # psycopg: still in autocommit
-            pool, size = fairy._pool, self.config.size
+            size = self.config.size
             if not self._nwaiting and len(self._hot) + pool.checkedin() > size:
                 await self._trim(pool, size)
             return

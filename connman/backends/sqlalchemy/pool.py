@@ -34,8 +34,10 @@ from .units import UnitsMixin
 def _queued(pool: Any) -> Any:
     """The records idle in SQLAlchemy's queue (a list or deque; None if it cannot be read).
 
-    SQLAlchemy's AsyncAdaptedQueue wraps an asyncio.Queue, whose items are in its `_queue`: the one
-    reach into SQLAlchemy's pool internals besides `_dec_overflow`, checked on both dependency sets.
+    SQLAlchemy's AsyncAdaptedQueue wraps an asyncio.Queue, whose items are in its `_queue` (one of
+    the reaches into SQLAlchemy's pool internals that owning the pool, issue #20, would remove;
+    read the same way in `_live_idle` and `_drop_driver`); tests/test_drivers.py pins it and
+    `_dec_overflow` on both dependency sets.
     """
     return getattr(getattr(getattr(pool, "_pool", None), "_queue", None), "_queue", None)
 

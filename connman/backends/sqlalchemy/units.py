@@ -35,15 +35,13 @@ def _changing(session: Any) -> bool:
     while trans is not None:
         if getattr(trans._next_state, "name", "") == "CHANGE_IN_PROGRESS":
             return True
-        trans = trans._parent
+        trans = trans.parent
     return False
 
 
 def _session_connections(session: Any) -> list[Any]:
     """The SQLAlchemy `Connection`s a (sync) session holds, whatever state it is in."""
-    trans = session._transaction
-    while trans is not None and trans._parent is not None:
-        trans = trans._parent
+    trans = session.get_transaction()  # the root transaction, or None
     if trans is None:
         return []
     seen: dict[int, Any] = {}
