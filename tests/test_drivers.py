@@ -169,7 +169,8 @@ async def test_sqlalchemy_pool_queue_reaches_hold(tmp_path: Path) -> None:
                                  poolclass=BoundedQueuePool, pool_size=2, max_overflow=1)
     try:
         pool: Any = engine.sync_engine.pool
-        assert _queued(pool) is not None and len(_queued(pool)) == 0
+        assert _queued(pool) is not None
+        assert len(_queued(pool)) == 0
         async with engine.connect() as conn:
             await conn.exec_driver_sql("SELECT 1")
         queued = _queued(pool)
