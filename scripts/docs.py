@@ -21,7 +21,7 @@ def render_configuration() -> str:
     lines = [
         "# Pool configuration",
         "",
-        "Generated from `connman/config.py` (`python scripts/docs.py`); a test keeps this file and "
+        "Generated from `connman/_poolconfig.py` (`python scripts/docs.py`); a test keeps this file and "
         "the code equal.",
         "",
         "Every pool is one `PoolConfig`. In the environment: `CONNMAN_POOLS__<NAME>__<FIELD>`, "

@@ -245,11 +245,11 @@ async def test_driverless_postgres_urls_resolve_to_psycopg(
 
 def test_without_psycopg_a_driverless_url_means_asyncpg_and_without_either_it_is_refused(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import connman.config as config
+    import connman._schemes as schemes
 
-    monkeypatch.setattr(config, "_installed", lambda module: module == "asyncpg")
+    monkeypatch.setattr(schemes, "_installed", lambda module: module == "asyncpg")
     assert PoolConfig(url="postgres://u:pw@db/app").driver_name == "asyncpg"
-    monkeypatch.setattr(config, "_installed", lambda module: False)
+    monkeypatch.setattr(schemes, "_installed", lambda module: False)
     with pytest.raises(ConfigurationError) as info:
         ConnectionManager({"main": {"url": "postgresql://u:pw@db/app"}})
     assert info.value.pool == "main"
