@@ -1,17 +1,5 @@
-"""Throwaway real database servers for tests, benchmarks and the demo.
+"""The throwaway-server launchers; `connman.testing.servers` re-exports them."""
 
-Modelled on asyncpg's ``asyncpg/cluster.py``: each server starts on a random free loopback port in
-its own temp dir (``connman-<name>-*``), is polled until it answers a real request, and is stopped
-cleanly: the process, its process group and its descendants are ended and the temp dir removed.
-Nothing here is a mock.
-
-The module imports with the standard library alone: readiness is checked with each server's own
-client tool (``pg_isready``, ``mariadb``, ``psql``) or, for the MongoDB-wire server, a hand-built
-``OP_MSG`` ``ping``. An ``atexit`` hook stops every server still running when the interpreter exits.
-
-When run as root, PostgreSQL and PgBouncer run as the ``postgres`` user and MariaDB as ``mysql``
-(they refuse to run as root); the temp dirs are chowned to that user.
-"""
 
 from __future__ import annotations
 
