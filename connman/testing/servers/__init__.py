@@ -16,6 +16,11 @@ When run as root, PostgreSQL and PgBouncer run as the ``postgres`` user and Mari
 
 from __future__ import annotations
 
+# Private names the suite (tests/, tests/faults/) reaches for: process-tree helpers, the registry of
+# running servers, PostgreSQL's tools and WAL positions.
+from ._process import _alive as _alive
+from ._process import _descendants as _descendants
+from ._process import free_port
 from .base import (
     ExternalServer,
     LocalServer,
@@ -26,14 +31,8 @@ from .base import (
     PostgresServer,
     Server,
     ServerError,
-    free_port,
     server_from_env,
 )
-
-# Private names the suite (tests/, tests/faults/) reaches for: process-tree helpers, the registry of
-# running servers, PostgreSQL's tools and WAL positions.
-from .base import _alive as _alive
-from .base import _descendants as _descendants
 from .base import _format_lsn as _format_lsn
 from .base import _live as _live
 from .base import _parse_lsn as _parse_lsn
