@@ -22,7 +22,6 @@ from ._process import _alive as _alive
 from ._process import _descendants as _descendants
 from ._process import free_port
 from .base import (
-    ExternalServer,
     LocalServer,
     MariaDBServer,
     MongoWireServer,
@@ -31,13 +30,13 @@ from .base import (
     PostgresServer,
     Server,
     ServerError,
-    server_from_env,
 )
 from .base import _format_lsn as _format_lsn
 from .base import _live as _live
 from .base import _parse_lsn as _parse_lsn
 from .base import _pg_tool as _pg_tool
 from .base import _wal_record_end as _wal_record_end
+from .external import ExternalServer, server_from_env
 
 __all__ = [
     "ExternalServer",
