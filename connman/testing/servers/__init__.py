@@ -24,7 +24,6 @@ from ._process import free_port
 from .base import (
     LocalServer,
     MariaDBServer,
-    MongoWireServer,
     PgBouncerServer,
     PostgresReplicaServer,
     PostgresServer,
@@ -37,6 +36,7 @@ from .base import _parse_lsn as _parse_lsn
 from .base import _pg_tool as _pg_tool
 from .base import _wal_record_end as _wal_record_end
 from .external import ExternalServer, server_from_env
+from .mongo import MongoWireServer
 
 __all__ = [
     "ExternalServer",
