@@ -23,7 +23,6 @@ from ._process import _descendants as _descendants
 from ._process import free_port
 from .base import (
     LocalServer,
-    MariaDBServer,
     PgBouncerServer,
     PostgresReplicaServer,
     PostgresServer,
@@ -36,6 +35,7 @@ from .base import _parse_lsn as _parse_lsn
 from .base import _pg_tool as _pg_tool
 from .base import _wal_record_end as _wal_record_end
 from .external import ExternalServer, server_from_env
+from .mariadb import MariaDBServer
 from .mongo import MongoWireServer
 
 __all__ = [
