@@ -23,7 +23,6 @@ from ._process import _descendants as _descendants
 from ._process import free_port
 from .base import (
     LocalServer,
-    PgBouncerServer,
     PostgresReplicaServer,
     PostgresServer,
     Server,
@@ -37,6 +36,7 @@ from .base import _wal_record_end as _wal_record_end
 from .external import ExternalServer, server_from_env
 from .mariadb import MariaDBServer
 from .mongo import MongoWireServer
+from .pgbouncer import PgBouncerServer
 
 __all__ = [
     "ExternalServer",
