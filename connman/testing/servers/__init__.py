@@ -23,16 +23,16 @@ from ._process import _descendants as _descendants
 from ._process import free_port
 from .base import (
     LocalServer,
-    PostgresServer,
     Server,
     ServerError,
 )
 from .base import _live as _live
-from .base import _pg_tool as _pg_tool
 from .external import ExternalServer, server_from_env
 from .mariadb import MariaDBServer
 from .mongo import MongoWireServer
 from .pgbouncer import PgBouncerServer
+from .postgres import PostgresServer
+from .postgres import _pg_tool as _pg_tool
 from .postgres_replica import PostgresReplicaServer
 from .postgres_replica import _format_lsn as _format_lsn
 from .postgres_replica import _parse_lsn as _parse_lsn

@@ -8,7 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ._process import _find_binary
-from .base import LocalServer, PostgresServer, ServerError, _pg_tool
+from .base import LocalServer, ServerError
+from .postgres import PostgresServer, _pg_tool
 
 __all__ = ["PgBouncerServer"]
 

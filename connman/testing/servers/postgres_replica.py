@@ -9,7 +9,8 @@ import subprocess
 import time
 from collections.abc import Mapping
 
-from .base import LocalServer, PostgresServer, ServerError, _pg_tool
+from .base import LocalServer, ServerError
+from .postgres import PostgresServer, _pg_tool
 
 __all__ = ["PostgresReplicaServer"]
 
