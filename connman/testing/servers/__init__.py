@@ -12,20 +12,19 @@ when the interpreter exits.
 
 When run as root, PostgreSQL and PgBouncer run as the ``postgres`` user and MariaDB as ``mysql``
 (they refuse to run as root); the temp dirs are chowned to that user.
+
+One module per job: ``_process`` (ports, the process tree, killing it, finding binaries), ``base``
+(the ``Server`` interface and the ``LocalServer`` lifecycle), ``postgres``, ``postgres_replica``,
+``pgbouncer``, ``mariadb``, ``mongo`` (one launcher each) and ``external`` (servers given by URL).
+Import from ``connman.testing.servers``, not from the modules.
 """
 
 from __future__ import annotations
 
-# Private names the suite (tests/, tests/faults/) reaches for: process-tree helpers, the registry of
-# running servers, PostgreSQL's tools and WAL positions.
 from ._process import _alive as _alive
 from ._process import _descendants as _descendants
 from ._process import free_port
-from .base import (
-    LocalServer,
-    Server,
-    ServerError,
-)
+from .base import LocalServer, Server, ServerError
 from .base import _live as _live
 from .external import ExternalServer, server_from_env
 from .mariadb import MariaDBServer
@@ -37,6 +36,10 @@ from .postgres_replica import PostgresReplicaServer
 from .postgres_replica import _format_lsn as _format_lsn
 from .postgres_replica import _parse_lsn as _parse_lsn
 from .postgres_replica import _wal_record_end as _wal_record_end
+
+# Also re-exported (``as``), outside __all__: the private names the suite (tests/, tests/faults/)
+# reaches for, the process-tree helpers, the registry of running servers, PostgreSQL's tools and
+# WAL positions.
 
 __all__ = [
     "ExternalServer",

@@ -1,4 +1,7 @@
-"""The throwaway-server launchers; `connman.testing.servers` re-exports them."""
+"""What every server shares: the `Server` interface (host, port, lifecycle, connection URLs),
+`ServerError`, and `LocalServer`, the lifecycle of a server process run here (temp dir, launch,
+readiness polling, graceful stop then SIGKILL of the whole tree, the ``atexit`` stop of every
+server still running). One module per kind of server subclasses it."""
 
 from __future__ import annotations
 
@@ -29,12 +32,7 @@ from ._process import (
     free_port,
 )
 
-__all__ = [
-    "LocalServer",
-    "Server",
-    "ServerError",
-]
-
+__all__ = ["LocalServer", "Server", "ServerError"]
 
 _LOG_TAIL_LINES = 20
 _PROBE_TIMEOUT = 5.0
