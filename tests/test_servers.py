@@ -382,10 +382,15 @@ def test_free_port() -> None:
     assert port_is_free(port)
 
 
-def test_module_imports_only_the_standard_library() -> None:
-    tree = ast.parse(Path(servers.__file__).read_text())
-    top_level = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import)
-                 for alias in node.names}
-    top_level |= {node.module.split(".")[0] for node in tree.body
-                  if isinstance(node, ast.ImportFrom) and node.module and node.level == 0}
-    assert top_level <= sys.stdlib_module_names | {"__future__"}, top_level
+def test_package_imports_only_the_standard_library() -> None:
+    modules = sorted(Path(servers.__file__).parent.glob("*.py"))
+    assert len(modules) > 1, modules  # the package's modules, not only its __init__
+    for module in modules:
+        tree = ast.parse(module.read_text())
+        top_level = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import)
+                     for alias in node.names}
+        top_level |= {node.module.split(".")[0] for node in tree.body
+                      if isinstance(node, ast.ImportFrom) and node.module and node.level == 0}
+        # Relative imports stay inside the package (one dot: its own modules).
+        assert all(node.level <= 1 for node in tree.body if isinstance(node, ast.ImportFrom)), module
+        assert top_level <= sys.stdlib_module_names | {"__future__"}, (module.name, top_level)
