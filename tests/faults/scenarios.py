@@ -784,9 +784,13 @@ def _silent_allowed(env: Env) -> set[str]:
     # (connman types PyMongo's timeouts). Mongo may also see a connection PyMongo found reset
     # or interrupted when its monitor gave up on the server (AutoReconnect), which connman
     # types as ConnectionLost (503; Retry-After when nothing can have been applied); "server"
-    # stays allowed there for a raw driver error no timeout describes.
+    # stays allowed there for a raw driver error no timeout describes. Once PyMongo's monitor
+    # has marked the silent server Unknown, server selection fails before anything is sent:
+    # ServerUnavailable, 503 + Retry-After ("unavailable"; seen at the full size's 5 s outage).
     allowed = {"busy", "unanswered", "statement_timeout"}
-    return allowed | {"lost", "server"} if env.target.kind == "mongo" else allowed
+    if env.target.kind == "mongo":
+        return allowed | {"lost", "server", "unavailable"}
+    return allowed
 
 
 async def _silent(env: Env, fault: Fault, **kw: Any) -> Figures:
