@@ -248,20 +248,27 @@ async def test_recycle_and_idle_still_hold_for_kept_connections(
         make: Make, target: Target, ops: Ops) -> None:
     m = make(size=SIZE, overflow=OVERFLOW, overflow_idle=60.0, recycle=1.0,
                      recycle_jitter=0.0)
+    # How many connections a burst opens above `size` is the driver's doing: up to OVERFLOW,
+    # fewer when PyMongo (two connects at a time) is slow to connect on a loaded machine and its
+    # waiting units reuse the first ones. The claims are about those it did open.
     async with m:
         await burst(m, target, ops)
+        surplus = m.stats("main")["connections_num"] - SIZE
+        assert surplus > 0
         await asyncio.sleep(1.2)  # every connection is now past its lifetime
         await burst(m, target, ops)
         stats = m.stats("main")
         # Each one the second burst needed was replaced, none handed out past `recycle`.
-        assert stats["connections_recycled"] >= OVERFLOW
+        assert stats["connections_recycled"] >= surplus
         assert stats["requests_errors"] == 0
     m = make(size=SIZE, overflow=OVERFLOW, overflow_idle=60.0, idle=0.5)
     async with m:
         await burst(m, target, ops)
+        surplus = m.stats("main")["connections_num"] - SIZE
+        assert surplus > 0
         # `idle` caps `overflow_idle`: the surplus is closed after 0.5 s, not 60 s.
         assert await eventually(lambda: m.stats("main")["pool_size"] == SIZE, 20.0)
-        assert m.stats("main")["connections_idle_closed"] >= OVERFLOW
+        assert m.stats("main")["connections_idle_closed"] >= surplus
 
 
 @only(kinds=("sql",))
