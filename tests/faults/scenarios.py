@@ -186,16 +186,7 @@ class Rig:
 
     # -- server side ---------------------------------------------------------------------------
     async def _mysql(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        import aiomysql
-
-        conn = await aiomysql.connect(host=self.server.host, port=self.server.port, user="root",
-                                      connect_timeout=10)
-        try:
-            async with conn.cursor() as cur:
-                await cur.execute(sql, args or None)
-                return list(await cur.fetchall())
-        finally:
-            conn.close()
+        return await _mysql_on(self.server, sql, *args, autocommit=False)
 
     @contextlib.asynccontextmanager
     async def _mongo(self) -> AsyncIterator[Any]:
@@ -1147,12 +1138,13 @@ async def lagging_replica(env: Env) -> Figures:
     return await _replica_run(env, fault, {"max_replica_lag": 0.2}, allowed={"busy"})
 
 
-async def _mysql_on(server: Server, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    """`sql` as root on the MariaDB `server` (autocommit)."""
+async def _mysql_on(server: Server, sql: str, *args: Any,
+                    autocommit: bool = True) -> list[tuple[Any, ...]]:
+    """`sql` as root on the MariaDB `server`; its rows."""
     import aiomysql
 
     conn = await aiomysql.connect(host=server.host, port=server.port, user="root",
-                                  connect_timeout=10, autocommit=True)
+                                  connect_timeout=10, autocommit=autocommit)
     try:
         async with conn.cursor() as cur:
             await cur.execute(sql, args or None)
