@@ -31,10 +31,10 @@ MAPPING: dict[str, dict[str, Entry]] = {
     },
     "overflow": {
         "sqlalchemy": Entry("native + emulated", "pool_size = size + overflow, max_overflow = 0",
-                            "SQLAlchemy would close a connection above `pool_size` the moment it "
-                            "comes back, so its queue gets room for the maximum and connman "
-                            "closes the surplus (see `overflow_idle`); the warm-up still opens "
-                            "`size`"),
+                            "connman's own pool class (`LedgerPool`) holds up to the maximum and "
+                            "never closes a connection on return (SQLAlchemy's queue pool would "
+                            "close one above `pool_size` the moment it comes back); connman "
+                            "closes the surplus (see `overflow_idle`); the warm-up opens `size`"),
         "mongo": Entry("native", "maxPoolSize = size + overflow",
                        "PyMongo has one ceiling, so overflow is added to size"),
     },
@@ -49,10 +49,11 @@ MAPPING: dict[str, dict[str, Entry]] = {
                        "this long (capped by `idle`), oldest first, one after another"),
     },
     "timeout": {
-        "sqlalchemy": Entry("native + emulated", "pool_timeout",
-                            "connman's FIFO gate bounds the wait and raises `PoolTimeout`; "
-                            "the native timeout stays as a backstop; SQLite: also sqlite3's "
-                            "lock `timeout`"),
+        "sqlalchemy": Entry("emulated", "pool_timeout",
+                            "connman's FIFO gate bounds the wait and raises `PoolTimeout`; its "
+                            "pool (`LedgerPool`) admits checkouts only against a slot and never "
+                            "waits (`pool_timeout` is set one second beyond, reported only); "
+                            "SQLite: also sqlite3's lock `timeout`"),
         "mongo": Entry("native + emulated", "waitQueueTimeoutMS",
                        "connman's FIFO gate bounds the wait and raises `PoolTimeout`; every "
                        "operation of a unit runs under a slot (a `gather` or a cursor read after "

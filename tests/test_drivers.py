@@ -157,26 +157,66 @@ async def test_mysql_hang_up_is_seen_before_the_loop_reads_it(driver: str,
         mysql_driver.kill(conn)
 
 
-async def test_sqlalchemy_pool_queue_reaches_hold(tmp_path: Path) -> None:
-    """The idle records in SQLAlchemy's queue (`pool._pool._queue`, an asyncio.Queue's deque) and
-    the overflow counter's `_dec_overflow`, which connman's maintenance reads and calls."""
+async def test_sqlalchemy_pool_subclass_contract_holds(tmp_path: Path) -> None:
+    """What connman's `LedgerPool` relies on from SQLAlchemy's `Pool` (its extension point):
+    checkouts come through `_do_get` and back through `_do_return_conn`; an invalidated record
+    comes back without a DBAPI connection; `Pool._invalidate_time` (set by `invalidate_older`)
+    makes the record reconnect at its next checkout; `recreate()` keeps the events and the bounds
+    (`engine.dispose()`); a record's `invalidate()` works outside SQLAlchemy's greenlet."""
+    from sqlalchemy import event
     from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.util import greenlet_spawn
 
-    from connman.backends.sqlalchemy.options import BoundedQueuePool
-    from connman.backends.sqlalchemy.pool import _queued
+    from connman.backends.sqlalchemy import LedgerPool
 
     engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'q.db'}",
-                                 poolclass=BoundedQueuePool, pool_size=2, max_overflow=1)
+                                 poolclass=LedgerPool, pool_size=2, max_overflow=0)
+    closed: list[Any] = []
+    event.listen(engine.sync_engine.pool, "close", lambda dbapi, rec: closed.append(rec))
     try:
         pool: Any = engine.sync_engine.pool
-        assert _queued(pool) is not None
-        assert len(_queued(pool)) == 0
+        assert isinstance(pool, LedgerPool)
         async with engine.connect() as conn:
             await conn.exec_driver_sql("SELECT 1")
-        queued = _queued(pool)
-        assert len(queued) == 1
-        assert queued[0].dbapi_connection is not None  # a record, idle in the queue
-        assert callable(pool._dec_overflow)
+            assert len(pool.out) == 1
+            assert pool.checkedout() == 1
+        assert pool.checkedout() == 0
+        assert len(pool.idle) == 1
+        rec = pool.idle[0]
+        first = rec.dbapi_connection
+        assert first is not None
+        assert isinstance(rec.info["cm_in"], float)
+        assert pool.recent[id(first)] == rec.info["cm_in"]
+
+        pool.invalidate_older()  # SQLAlchemy's own reconnect-on-checkout rule reads it
+        assert pool.invalidated() >= rec.starttime
+        async with engine.connect() as conn:
+            await conn.exec_driver_sql("SELECT 1")
+        assert pool.idle == [rec]
+        assert rec.dbapi_connection is not first  # reconnected within the same record
+        assert closed == [rec]
+
+        taken = pool.take_idle()  # the fast path: no greenlet, no events
+        assert taken is rec
+        assert pool.checkedout() == 1
+        taken.invalidate()  # outside the greenlet: terminated at once
+        assert taken.dbapi_connection is None
+        pool.give_back(taken)
+        assert pool.open_count() == 0  # an empty record is forgotten
+
+        fresh = await greenlet_spawn(pool.open_new)
+        assert fresh.dbapi_connection is not None
+        pool.give_back(fresh)
+        assert pool.idle == [fresh]
+
+        await engine.dispose()
+        assert pool.disposed
+        assert pool.idle == []
+        new: Any = engine.sync_engine.pool
+        assert isinstance(new, LedgerPool)
+        assert new is not pool
+        assert new.size() == 2
+        assert new.dispatch.close  # the events carried over
     finally:
         await engine.dispose()
 

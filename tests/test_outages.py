@@ -491,8 +491,11 @@ async def test_read_only_mariadb_is_a_typed_503_and_its_connections_are_replaced
             else:
                 await fast_execute(m, driver, insert)
             stats = m.stats("main")
-            # The refused connection and the idle one opened before the refusal were replaced.
-            assert stats["connections_num"] >= before + 1
+            # The refused connection was discarded (those opened no later than it are, at their
+            # next checkout; one opened after it may serve: it may reach the new primary
+            # already). Whether the retry opened a new one depends on which of the two warm-up
+            # connections was born first: not asserted.
+            assert stats["connections_num"] >= before
             assert stats["connections_lost"] >= 1
             assert stats["requests_unavailable"] == 1
     finally:

@@ -15,12 +15,14 @@ import pytest
 from sqlalchemy import text
 
 from connman import (
+    ConfigurationError,
     ConnectionManager,
     PoolClosed,
     PoolStartupError,
     PoolTimeout,
     UnknownPool,
 )
+from connman.backends.sqlalchemy import LedgerPool
 
 from ._targets import Ops, Target, server_connections, wait_for_count
 from .conftest import only
@@ -286,11 +288,12 @@ async def test_native_objects_match_the_mapping(make_manager: Make, target: Targ
         native: Any = m.native("main")
         if target.is_sql:
             pool = native.sync_engine.pool
-            # Room for size + overflow: connman closes the surplus once idle (overflow_idle).
+            # connman's own ledger, with room for size + overflow: connman closes the surplus
+            # once idle (overflow_idle).
+            assert isinstance(pool, LedgerPool)
             assert pool.size() == 7
-            assert pool._max_overflow == 0
-            assert pool._pool.use_lifo is True
-            assert pool._timeout == 8.0  # gate timeout + 1 s backstop
+            assert pool.overflow() == 3 - 7  # the warm-up opened `size`
+            assert pool.timeout() == 8.0  # gate timeout + 1 s, as configured
             assert pool._recycle == 120
             assert pool._pre_ping is True
         else:
@@ -344,3 +347,14 @@ async def test_a_session_outliving_the_drain_deadline_closes_its_connection(
     release.set()
     await task
     assert await wait_for_count(target, baseline or 0) == baseline
+
+
+@pytest.mark.parametrize("key", ["poolclass", "pool"])
+def test_a_pool_class_of_its_own_in_options_is_refused(tmp_path: Any, key: str) -> None:
+    # connman keeps the connections in its own pool class, the one the gate admits checkouts to.
+    from sqlalchemy.pool import NullPool
+
+    value: Any = NullPool if key == "poolclass" else object()
+    with pytest.raises(ConfigurationError, match=rf"pool 'main': options\['{key}'\]: connman keeps"):
+        ConnectionManager({"main": {"url": f"sqlite+aiosqlite:///{tmp_path}/p.db",
+                                    "options": {key: value}}})

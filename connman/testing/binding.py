@@ -323,8 +323,7 @@ class TestBinding:
     async def _start(self) -> None:
         pool = self.pool
         engine = pool._require_engine()
-        await pool._make_room()
-        conn = await engine.connect()
+        conn = await engine.connect()  # admitted: the binding's outer connection (`admitted()`)
         try:
             if pool.config.driver_name in ("aiomysql", "asyncmy"):
                 event.listen(conn.sync_connection, "before_cursor_execute", self._refuse_ddl)

@@ -32,8 +32,7 @@ from .._guard import driver_timeout as _driver_timeout
 from ..drivers import psycopg as _psycopg
 from ..drivers import sqlite as _sqlite
 from .deadlines import _EMULATED_STATEMENT_TIMEOUT, _KILL, _bound_statements, _call_within, _driver_conn
-from .options import BoundedQueuePool
-from .probes import ALIVE_BYPASS_S
+from .ledger import LedgerPool
 from .state import PoolState
 
 logger = logging.getLogger("connman")
@@ -57,7 +56,11 @@ class EventsMixin(PoolState):
 
         def guarded(call: Callable[..., Any]) -> Callable[..., Any]:
             def run(cursor: Any, *args: Any) -> Any:
-                key = id(getattr(cursor, "_adapt_connection", cursor))
+                # The execution context (the last argument SQLAlchemy passes) names the
+                # `Connection` the statement runs on: one per session, whichever task sends it.
+                context = args[-1] if args else None
+                source = getattr(context, "root_connection", None)
+                key = id(source if source is not None else cursor)
                 if key in running:
                     raise ConcurrentUse(
                         f"pool {name!r}: two tasks used one session at the same time (a "
@@ -93,16 +96,16 @@ class EventsMixin(PoolState):
         if seconds is not None and cfg.driver_name in _EMULATED_STATEMENT_TIMEOUT:
             _bound_statements(sync_engine, dialect, seconds, kill, self._statement_expired)
         ping, close = dialect.do_ping, dialect.do_close
-        recent = self._recent
+        recent = self._require_ledger().recent
         probe = self._probe
+        lifetime = self._lifetime
 
         def do_ping(dbapi_conn: Any) -> bool:
             # HikariCP's aliveBypassWindowMs: a connection checked in within the last
             # ALIVE_BYPASS_S was alive then; one round trip fewer per unit of work in a burst.
             # Unless its server hung up since (a restart): then the ping runs, fails at once,
             # and SQLAlchemy replaces the pool's connections, as without the bypass.
-            last_in = recent.get(id(dbapi_conn))
-            if (last_in is not None and time.monotonic() - last_in < ALIVE_BYPASS_S
+            if (not lifetime.needs_ping(recent.get(id(dbapi_conn)), time.monotonic())
                     and probe is not None and not probe.closed(_driver_conn(dbapi_conn))):
                 return True
             return bool(_call_within(cfg.connect_timeout, kill, _driver_conn(dbapi_conn),
@@ -216,7 +219,10 @@ class EventsMixin(PoolState):
         cfg = self.config
 
         sqlite = self._sqlite
-        self._recent = {}
+        assert isinstance(pool, LedgerPool)
+        pool.gate = self
+        pool.lifetime = self._lifetime
+        self._ledger = pool
         self._refuse_overlapping_executes(sync_engine.dialect)
         if cfg.driver_name == "psycopg":
             # SQLAlchemy terminates a psycopg connection by awaiting its close(): outside its
@@ -232,28 +238,24 @@ class EventsMixin(PoolState):
             @event.listens_for(sync_engine, "before_cursor_execute")
             def pooler_check(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
                 guard.check(statement)
-        out: set[Any] = set()
-        self._out = out
         connect_ms = self._connect_ms
-
-
         kill = _KILL.get(cfg.driver_name)
-        if kill is not None and isinstance(pool, BoundedQueuePool):
+        if kill is not None:
             bounded_pool = pool
 
             def setup_expired(exc: BaseException, kills: int) -> Exception | None:
                 if isinstance(exc, ConnmanError):
                     return None
-                if _driver_timeout(exc) or bounded_pool.cm_setup_kills != kills:
+                if _driver_timeout(exc) or bounded_pool.setup_kills != kills:
                     return self._connect_expired()
                 # The dialect's setup queries after the connect (a pooler that answers the
                 # login, then fails the first query): nothing of the request ran.
                 return _outage.typed_error(self, exc, "connect")
 
-            pool.cm_setup_expired = setup_expired
+            pool.setup_expired = setup_expired
 
             def killed_in_setup(conn: Any) -> None:
-                bounded_pool.cm_setup_kills += 1
+                bounded_pool.setup_kills += 1
                 kill(conn)
 
             @event.listens_for(pool, "connect", insert=True)
@@ -278,34 +280,28 @@ class EventsMixin(PoolState):
         for hook in self.connect_hooks:
             event.listen(pool, "connect", hook)
 
+        lifetime = self._lifetime
+        autocommit_fast = self._autocommit_fast
+
         @event.listens_for(pool, "checkout")
         def on_checkout(dbapi_con: Any, rec: Any, proxy: Any) -> None:
-            info = rec.info
-            if self._stale(info):
-                # Opened before the server refused a write as read-only (a demoted primary):
-                # reconnect, through the pool's URL, to whichever server is primary now.
-                info["cm_reason"] = "lost"
-                raise sa_exc.DisconnectionError("connman: connection to a read-only server")
-            now = time.monotonic()
-            deadline = info.get("cm_deadline")
-            if deadline is not None and now >= deadline:
-                info["cm_reason"] = "recycle"
-                raise sa_exc.DisconnectionError("connman: connection exceeded recycle")
-            last_in = info.get("cm_in")
-            if cfg.idle is not None and last_in is not None and now - last_in > cfg.idle:
-                info["cm_reason"] = "idle_close"
-                raise sa_exc.DisconnectionError("connman: connection exceeded idle")
-            out.add(rec)
+            # The lifetime rules the fast path asks too (`ledger.Lifetime`). A connection opened
+            # before its server refused a write as read-only (a demoted primary) reconnects,
+            # through the pool's URL, to whichever server is primary now.
+            reason = lifetime.expired(rec, time.monotonic())
+            if reason is not None:
+                rec.info["cm_reason"] = reason
+                raise sa_exc.DisconnectionError(f"connman: connection to discard ({reason})")
+            if autocommit_fast:
+                # psycopg: a connection the fast path used last is still in autocommit (it
+                # stays so while the fast path takes it again and again); sessions need it off.
+                try:
+                    await_only(_psycopg.leave_autocommit(_driver_conn(dbapi_con)))
+                except Exception as exc:
+                    rec.info["cm_reason"] = "lost"
+                    raise sa_exc.DisconnectionError("connman: connection broken") from exc
 
-        recent = self._recent
-
-        @event.listens_for(pool, "checkin")
-        def on_checkin(dbapi_con: Any, rec: Any) -> None:
-            if rec is not None:
-                now = rec.info["cm_in"] = time.monotonic()
-                out.discard(rec)
-                if dbapi_con is not None:
-                    recent[id(dbapi_con)] = now
+        recent = pool.recent
 
         full_reset = self._full_reset
         if full_reset is not None:
@@ -343,7 +339,7 @@ class EventsMixin(PoolState):
                 deadline = info.get("cm_deadline")
                 if deadline is not None and time.monotonic() >= deadline:
                     reason = "recycle"  # SQLAlchemy's own pool_recycle got there first
-                elif getattr(pool, "_invalidate_time", 0) > getattr(rec, "starttime", 0):
+                elif pool.invalidated() > rec.starttime:
                     reason = "lost"  # the whole pool was invalidated (server restarted)
                 else:
                     reason = "close"

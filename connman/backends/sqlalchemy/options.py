@@ -1,18 +1,17 @@
 """The SQL pool's options: a pool config as `create_async_engine` and `async_sessionmaker`
-keywords (the mapping table, as code), and the pool class SQLAlchemy builds from them."""
+keywords (the mapping table, as code), with connman's own pool class (`ledger.LedgerPool`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from ...config import PoolConfig
 from ...errors import ConfigurationError
 from ..drivers import psycopg as _psycopg
+from .ledger import LedgerPool
 
 _CONNECT_TIMEOUT_ARG = {"asyncpg": "timeout", "aiomysql": "connect_timeout",
                         "asyncmy": "connect_timeout"}
@@ -31,6 +30,12 @@ def engine_options(name: str, config: PoolConfig) -> dict[str, Any]:
             f"pool {name!r}: url: an in-memory SQLite database cannot be pooled; use a file",
             pool=name, field="url")
     opts = dict(config.options)
+    if "poolclass" in opts or "pool" in opts:
+        key = "poolclass" if "poolclass" in opts else "pool"
+        raise ConfigurationError(
+            f"pool {name!r}: options[{key!r}]: connman keeps the pool's connections itself (one "
+            "list the gate admits every checkout to); set its bounds with 'size' and 'overflow'",
+            pool=name, field="options")
     raw_args = opts.pop("connect_args", None) or {}
     if not isinstance(raw_args, dict):
         raise ConfigurationError(f"pool {name!r}: options: 'connect_args' must be a mapping",
@@ -58,20 +63,21 @@ def engine_options(name: str, config: PoolConfig) -> dict[str, Any]:
             connect_args.setdefault("statement_cache_size", 0)
             connect_args.setdefault("prepared_statement_cache_size", 0)
     kw: dict[str, Any] = {
-        # Room for every connection up to the maximum, so none is closed as "overflow" the moment
-        # it comes back (a reconnect storm on every burst): connman's maintenance closes what is
-        # above `size` once idle for `overflow_idle`, and the warm-up opens exactly `size`.
+        # connman's ledger holds up to `size + overflow` (SQLAlchemy's keywords, as the mapping
+        # table says); none is closed as "overflow" the moment it comes back (a reconnect storm on
+        # every burst): connman's maintenance closes what is above `size` once idle for
+        # `overflow_idle`, and the warm-up opens exactly `size`.
         "pool_size": config.max_size,
         "max_overflow": 0,
-        # LIFO: a light load reuses the same few connections, so the surplus stays idle long
-        # enough to be closed (FIFO would rotate through all of them and keep every one open).
+        # LIFO (the ledger always is): a light load reuses the same few connections, so the
+        # surplus stays idle long enough to be closed (FIFO would keep every one open).
         "pool_use_lifo": True,
-        # connman's gate bounds the wait; the native timeout is a backstop just beyond it.
+        # Reported by `pool.timeout()` only: the ledger never waits, the gate does.
         "pool_timeout": config.timeout + 1.0,
         "pool_recycle": int(config.recycle) if config.recycle is not None else -1,
         "pool_pre_ping": config.pre_ping,
         "echo": config.echo,
-        "poolclass": BoundedQueuePool,
+        "poolclass": LedgerPool,
         "pool_reset_on_return": "rollback",
     }
     if connect_args:
@@ -98,35 +104,3 @@ def session_options(name: str, config: PoolConfig) -> dict[str, Any]:
         raise ConfigurationError(f"pool {name!r}: session_options: {exc}", pool=name,
                                  field="session_options") from None
     return {"class_": cls, **kw}
-
-
-class BoundedQueuePool(AsyncAdaptedQueuePool):
-    """SQLAlchemy's async queue pool, whose checkout fails with `CheckoutTimeout` when a new
-    connection's setup got no answer in time.
-
-    After the connect, the dialect sets the connection up (asyncpg: type codecs, one query each)
-    in the pool's `connect` event, out of reach of connman's connect bound; a driver
-    timeout there (asyncpg's `command_timeout`), or the setup deadline connman arms around it,
-    would otherwise surface as a bare `TimeoutError` or driver error.
-    """
-
-    # Log where SQLAlchemy's own pool logs, so logging configured for it still applies.
-    _sqla_logger_namespace = "sqlalchemy.pool.impl.AsyncAdaptedQueuePool"
-
-    cm_setup_expired: Callable[[BaseException, int], Exception | None] | None = None
-    """Set by connman: (the error, setup kills before the checkout) -> the error to raise
-    (`CheckoutTimeout` for an expired setup, `ServerUnavailable` for a refused one)."""
-    cm_setup_kills = 0
-    """Setups connman's deadline killed so far."""
-
-    def connect(self) -> Any:
-        """Check a connection out (see `sqlalchemy.pool.Pool.connect`)."""
-        kills = self.cm_setup_kills
-        try:
-            return super().connect()
-        except Exception as exc:
-            translate = self.cm_setup_expired
-            replacement = translate(exc, kills) if translate is not None else None
-            if replacement is None:
-                raise
-            raise replacement from exc

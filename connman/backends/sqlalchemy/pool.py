@@ -1,10 +1,10 @@
 """`SQLAlchemyPool`: a connman pool whose sessions are `AsyncSession`s on one `AsyncEngine`.
 
-It composes the package's parts (see `connman.backends.sqlalchemy`): the events, the fast path and
-the units of work are its mixins, over the shared `PoolState`. This module holds the rest: its
-lifecycle (open with warm-up, close, fork), the connect connman wraps around each driver's, the
-maintenance that closes connections above `size`, gauges and server facts, and the test binding's
-hooks.
+It composes the package's parts (see `connman.backends.sqlalchemy`): the events, the units of work
+and the fast path are its mixins, over the shared `PoolState`, and its connections are in one
+`ledger.LedgerPool`. This module holds the rest: its lifecycle (open with warm-up, close, fork),
+the connect connman wraps around each driver's, the maintenance that closes connections above
+`size`, gauges and server facts, and the test binding's hooks.
 """
 
 from __future__ import annotations
@@ -27,44 +27,18 @@ from .._guard import driver_timeout as _driver_timeout
 from ..drivers import psycopg as _psycopg
 from .connect import _creator
 from .events import EventsMixin
+from .fastpath import FastPathMixin
 from .state import UnitHook
 from .units import UnitsMixin
 
 
-def _queued(pool: Any) -> Any:
-    """The records idle in SQLAlchemy's queue (a list or deque; None if it cannot be read).
-
-    SQLAlchemy's AsyncAdaptedQueue wraps an asyncio.Queue, whose items are in its `_queue` (one of
-    the reaches into SQLAlchemy's pool internals that owning the pool, issue #20, would remove;
-    read the same way in `_live_idle` and `_drop_driver`); tests/test_drivers.py pins it and
-    `_dec_overflow` on both dependency sets.
-    """
-    return getattr(getattr(getattr(pool, "_pool", None), "_queue", None), "_queue", None)
-
-
-def _live_idle(pool: Any) -> int:
-    """Idle connections in SQLAlchemy's queue, not counting records the fast path closed.
-
-    Such a record waits in the queue without a connection and reconnects when next used.
-    """
-    if not pool.checkedin():
-        return 0
-    queue = getattr(pool, "_pool", None)
-    # SQLAlchemy's AsyncAdaptedQueue wraps an asyncio.Queue, whose items are in its `_queue`.
-    records = getattr(getattr(queue, "_queue", None), "_queue", None)
-    if records is None:
-        return int(pool.checkedin())
-    return sum(1 for rec in list(records) if rec.dbapi_connection is not None)
-
-
-class SQLAlchemyPool(EventsMixin, UnitsMixin):
+class SQLAlchemyPool(EventsMixin, UnitsMixin, FastPathMixin):
     """A pool whose sessions are `AsyncSession`s on one `AsyncEngine`."""
 
     backend = "sqlalchemy"
 
     # ------------------------------------------------------------------ lifecycle
     async def _open(self) -> None:
-        self._disposed_pool = None
         options = self._options
         args: dict[str, Any] = dict(options.get("connect_args") or {})
         connect = self._connect_fn(args.get("async_creator_fn"))
@@ -74,7 +48,11 @@ class SQLAlchemyPool(EventsMixin, UnitsMixin):
         self._engine = engine
         self._install_events(engine)
         self._sessionmaker = async_sessionmaker(engine, **self._session_kw)
-        # Warm `size` connections at once, then give them back: the pool starts full.
+        # Warm `size` connections at once, then give them back: the pool starts full. The
+        # warm-up holds `size` slots of the gate, as any checkout does.
+        held = 0
+        while held < self.config.size and self._reserve():
+            held += 1
         conns = [engine.connect() for _ in range(self.config.size)]
         try:
             results = await asyncio.gather(*(c.start() for c in conns), return_exceptions=True)
@@ -87,6 +65,8 @@ class SQLAlchemyPool(EventsMixin, UnitsMixin):
             for c in conns:
                 if c.sync_connection is not None:
                     await shielded(c.close())
+            for _ in range(held):
+                self._unreserve()
 
     async def _read_limit(self, conn: Any) -> int | None:
         driver = self.config.driver_name
@@ -100,13 +80,10 @@ class SQLAlchemyPool(EventsMixin, UnitsMixin):
     async def _close(self) -> None:
         if self._binding is not None:
             await self._binding.rollback()
-        while self._hot:
-            # Checked out of SQLAlchemy's pool, so dispose() would not close them: give them back.
-            await self._discard(self._hot.pop()[0], reason=None)
         if self._engine is not None:
+            # The idle connections close now; those still checked out (a unit past the drain
+            # deadline) close when they come back to the disposed ledger.
             engine, self._engine = self._engine, None
-            if self._active:
-                self._disposed_pool = engine.sync_engine.pool
             await engine.dispose()
 
     def _forget_after_fork(self) -> None:
@@ -115,10 +92,9 @@ class SQLAlchemyPool(EventsMixin, UnitsMixin):
         Its connections share sockets with the parent: disposing the engine here (or letting the
         garbage collector finalize it) would send the driver's terminate message on them.
         """
-        self._inherited = (self._engine, self._hot)
+        self._inherited = (self._engine, self._ledger)
         self._engine = self._sessionmaker = None
-        self._hot = []
-        self._disposed_pool = None
+        self._ledger = None
 
     def _connect_fn(self, given: Callable[..., Any] | None) -> Callable[..., Any] | None:
         """The `async_creator_fn` SQLAlchemy's dialect awaits for each new connection.
@@ -167,34 +143,23 @@ class SQLAlchemyPool(EventsMixin, UnitsMixin):
         return connect
 
     def off_books(self) -> int:
-        """SQLAlchemy's checked-out connections beyond the leases and the fast path's idle stack."""
-        if self._engine is None:
+        """Connections checked out of the ledger beyond what the gate admits (0: none). The
+        ledger refuses such a checkout (or takes a lease for it), so this stays 0 unless a
+        record's checkin was lost (SQLAlchemy < 2.0.58, repaired by `_reclaim_stranded`)."""
+        ledger = self._ledger
+        if ledger is None or self._engine is None:
             return 0
-        pool: Any = self._engine.sync_engine.pool
-        out = int(pool.checkedout())
-        binding = self._binding
-        if binding is not None and binding.pool is self and binding.active:
-            out -= 1  # the test's outer connection (connman.testing), on the books
-        return max(0, out - len(self._hot) - self._active)
+        return max(0, ledger.claims() - self.admitted())
 
     def _drop_driver(self) -> None:
         """Drop the engine of a loop that is gone: close the driver connections' sockets directly
         (no round trip is possible without their loop) and forget the pool."""
         from .._abandon import close_driver_connection
 
-        engine, self._engine = self._engine, None
-        hot, self._hot = self._hot, []
-        conns = [conn for _, conn, _ in hot]
-        if engine is not None:
-            pool: Any = engine.sync_engine.pool
-            queue = getattr(getattr(getattr(pool, "_pool", None), "_queue", None), "_queue", None)
-            for rec in list(queue or ()):
-                dbapi = rec.dbapi_connection
-                if dbapi is not None:
-                    conns.append(getattr(dbapi, "driver_connection", dbapi))
-                    rec.dbapi_connection = None
-        for conn in conns:
-            close_driver_connection(conn)
+        ledger, self._ledger = self._ledger, None
+        self._engine = None
+        for dbapi in ledger.drop_all() if ledger is not None else ():
+            close_driver_connection(getattr(dbapi, "driver_connection", dbapi))
         self._sessionmaker = None
 
     def _maintenance_interval(self) -> float | None:
@@ -208,37 +173,21 @@ class SQLAlchemyPool(EventsMixin, UnitsMixin):
         One after another, each holding a gate slot while it closes (so `size + overflow` stays the
         maximum) and only while nobody waits; a connection in use is never touched.
         """
-        engine = self._engine
-        if engine is None:
-            return
-        pool: Any = engine.sync_engine.pool
+        ledger = self._ledger
         size, limit = self.config.size, self.config.shrink_after
-        while not self._closing and _live_idle(pool) + int(pool.checkedout()) > size:
-            now = time.monotonic()
-            oldest: float | None = None
-            record: Any = None
-            hot = self._hot
-            if hot:
-                oldest = hot[0][2]
-            queued = _queued(pool)
-            for rec in list(queued) if queued is not None else ():
-                since = rec.info.get("cm_in")
-                if rec.dbapi_connection is not None and since is not None and (
-                        oldest is None or since < oldest):
-                    oldest, record = since, rec
-            if oldest is None or now - oldest < limit or not self._reserve():
+        while ledger is not None and not self._closing and ledger.open_count() > size:
+            if not self._reserve():
                 return
             try:
+                record = ledger.retire_oldest(limit, time.monotonic())
                 if record is None:
-                    await self._discard(hot.pop(0)[0], "idle_close")
-                else:
-                    # Out of the queue and out of the pool's count at once (no I/O in between,
-                    # so no checkout can take it), then closed outside.
-                    queued.remove(record)
-                    pool._dec_overflow()
+                    return
+                try:
                     record.info["cm_reason"] = "idle_close"
                     await finish(partial(greenlet_spawn, record.close), self._finish_timeout,
                                  self.name)
+                finally:
+                    ledger.retired()
             finally:
                 self._unreserve()
 
@@ -284,11 +233,10 @@ class SQLAlchemyPool(EventsMixin, UnitsMixin):
         return self._binding
 
     def _gauges(self) -> tuple[int, int]:
-        if self._engine is None:
+        ledger = self._ledger
+        if ledger is None or self._engine is None:
             return 0, 0
-        pool: Any = self._engine.sync_engine.pool
-        idle = _live_idle(pool)
-        return idle + int(pool.checkedout()), idle + len(self._hot)
+        return ledger.open_count(), ledger.checkedin()
 
     def native(self) -> AsyncEngine:
         """The `AsyncEngine`."""
@@ -305,7 +253,6 @@ class SQLAlchemyPool(EventsMixin, UnitsMixin):
         driver = self.config.driver_name
         info: dict[str, Any] = {"version": None, "max_connections": None, "reserved": 0,
                                 "server_connections": None}
-        await self._make_room()
         async with engine.connect() as conn:
             if driver in ("asyncpg", "psycopg"):
                 info["version"] = (await conn.exec_driver_sql("SHOW server_version")).scalar()

@@ -1,6 +1,6 @@
 """The SQL pool's state: the attributes every part of `SQLAlchemyPool` shares (set in one
-`__init__`), the typed errors its deadlines raise, and the two repairs of SQLAlchemy's ledger that
-both the sessions and the fast path need (a stranded checkin, a pool disposed under a unit)."""
+`__init__`), the gate as its ledger sees it (`admitted`), the typed errors its deadlines raise,
+the read-only rule, and the stranded-checkin repair SQLAlchemy < 2.0.58 needs."""
 
 from __future__ import annotations
 
@@ -9,14 +9,13 @@ import logging
 import time
 import weakref
 from collections.abc import Callable
-from functools import partial
 from typing import Any, Protocol
 
+import sqlalchemy
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.util import greenlet_spawn
 
 from ..._credentials import Credentials
-from ..._pool import Pool, finish
+from ..._pool import Pool
 from ...config import PoolConfig
 from ...errors import CheckoutTimeout, ConfigurationError, StatementTimeout
 from ...stats import EventHub
@@ -25,10 +24,24 @@ from .._pooler import PoolerGuard
 from .._reset import FULL_RESET
 from .connect import _CONNECT
 from .deadlines import _KILL
+from .ledger import LedgerPool, Lifetime
 from .options import engine_options, session_options
 from .probes import _PROBES
 
 logger = logging.getLogger("connman")
+
+
+def _strands_checkins(version: str) -> bool:
+    """Whether this SQLAlchemy leaves a record checked out when a cancellation cuts its checkin
+    short (its issue #13699, fixed in 2.0.58 and in 2.1)."""
+    parts = []
+    for piece in version.split(".")[:3]:
+        digits = "".join(c for c in piece if c.isdigit()) or "0"
+        parts.append(int(digits))
+    return tuple(parts) < (2, 0, 58)
+
+
+STRANDS_CHECKINS = _strands_checkins(sqlalchemy.__version__)
 
 
 class UnitHook(Protocol):
@@ -71,9 +84,9 @@ class PoolState(Pool):
         self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
         self.connect_hooks: list[Callable[[Any, Any], None]] = []
         self._finish_timeout = config.connect_timeout + config.timeout
-        self._disposed_pool: Any = None
-        # The fast path's own idle connections: (fairy, driver connection, when it came back).
-        self._hot: list[tuple[Any, Any, float]] = []
+        self._ledger: LedgerPool | None = None
+        """The engine's pool: the one list of this pool's connections (`ledger.LedgerPool`)."""
+        self._lifetime = Lifetime(config.idle, config.pre_ping, self._stale)
         self._probe = _PROBES.get(config.driver_name)
         self._sqlite = config.driver_name == "aiosqlite"
         # psycopg's fast path runs in autocommit, as asyncpg's connections do; SQLAlchemy's
@@ -96,21 +109,13 @@ class PoolState(Pool):
             Limit(config.statement_timeout, kill, self._statement_expired,
                   native=config.driver_name == "asyncpg")
             if config.statement_timeout is not None and kill is not None else None)
-        # The records SQLAlchemy's pool has checked out (its checkout and checkin events), so
-        # that a record whose checkin a cancellation cut short can be found and given back.
-        self._out: set[Any] = set()
-        self._recent: dict[int, float] = {}
-        """When each open driver connection (by id) was last checked in: the pre-ping bypass."""
         self._pooler = (PoolerGuard(name, config.external_pooler)
                         if config.external_pooler is not None else None)
         """Warns once about session-level state behind a transaction-mode pooler."""
         self._stale_born = float("-inf")
         """Connections opened (`cm_born`, `time.monotonic()`) no later than then are discarded at
-        their next checkout: their server, or an older connection's, refused a write as
-        read-only (a demoted primary). Only as late as the refused connection's own birth: one
-        opened after it may already reach the new primary, and refusals still arriving on old
-        connections must not condemn it (that exhausted SQLAlchemy's two checkout attempts
-        into a raw `InvalidRequestError`)."""
+        their next checkout: a server refused a write as read-only (a demoted primary) then, on
+        a connection not condemned already (`_refused_as_read_only`)."""
         self._committed: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
         """Tasks whose current unit of work sent a COMMIT: a connection it loses later may have
         applied something, so its `ConnectionLost` gets no `Retry-After`."""
@@ -145,18 +150,19 @@ class PoolState(Pool):
             retry_after=self.config.retry_after_s)
 
     def _refused_as_read_only(self, info: Any) -> None:
-        """A connection's server refused a write as read-only: this connection and every one
-        opened no later than it are discarded (lazily, at their next checkout), so new ones
-        follow the pool's URL to whichever server is primary now. `info`: the connection's
-        record info (SQLAlchemy's `PoolProxiedConnection.info`), or None if unknown (then every
-        connection open now)."""
+        """A connection's server refused a write as read-only: every connection opened until now
+        is discarded (lazily, at its next checkout), so new ones follow the pool's URL to
+        whichever server is primary now. A refusal on a connection already condemned says
+        nothing new and moves nothing: refusals still arriving on old connections must not
+        condemn the fresh ones to the new primary (that exhausted SQLAlchemy's two checkout
+        attempts into a raw `InvalidRequestError`). `info`: the connection's record info
+        (`PoolProxiedConnection.info`, `cm_born`), or None if unknown."""
         born = info.get("cm_born") if info is not None else None
-        if born is None:
-            born = time.monotonic()
-        if born > self._stale_born:
-            self._stale_born = born
-            logger.warning("connman: pool %r: the server refused a write as read-only; "
-                           "discarding the pool's connections to it", self.name)
+        if born is not None and born <= self._stale_born:
+            return
+        self._stale_born = time.monotonic()
+        logger.warning("connman: pool %r: the server refused a write as read-only; "
+                       "discarding the pool's connections to it", self.name)
 
     def _stale(self, info: Any) -> bool:
         """Whether a connection (by its record info) was opened no later than one whose server
@@ -175,18 +181,21 @@ class PoolState(Pool):
                              exc_info=True)
 
     def _reclaim_stranded(self) -> int:
-        """Give back to SQLAlchemy's pool the records whose checkin a cancellation cut short.
+        """Give back to the ledger the records whose checkin a cancellation cut short.
 
         SQLAlchemy before 2.0.58 (its issue #13699): when a cancellation (a request cancelled
         while its connection was being reset, or a reset abandoned past its deadline) interrupts
         the reset of a connection being checked in, the pool invalidates the connection but never
-        checks the record in. The slot is lost for good: `checkedout()` stays one higher and the
-        pool can open one connection fewer, for the life of the process. Such a record is
-        recognised by a closed proxy (`_counter` 0) still attached to it and no DBAPI connection;
-        it is checked in empty, as SQLAlchemy 2.0.58 does. Returns how many were given back.
+        checks the record in, so the slot would be lost for the life of the process. Such a
+        record is recognised by a closed proxy (`_counter` 0) still attached to it and no DBAPI
+        connection; it is checked in empty, as SQLAlchemy 2.0.58 does. Runs only on the versions
+        that need it (`STRANDS_CHECKINS`). Returns how many were given back.
         """
+        ledger = self._ledger
+        if not STRANDS_CHECKINS or ledger is None:
+            return 0
         found = 0
-        for rec in list(self._out):
+        for rec in list(ledger.out):
             ref = rec.fairy_ref
             fairy = ref() if ref is not None else None
             if (fairy is None or rec.dbapi_connection is not None
@@ -201,12 +210,17 @@ class PoolState(Pool):
                         "back to the pool (SQLAlchemy < 2.0.58)", self.name, found)
         return found
 
-    async def _close_if_disposed(self) -> None:
-        if self._disposed_pool is not None:
-            # A session outlived the drain deadline: its connection went back to a pool that
-            # was already disposed, so dispose that pool again to close it.
-            await finish(partial(greenlet_spawn, self._disposed_pool.dispose),
-                         self._finish_timeout, self.name)
+    # ------------------------------------------------------------------ the gate, for the ledger
+    def admitted(self) -> int:
+        """How many connections the ledger may have checked out now: the gate's slots held
+        (leases and housekeeping reserves), plus the test binding's outer connection."""
+        binding = self._binding
+        return self._active + (1 if binding is not None and binding.pool is self else 0)
+
+    def _require_ledger(self) -> LedgerPool:
+        if self._ledger is None:
+            raise RuntimeError(f"pool {self.name!r} is not open")
+        return self._ledger
 
     def _require_engine(self) -> AsyncEngine:
         if self._engine is None:

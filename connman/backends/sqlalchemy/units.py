@@ -17,7 +17,7 @@ from ..._pool import finish
 from ...errors import ConcurrentUse, ConnectionLost
 from .. import _outage
 from .._guard import EndedBind
-from .fastpath import FastPathMixin
+from .state import PoolState
 
 logger = logging.getLogger("connman")
 
@@ -81,7 +81,7 @@ def _release_frames(error: BaseException) -> None:
             tb = tb.tb_next
 
 
-class UnitsMixin(FastPathMixin):
+class UnitsMixin(PoolState):
     """`SQLAlchemyPool`'s units of work on sessions (`manager.session()`)."""
 
     # ------------------------------------------------------------------ sessions
@@ -91,9 +91,6 @@ class UnitsMixin(FastPathMixin):
         assert self._sessionmaker is not None
         if self._committed:
             self._committed.discard(asyncio.current_task())  # type: ignore[arg-type]
-        if self._hot and self._active + len(self._hot) > self.config.max_size:
-            # This session's slot would need a connection the fast path holds idle.
-            await self._discard(self._hot.pop(0)[0], reason=None)
         return self._sessionmaker()
 
     async def _end(self, session: AsyncSession, error: BaseException | None) -> None:
@@ -165,7 +162,6 @@ class UnitsMixin(FastPathMixin):
                 # From now on the session refuses to check a connection out: no work after the
                 # unit of work ended can go past the gate.
                 sync.bind = EndedBind(self.name)  # type: ignore[assignment]
-                await self._close_if_disposed()
         if error is not None and _is_concurrency_error(error):
             raise self._concurrent(error) from error
         return clean
