@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from ._healing import Outage, heal, utc
+from ._healing import Healing
 from ._url import redact
 from .config import PoolConfig
 from .errors import (
@@ -32,7 +32,6 @@ from .errors import (
     ServerUnavailable,
     TooManyWaiters,
     WrongEventLoop,
-    keep_driver_class,
 )
 from .stats import EventHub, PoolEvent, PoolStats
 
@@ -151,7 +150,7 @@ class Lease:
         self.leak_timer: asyncio.TimerHandle | None = None
 
 
-class Pool(abc.ABC):
+class Pool(Healing):
     """A named pool of one backend; the manager, FastAPI glue, metrics and CLI speak only this."""
 
     backend: str = ""
@@ -161,6 +160,7 @@ class Pool(abc.ABC):
     awaits every task of its loop must not wait on one that never ends."""
 
     def __init__(self, name: str, config: PoolConfig, hub: EventHub) -> None:
+        super().__init__()  # the down/heal state (`Healing`)
         self.name = name
         self.config = config
         self.hub = hub
@@ -181,12 +181,7 @@ class Pool(abc.ABC):
         self.connection_limit: int | None = None
         """Connections the server accepts for this app (read while warming up; None: unknown)."""
         self._pid: int | None = None  # the process that opened the driver pool (fork detection)
-        self.outage: Outage | None = None
-        """Set while the pool's server is down and a background task tries again (`heal`)."""
-        self._heal_task: asyncio.Task[None] | None = None
-        self._probe_down_since: float | None = None  # first failed probe of an open pool
         self._tried = False  # open() was called (the lifespan ran), whatever came of it
-        self._open_error: tuple[str, BaseException | None] = ("", None)
         _POOLS.add(self)
 
     # ------------------------------------------------------------------ backend verbs
@@ -262,7 +257,7 @@ class Pool(abc.ABC):
         """Whether `exc` means the server could not be reached (so another replica may serve)."""
         return isinstance(exc, (OSError, ConnectionError)) and not isinstance(exc, ConnmanError)
 
-    def _drop_driver(self) -> None:  # noqa: B027 - optional hook, not abstract
+    def _drop_driver(self) -> None:  # an optional hook, not abstract
         """Drop the driver objects without I/O: their event loop is gone (best effort)."""
 
     def off_books(self) -> int:
@@ -274,7 +269,7 @@ class Pool(abc.ABC):
         """
         return 0
 
-    async def touch(self, unit: Any) -> None:  # noqa: B027 - optional hook, not abstract
+    async def touch(self, unit: Any) -> None:  # an optional hook, not abstract
         """Make a unit of work take its connection now (so a dead server shows before use)."""
 
     def _forget_after_fork(self) -> None:
@@ -286,7 +281,7 @@ class Pool(abc.ABC):
         """
         raise NotImplementedError
 
-    async def _maintain(self) -> None:  # noqa: B027 - optional hook, not abstract
+    async def _maintain(self) -> None:  # an optional hook, not abstract
         """Periodic housekeeping a backend needs (emulated lifetimes); default: nothing."""
 
     def _maintenance_interval(self) -> float | None:
@@ -316,12 +311,7 @@ class Pool(abc.ABC):
             if self._loop is not None and not self._loop.is_closed():
                 raise self._wrong_loop()
             self._drop()
-        healer = self._heal_task
-        if healer is not None and healer is not asyncio.current_task() and not healer.done():
-            if healer.get_loop() is loop:  # one attempt at a time: this one replaces it
-                healer.cancel()
-                await asyncio.gather(healer, return_exceptions=True)
-            self._heal_task = None
+        await self._replace_healer(loop)
         self._closing = False
         self._loop = loop
         self._tried = True
@@ -351,69 +341,6 @@ class Pool(abc.ABC):
             self._maint_task = asyncio.create_task(self._maintenance_loop(interval),
                                                    name=f"connman-maintain-{self.name}")
 
-    def go_down(self, error: BaseException) -> None:
-        """Mark the pool down since now (or since it first was) for `error`, and keep trying to
-        reach its server in the background (`connman-heal-<name>`) until it answers.
-
-        A pool that never opened (its `open()` raised) opens when its server answers; until then
-        its requests get `ServerUnavailable(kind="down")`. An open pool (a replica that stopped
-        answering) is put back in rotation by its router once a ping succeeds.
-        """
-        if isinstance(error, PoolStartupError) and self._open_error[0]:
-            cause, driver_error = self._open_error
-        else:
-            cause = self.redact(f"{type(error).__name__}: {error}")[:300]
-            driver_error = error.__cause__ if isinstance(error, ConnmanError) else error
-        if type(driver_error) is TimeoutError:
-            driver_error = None  # connman's own bound on the attempt, not the driver's error
-        if driver_error is not None:
-            driver_error = driver_error.with_traceback(None)
-        if self.outage is None:
-            self.outage = Outage(time.time(), cause, driver_error)
-        else:
-            self.outage.cause, self.outage.error = cause, driver_error
-        if self._heal_task is None or self._heal_task.done():
-            self._heal_task = asyncio.get_running_loop().create_task(
-                heal(self), name=f"connman-heal-{self.name}")
-
-    async def _try_heal(self) -> bool:
-        """One attempt to reach the server of a down pool (see `go_down`); True once it answers."""
-        if self._opened and self.outage is None:
-            return True  # opened meanwhile by another `open()`
-        if not self._opened:
-            try:
-                await self.open()
-            except (PoolStartupError, WrongEventLoop) as exc:
-                self.go_down(exc)
-                return False
-            return True
-        if not self._reserve():
-            return False  # every slot is held: no evidence either way, try again later
-        try:
-            async with asyncio.timeout(self.config.connect_timeout):
-                await self._ping()
-        except TimeoutError:
-            self.outage_cause(f"no answer within connect_timeout={self.config.connect_timeout:g}s")
-            return False
-        except Exception as exc:
-            self.outage_cause(self.redact(f"{type(exc).__name__}: {exc}")[:300])
-            return False
-        finally:
-            self._unreserve()
-        return True
-
-    def outage_cause(self, cause: str) -> None:
-        """Update what the current outage's last attempt met (no-op when the pool is up)."""
-        if self.outage is not None:
-            self.outage.cause = cause
-
-    async def _stop_healing(self) -> None:
-        task, self._heal_task = self._heal_task, None
-        self.outage = None
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-
     def _reset_after_fork(self) -> None:
         """Forget the parent's driver pool and gate state (futures and tasks of its loop)."""
         try:
@@ -429,8 +356,7 @@ class Pool(abc.ABC):
         self._nwaiting = self._active = 0
         self._idle_event = None
         self._maint_task = None
-        self._heal_task = None
-        self.outage = None
+        self._forget_healing()
         self._loop = None
 
     async def _close_quietly(self) -> None:
@@ -453,8 +379,7 @@ class Pool(abc.ABC):
             logger.debug("connman: pool %r: dropping the driver objects failed", self.name,
                          exc_info=True)
         self._maint_task = None
-        self._heal_task = None
-        self.outage = None
+        self._forget_healing()
         self._waiters.clear()
         self._nwaiting = 0
         self._active = 0
@@ -471,16 +396,7 @@ class Pool(abc.ABC):
         running, raises `WrongEventLoop`: close it in its own loop. A pool that is down stops
         trying to reach its server.
         """
-        healer = self._heal_task
-        if healer is not None:
-            home = healer.get_loop()
-            if home is asyncio.get_running_loop():
-                await self._stop_healing()
-            elif home.is_running() and not home.is_closed():
-                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
-                    self._stop_healing(), home))
-            else:
-                self._heal_task = None
+        await self._end_healing()
         if not self._opened:
             self.outage = None
             return
@@ -590,13 +506,9 @@ class Pool(abc.ABC):
     def _refusal(self) -> ConnmanError:
         """Why a closed pool refuses: its server is down (`ServerUnavailable`, since when and why),
         never opened (`PoolNotOpen`: the lifespan did not run), closing or closed."""
-        outage = self.outage
-        if outage is not None and not self._closing:
-            error = ServerUnavailable(
-                f"pool {self.name!r} ({self.config.url.masked}) is {outage.reason()}: "
-                f"{outage.cause}; connman keeps trying in the background", pool=self.name,
-                kind="down", retry_after=self.config.retry_after_s, since=outage.since)
-            return error if outage.error is None else keep_driver_class(error, outage.error)
+        down = self._down_refusal()
+        if down is not None:
+            return down
         if not self._was_opened and not self._tried:
             return PoolNotOpen(not_open_message(self.name), pool=self.name)
         state = "closing" if self._closing else "closed"
@@ -705,13 +617,6 @@ class Pool(abc.ABC):
             self._unreserve()
         self._probe_down_since = None
         return {"status": "up", "ping_ms": round(ms, 3)}
-
-    def _probe_failed(self, reason: str, error: str) -> dict[str, Any]:
-        """A probe of an open pool failed: down since the first failed probe in a row."""
-        if self._probe_down_since is None:
-            self._probe_down_since = time.time()
-        return {"status": "down", "since": utc(self._probe_down_since), "reason": reason,
-                "error": error}
 
     def _leaked(self, lease: Lease, stack: str, site: Callable[[], str] | None) -> None:
         self.counters.bump("leaks_detected")
