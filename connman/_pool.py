@@ -17,9 +17,12 @@ import random
 import time
 import traceback
 import weakref
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
+# Re-exported: the backends and the test binding import them from here.
+from ._giveback import finish as finish
+from ._giveback import shielded as shielded
 from ._healing import Healing
 from ._url import redact
 from .config import PoolConfig
@@ -36,7 +39,6 @@ from .errors import (
 from .stats import EventHub, PoolEvent, PoolStats
 
 logger = logging.getLogger("connman")
-T = TypeVar("T")
 
 # Every pool of this process, so that tests can check the gate invariant on all of them.
 _POOLS: weakref.WeakSet[Pool] = weakref.WeakSet()
@@ -47,67 +49,6 @@ GATE_REPORTS: list[str] = []
 # reported, since the checkout stack of a dependency ends in FastAPI's own code.
 checkout_site: contextvars.ContextVar[Callable[[], str] | None] = contextvars.ContextVar(
     "connman_checkout_site", default=None)
-
-
-async def _bounded(aw: Awaitable[T], timeout: float | None) -> T:
-    if timeout is None:
-        return await aw
-    async with asyncio.timeout(timeout):
-        return await aw
-
-
-async def shielded(aw: Awaitable[T], timeout: float | None = None) -> T:
-    """Run `aw` to completion even if the caller is cancelled meanwhile; re-raise the cancel after.
-
-    Used for every step that returns a connection: a cancelled request must not leak one.
-    """
-    task: asyncio.Future[T] = asyncio.get_running_loop().create_task(
-        _bounded(aw, timeout), name="connman-give-back")
-    cancelled = False
-    while True:
-        try:
-            result = await asyncio.shield(task)
-            break
-        except asyncio.CancelledError:
-            if task.done():
-                if task.cancelled():
-                    raise
-                result = task.result()
-                cancelled = True
-                break
-            cancelled = True
-    if cancelled:
-        raise asyncio.CancelledError
-    return result
-
-
-async def finish(step: Callable[[], Awaitable[None]], timeout: float, pool: str) -> bool:
-    """Run a step that gives a connection back (`session.close()`), whatever happens meanwhile.
-
-    The common case awaits it directly: a task, a shield and a timer per request would cost more
-    than the rest of connman's work. Under cancellation it runs shielded, and a step the cancel
-    interrupted is run again shielded, so the connection still goes back; there, a step stuck past
-    `timeout` (seconds; a network cut) is abandoned and the driver discards that connection.
-
-    Returns True if the step ran to its end uninterrupted, False if a cancellation cut into it
-    or it was abandoned (the caller then checks that nothing stayed checked out). Re-raises the
-    step's errors and the caller's cancellation.
-    """
-    try:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            await shielded(step(), timeout)
-            return False
-        try:
-            await step()
-        except asyncio.CancelledError:
-            await shielded(step(), timeout)
-            raise
-        return True
-    except TimeoutError:
-        logger.warning("connman: pool %r: returning a connection took over %.0fs; discarded",
-                       pool, timeout)
-        return False
 
 
 _not_open_hint: str | None = None
