@@ -1,13 +1,13 @@
 """The backend-neutral pool: a fair FIFO gate, leases, stats, events and leak detection.
 
-Each backend subclasses `Pool` and implements the few verbs that touch its driver. Everything that
-must mean the same on every backend (bounded waits, fairness, `max_waiting`, leak warnings, the
-stats keys) is written once here.
+Each backend subclasses `Pool` and implements the few verbs that touch its driver (`Backend`, in
+`_backend.py`). Everything that must mean the same on every backend (bounded waits, fairness,
+`max_waiting`, leak warnings, the stats keys) is written once here; a pool whose server is down
+keeps its state in `Healing` (`_healing.py`).
 """
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import collections
 import contextvars
@@ -17,10 +17,13 @@ import random
 import time
 import traceback
 import weakref
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
-from ._healing import Outage, heal, utc
+from ._backend import Backend
+from ._giveback import finish as finish  # re-exported: the backends import it from here
+from ._giveback import shielded as shielded  # and this one (the test binding too)
+from ._healing import Healing
 from ._url import redact
 from .config import PoolConfig
 from .errors import (
@@ -32,12 +35,10 @@ from .errors import (
     ServerUnavailable,
     TooManyWaiters,
     WrongEventLoop,
-    keep_driver_class,
 )
 from .stats import EventHub, PoolEvent, PoolStats
 
 logger = logging.getLogger("connman")
-T = TypeVar("T")
 
 # Every pool of this process, so that tests can check the gate invariant on all of them.
 _POOLS: weakref.WeakSet[Pool] = weakref.WeakSet()
@@ -48,67 +49,6 @@ GATE_REPORTS: list[str] = []
 # reported, since the checkout stack of a dependency ends in FastAPI's own code.
 checkout_site: contextvars.ContextVar[Callable[[], str] | None] = contextvars.ContextVar(
     "connman_checkout_site", default=None)
-
-
-async def _bounded(aw: Awaitable[T], timeout: float | None) -> T:
-    if timeout is None:
-        return await aw
-    async with asyncio.timeout(timeout):
-        return await aw
-
-
-async def shielded(aw: Awaitable[T], timeout: float | None = None) -> T:
-    """Run `aw` to completion even if the caller is cancelled meanwhile; re-raise the cancel after.
-
-    Used for every step that returns a connection: a cancelled request must not leak one.
-    """
-    task: asyncio.Future[T] = asyncio.get_running_loop().create_task(
-        _bounded(aw, timeout), name="connman-give-back")
-    cancelled = False
-    while True:
-        try:
-            result = await asyncio.shield(task)
-            break
-        except asyncio.CancelledError:
-            if task.done():
-                if task.cancelled():
-                    raise
-                result = task.result()
-                cancelled = True
-                break
-            cancelled = True
-    if cancelled:
-        raise asyncio.CancelledError
-    return result
-
-
-async def finish(step: Callable[[], Awaitable[None]], timeout: float, pool: str) -> bool:
-    """Run a step that gives a connection back (`session.close()`), whatever happens meanwhile.
-
-    The common case awaits it directly: a task, a shield and a timer per request would cost more
-    than the rest of connman's work. Under cancellation it runs shielded, and a step the cancel
-    interrupted is run again shielded, so the connection still goes back; there, a step stuck past
-    `timeout` (seconds; a network cut) is abandoned and the driver discards that connection.
-
-    Returns True if the step ran to its end uninterrupted, False if a cancellation cut into it
-    or it was abandoned (the caller then checks that nothing stayed checked out). Re-raises the
-    step's errors and the caller's cancellation.
-    """
-    try:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            await shielded(step(), timeout)
-            return False
-        try:
-            await step()
-        except asyncio.CancelledError:
-            await shielded(step(), timeout)
-            raise
-        return True
-    except TimeoutError:
-        logger.warning("connman: pool %r: returning a connection took over %.0fs; discarded",
-                       pool, timeout)
-        return False
 
 
 _not_open_hint: str | None = None
@@ -151,7 +91,7 @@ class Lease:
         self.leak_timer: asyncio.TimerHandle | None = None
 
 
-class Pool(abc.ABC):
+class Pool(Healing, Backend):
     """A named pool of one backend; the manager, FastAPI glue, metrics and CLI speak only this."""
 
     backend: str = ""
@@ -161,6 +101,7 @@ class Pool(abc.ABC):
     awaits every task of its loop must not wait on one that never ends."""
 
     def __init__(self, name: str, config: PoolConfig, hub: EventHub) -> None:
+        super().__init__()  # the down/heal state (`Healing`)
         self.name = name
         self.config = config
         self.hub = hub
@@ -181,59 +122,10 @@ class Pool(abc.ABC):
         self.connection_limit: int | None = None
         """Connections the server accepts for this app (read while warming up; None: unknown)."""
         self._pid: int | None = None  # the process that opened the driver pool (fork detection)
-        self.outage: Outage | None = None
-        """Set while the pool's server is down and a background task tries again (`heal`)."""
-        self._heal_task: asyncio.Task[None] | None = None
-        self._probe_down_since: float | None = None  # first failed probe of an open pool
         self._tried = False  # open() was called (the lifespan ran), whatever came of it
-        self._open_error: tuple[str, BaseException | None] = ("", None)
         _POOLS.add(self)
 
-    # ------------------------------------------------------------------ backend verbs
-    @abc.abstractmethod
-    async def _open(self) -> None:
-        """Create the driver pool/client, warm `size` connections and ping once."""
-
-    @abc.abstractmethod
-    async def _close(self) -> None:
-        """Dispose the driver pool/client; after it the server sees none of its connections."""
-
-    @abc.abstractmethod
-    async def _begin(self) -> Any:
-        """Start the unit of work a session yields (an AsyncSession, a database handle)."""
-
-    @abc.abstractmethod
-    async def _end(self, unit: Any, error: BaseException | None) -> None:
-        """End it: commit or roll back, and give the connection back, whatever happens."""
-
-    @abc.abstractmethod
-    async def _begin_raw(self) -> tuple[Any, Any]:
-        """Check out the driver's own connection (the fast path): (handle, connection)."""
-
-    @abc.abstractmethod
-    async def _end_raw(self, handle: Any, error: BaseException | None) -> None:
-        """Give the fast path's connection back."""
-
-    @abc.abstractmethod
-    async def _ping(self) -> float:
-        """One round trip to the server (the caller holds a slot); latency in milliseconds."""
-
-    @abc.abstractmethod
-    def _gauges(self) -> tuple[int, int]:
-        """(connections open now, connections idle now)."""
-
-    @abc.abstractmethod
-    def native(self) -> Any:
-        """The driver object: an `AsyncEngine`, an `AsyncMongoClient` or a Motor client."""
-
-    @abc.abstractmethod
-    def driver_options(self) -> dict[str, Any]:
-        """The keyword arguments the mapping produced for the driver (secrets masked)."""
-
-    @abc.abstractmethod
-    async def _server_info(self) -> dict[str, Any]:
-        """Server version, connection limit and server-side connection count (slot held)."""
-
+    # ------------------------------------------------------------------ through the gate
     async def ping(self) -> float:
         """One round trip to the server through the gate; returns its latency in milliseconds.
 
@@ -257,40 +149,6 @@ class Pool(abc.ABC):
             return await self._server_info()
         finally:
             self.release(lease)
-
-    def is_connection_error(self, exc: BaseException) -> bool:
-        """Whether `exc` means the server could not be reached (so another replica may serve)."""
-        return isinstance(exc, (OSError, ConnectionError)) and not isinstance(exc, ConnmanError)
-
-    def _drop_driver(self) -> None:  # noqa: B027 - optional hook, not abstract
-        """Drop the driver objects without I/O: their event loop is gone (best effort)."""
-
-    def off_books(self) -> int:
-        """Connections the driver has checked out beyond what the gate accounts for (0: none).
-
-        The gate invariant: every connection in use is held through a lease. A backend compares
-        the driver's own count of checked-out connections with the leases (`requests_active`)
-        and what it keeps aside itself; a positive number is a connection that escaped the gate.
-        """
-        return 0
-
-    async def touch(self, unit: Any) -> None:  # noqa: B027 - optional hook, not abstract
-        """Make a unit of work take its connection now (so a dead server shows before use)."""
-
-    def _forget_after_fork(self) -> None:
-        """In a forked child: drop the parent's driver pool without closing its connections.
-
-        They belong to the parent process (same sockets); closing them here would cut the
-        parent's sessions. Keep a reference so no finalizer closes them either. A backend that
-        cannot do this raises, and the child's `open()` fails naming the pool.
-        """
-        raise NotImplementedError
-
-    async def _maintain(self) -> None:  # noqa: B027 - optional hook, not abstract
-        """Periodic housekeeping a backend needs (emulated lifetimes); default: nothing."""
-
-    def _maintenance_interval(self) -> float | None:
-        return None
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -316,12 +174,7 @@ class Pool(abc.ABC):
             if self._loop is not None and not self._loop.is_closed():
                 raise self._wrong_loop()
             self._drop()
-        healer = self._heal_task
-        if healer is not None and healer is not asyncio.current_task() and not healer.done():
-            if healer.get_loop() is loop:  # one attempt at a time: this one replaces it
-                healer.cancel()
-                await asyncio.gather(healer, return_exceptions=True)
-            self._heal_task = None
+        await self._replace_healer(loop)
         self._closing = False
         self._loop = loop
         self._tried = True
@@ -351,69 +204,6 @@ class Pool(abc.ABC):
             self._maint_task = asyncio.create_task(self._maintenance_loop(interval),
                                                    name=f"connman-maintain-{self.name}")
 
-    def go_down(self, error: BaseException) -> None:
-        """Mark the pool down since now (or since it first was) for `error`, and keep trying to
-        reach its server in the background (`connman-heal-<name>`) until it answers.
-
-        A pool that never opened (its `open()` raised) opens when its server answers; until then
-        its requests get `ServerUnavailable(kind="down")`. An open pool (a replica that stopped
-        answering) is put back in rotation by its router once a ping succeeds.
-        """
-        if isinstance(error, PoolStartupError) and self._open_error[0]:
-            cause, driver_error = self._open_error
-        else:
-            cause = self.redact(f"{type(error).__name__}: {error}")[:300]
-            driver_error = error.__cause__ if isinstance(error, ConnmanError) else error
-        if type(driver_error) is TimeoutError:
-            driver_error = None  # connman's own bound on the attempt, not the driver's error
-        if driver_error is not None:
-            driver_error = driver_error.with_traceback(None)
-        if self.outage is None:
-            self.outage = Outage(time.time(), cause, driver_error)
-        else:
-            self.outage.cause, self.outage.error = cause, driver_error
-        if self._heal_task is None or self._heal_task.done():
-            self._heal_task = asyncio.get_running_loop().create_task(
-                heal(self), name=f"connman-heal-{self.name}")
-
-    async def _try_heal(self) -> bool:
-        """One attempt to reach the server of a down pool (see `go_down`); True once it answers."""
-        if self._opened and self.outage is None:
-            return True  # opened meanwhile by another `open()`
-        if not self._opened:
-            try:
-                await self.open()
-            except (PoolStartupError, WrongEventLoop) as exc:
-                self.go_down(exc)
-                return False
-            return True
-        if not self._reserve():
-            return False  # every slot is held: no evidence either way, try again later
-        try:
-            async with asyncio.timeout(self.config.connect_timeout):
-                await self._ping()
-        except TimeoutError:
-            self.outage_cause(f"no answer within connect_timeout={self.config.connect_timeout:g}s")
-            return False
-        except Exception as exc:
-            self.outage_cause(self.redact(f"{type(exc).__name__}: {exc}")[:300])
-            return False
-        finally:
-            self._unreserve()
-        return True
-
-    def outage_cause(self, cause: str) -> None:
-        """Update what the current outage's last attempt met (no-op when the pool is up)."""
-        if self.outage is not None:
-            self.outage.cause = cause
-
-    async def _stop_healing(self) -> None:
-        task, self._heal_task = self._heal_task, None
-        self.outage = None
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-
     def _reset_after_fork(self) -> None:
         """Forget the parent's driver pool and gate state (futures and tasks of its loop)."""
         try:
@@ -429,8 +219,7 @@ class Pool(abc.ABC):
         self._nwaiting = self._active = 0
         self._idle_event = None
         self._maint_task = None
-        self._heal_task = None
-        self.outage = None
+        self._forget_healing()
         self._loop = None
 
     async def _close_quietly(self) -> None:
@@ -453,8 +242,7 @@ class Pool(abc.ABC):
             logger.debug("connman: pool %r: dropping the driver objects failed", self.name,
                          exc_info=True)
         self._maint_task = None
-        self._heal_task = None
-        self.outage = None
+        self._forget_healing()
         self._waiters.clear()
         self._nwaiting = 0
         self._active = 0
@@ -471,16 +259,7 @@ class Pool(abc.ABC):
         running, raises `WrongEventLoop`: close it in its own loop. A pool that is down stops
         trying to reach its server.
         """
-        healer = self._heal_task
-        if healer is not None:
-            home = healer.get_loop()
-            if home is asyncio.get_running_loop():
-                await self._stop_healing()
-            elif home.is_running() and not home.is_closed():
-                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
-                    self._stop_healing(), home))
-            else:
-                self._heal_task = None
+        await self._end_healing()
         if not self._opened:
             self.outage = None
             return
@@ -590,13 +369,9 @@ class Pool(abc.ABC):
     def _refusal(self) -> ConnmanError:
         """Why a closed pool refuses: its server is down (`ServerUnavailable`, since when and why),
         never opened (`PoolNotOpen`: the lifespan did not run), closing or closed."""
-        outage = self.outage
-        if outage is not None and not self._closing:
-            error = ServerUnavailable(
-                f"pool {self.name!r} ({self.config.url.masked}) is {outage.reason()}: "
-                f"{outage.cause}; connman keeps trying in the background", pool=self.name,
-                kind="down", retry_after=self.config.retry_after_s, since=outage.since)
-            return error if outage.error is None else keep_driver_class(error, outage.error)
+        down = self._down_refusal()
+        if down is not None:
+            return down
         if not self._was_opened and not self._tried:
             return PoolNotOpen(not_open_message(self.name), pool=self.name)
         state = "closing" if self._closing else "closed"
@@ -705,13 +480,6 @@ class Pool(abc.ABC):
             self._unreserve()
         self._probe_down_since = None
         return {"status": "up", "ping_ms": round(ms, 3)}
-
-    def _probe_failed(self, reason: str, error: str) -> dict[str, Any]:
-        """A probe of an open pool failed: down since the first failed probe in a row."""
-        if self._probe_down_since is None:
-            self._probe_down_since = time.time()
-        return {"status": "down", "since": utc(self._probe_down_since), "reason": reason,
-                "error": error}
 
     def _leaked(self, lease: Lease, stack: str, site: Callable[[], str] | None) -> None:
         self.counters.bump("leaks_detected")
