@@ -1,14 +1,27 @@
-"""What connman reads from a FastAPI/Starlette app: its `on_event` handlers, the pools it uses."""
+"""What connman reads from a FastAPI/Starlette app: its `on_event` handlers, the pools it uses.
+
+Private attributes of Starlette/FastAPI reached (checked by tests/test_reaches.py on both
+dependency sets):
+
+- `_DefaultLifespan` (`starlette.routing`; FastAPI's own copy in `fastapi.routing` since FastAPI
+  moved the `on_event` handlers into its own router): the class of `router.lifespan_context`
+  when the app was given no `lifespan=`. `event_handlers()` tells by it whether the framework
+  runs the `on_event` handlers itself; no public attribute says whether a lifespan was given.
+- `State._state` (`starlette.datastructures.State`): the dict behind `app.state`, read by
+  `state_values()` (`connman.testing`'s plugin finds the app's manager there); `State` has no
+  public way to list what it holds.
+"""
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-__all__ = ["event_handlers", "run_event_handlers"]
+__all__ = ["event_handlers", "run_event_handlers", "state_values"]
 
 logger = logging.getLogger("connman")
 
@@ -18,12 +31,42 @@ def event_handlers(app: Any) -> tuple[list[Callable[[], Any]], list[Callable[[],
     run itself: FastAPI (0.121 through Starlette's router, newer ones in its own) keeps them in
     `app.router.on_startup` / `on_shutdown` and runs them only from its default lifespan, which a
     `lifespan=` argument replaces. ([], []) for anything else."""
-    router = getattr(app, "router", None)
+    router = getattr(app, "router", None)  # any ASGI app may come here: not all have one
     startup = list(getattr(router, "on_startup", None) or ())
     shutdown = list(getattr(router, "on_shutdown", None) or ())
-    if type(getattr(router, "lifespan_context", None)).__name__ == "_DefaultLifespan":
+    if isinstance(getattr(router, "lifespan_context", None), default_lifespans()):
         return [], []  # the framework's own lifespan runs them
     return startup, shutdown
+
+
+def default_lifespans() -> tuple[type, ...]:
+    """The classes of a router's lifespan when the app was given none: Starlette's, and FastAPI's
+    own copy in the FastAPI releases that have one (each import is a version branch: a release
+    without it does not use it; tests/test_reaches.py pins that a default app's lifespan is one
+    of them)."""
+    found: list[type] = []
+    for module_name in ("starlette.routing", "fastapi.routing"):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:  # not installed: no app of it either
+            continue
+        cls = vars(module).get("_DefaultLifespan")  # FastAPI's own copy: newer releases only
+        if isinstance(cls, type):
+            found.append(cls)
+    return tuple(found)
+
+
+def state_values(app: Any) -> list[Any]:
+    """What a Starlette/FastAPI app holds in `app.state` ([] for an app without a `State`)."""
+    try:
+        from starlette.datastructures import State
+    except ImportError:
+        return []
+    state = getattr(app, "state", None)  # any ASGI app may come here: not all have one
+    if not isinstance(state, State):
+        return []
+    held: dict[str, Any] = state._state
+    return list(held.values())
 
 
 def _names(handlers: list[Callable[[], Any]]) -> str:

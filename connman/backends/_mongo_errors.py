@@ -1,5 +1,8 @@
 """PyMongo's errors, classified into connman's typed errors (the Mongo driver's error knowledge).
 
+The two PyMongo internals this reads (`pymongo._csot`, `_OperationCancelled`) come from
+`drivers/pymongo.py`, where PyMongo's and Motor's internals are listed.
+
 Classified by PyMongo's exception classes, error labels and codes, never by message text. Every
 typed error is made with `keep_driver_class`, so it is still an instance of the PyMongo class the
 app caught before connman (`except PyMongoError`, `except NetworkTimeout`, `except
@@ -35,6 +38,7 @@ from ..errors import (
     keep_driver_class,
 )
 from ..stats import PoolStats
+from .drivers.pymongo import OPERATION_CANCELLED, app_deadline
 
 __all__ = ["AUTHENTICATION_FAILED", "READS", "READ_COMMANDS", "RETRIED_WRITES", "app_deadline",
            "command_op", "conflict", "handshake_refusal", "one_line", "transient", "typed_error"]
@@ -83,18 +87,6 @@ class _Pool(Protocol):
     counters: PoolStats
 
     def native(self) -> Any: ...
-
-
-def app_deadline() -> bool:
-    """Whether the app bounds the current call with its own `pymongo.timeout()` block.
-
-    PyMongo keeps that deadline in a context variable (`pymongo._csot`, a private module: the
-    public `pymongo.timeout()` offers no getter; tests/test_mongo_unit.py pins it on both
-    dependency sets). A timeout under it is the app's, and reaches the app untouched.
-    """
-    from pymongo import _csot
-
-    return _csot.get_timeout() is not None
 
 
 def transient(error: BaseException) -> bool:
@@ -273,7 +265,7 @@ def _classify(pool: _Pool, exc: PyMongoError, *, op: str, retried_write: bool,
         return StatementTimeout(
             f"pool {name!r}: an operation got no answer within {limit}; its connection was "
             f"closed; outside a transaction a write may have been applied ({why})", pool=name)
-    if type(exc).__name__ == "_OperationCancelled":
+    if isinstance(exc, OPERATION_CANCELLED):
         # PyMongo's monitor got no answer from the server within connect_timeout and interrupted
         # the operations on its connections (CMAP's interruptInUseConnections).
         return StatementTimeout(

@@ -1,4 +1,5 @@
-"""PyMongo's pool (CMAP) and command events, as connman's stats, and `recycle` at check-in.
+"""PyMongo's pool (CMAP) and command events, as connman's stats, and `recycle` at check-in
+(the pool internals that takes are in `drivers/pymongo.py`).
 
 The listeners are thread-safe: Motor calls them from its worker threads.
 """
@@ -7,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import threading
 import time
@@ -18,8 +18,9 @@ from pymongo import monitoring
 from .._pool import jittered_lifetime
 from ..config import PoolConfig
 from ..stats import PoolStats
+from .drivers.pymongo import retire
 
-__all__ = ["CMAPListener", "CommandLogger", "retiring_checkin"]
+__all__ = ["CMAPListener", "CommandLogger"]
 
 logger = logging.getLogger("connman.mongo")
 
@@ -128,13 +129,13 @@ class CMAPListener(monitoring.ConnectionPoolListener):
             self.in_use -= 1
 
     def retire_if_expired(self, address: Any, conn: Any) -> None:
-        """At check-in: give a connection past its lifetime an outdated generation.
+        """At check-in: retire a connection past its lifetime (`drivers.pymongo.retire`).
 
         PyMongo's check-in then closes it as stale instead of putting it back, so `recycle`
         holds under steady load, where a connection is almost never seen idle.
         """
         if self.expired(address, conn.id, time.monotonic()):
-            conn.generation = -1
+            retire(conn)
 
     def expired(self, address: Any, conn_id: int, now: float) -> bool:
         """Whether this connection outlived its (jittered) lifetime; marks it if so."""
@@ -164,20 +165,3 @@ class CommandLogger(monitoring.CommandListener):
     def failed(self, event: Any) -> None:
         """Log the failure."""
         logger.info("connman[%s]: %s failed", self.pool_name, event.command_name)
-
-
-def retiring_checkin(pool: Any, listener: CMAPListener) -> Any:
-    """PyMongo's `pool.checkin`, retiring a connection past its lifetime on its way back."""
-    original = pool.checkin
-    if inspect.iscoroutinefunction(original):
-        async def checkin(conn: Any) -> None:
-            listener.retire_if_expired(pool.address, conn)
-            await original(conn)
-        checkin.connman_retiring = True  # type: ignore[attr-defined]
-        return checkin
-
-    def checkin_sync(conn: Any) -> None:  # Motor: PyMongo's synchronous pool, in worker threads
-        listener.retire_if_expired(pool.address, conn)
-        original(conn)
-    checkin_sync.connman_retiring = True  # type: ignore[attr-defined]
-    return checkin_sync

@@ -43,6 +43,7 @@ from ._mongo_calls import (
     takes_session,
 )
 from ._mongo_errors import RETRIED_WRITES, command_op, typed_error
+from .drivers.pymongo import server_cursor
 
 __all__ = ["MongoUnit", "close_cursors"]
 
@@ -303,21 +304,7 @@ class _Cursor:
 
     def on_server(self) -> tuple[str, str, int] | None:
         """(database, collection, cursor id) of the server cursor, while there is one."""
-        d = self.delegate
-        d = getattr(d, "delegate", d)  # Motor wraps PyMongo's cursor (None: not started)
-        if self.stream:
-            d = getattr(d, "_cursor", None)  # PyMongo's change stream reads a command cursor
-            d = getattr(d, "delegate", d)
-        try:
-            cid = d.cursor_id
-            coll = getattr(d, "_collection", None)
-            if coll is None:
-                coll = d.collection
-            if cid and d.alive:
-                return coll.database.name, coll.name, int(cid)
-        except Exception:
-            pass
-        return None
+        return server_cursor(self.delegate, stream=self.stream)
 
     def finished(self) -> bool:
         """Whether this cursor can fetch nothing more (exhausted, closed or killed)."""

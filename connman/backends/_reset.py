@@ -10,7 +10,7 @@ coroutine per driver, on the driver's own connection, after the open transaction
 - aiomysql, asyncmy: the protocol's COM_RESET_CONNECTION (session variables, user variables,
   temporary tables, named locks, prepared statements), then the character set and autocommit mode
   the driver had set are set again. Neither driver exposes the command, so it is sent with their
-  private `_execute_command`/`_read_ok_packet`, here and nowhere else.
+  private `_execute_command`/`_read_ok_packet`, in `drivers/mysql.py` and nowhere else.
 - aiosqlite: temporary tables are dropped (SQLite has no other per-connection state a unit can
   change without a PRAGMA).
 
@@ -20,36 +20,18 @@ connect holds again.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
+from .drivers import mysql as mysql_driver
 from .drivers import psycopg as psycopg_driver
+from .drivers.mysql import cursor as mysql_cursor
 
-COM_RESET_CONNECTION = 0x1F
+__all__ = ["FULL_RESET", "mysql_cursor"]
 
 
 async def _asyncpg(conn: Any) -> None:
     await conn.reset()
     await conn.execute("DISCARD TEMP")
-
-
-async def mysql_cursor(conn: Any) -> Any:
-    """A cursor of an aiomysql or asyncmy connection (aiomysql's `cursor()` is an awaitable,
-    asyncmy's returns the cursor itself)."""
-    cur = conn.cursor()
-    return await cur if inspect.isawaitable(cur) else cur
-
-
-async def _mysql(conn: Any) -> None:
-    autocommit = bool(conn.get_autocommit())
-    charset = getattr(conn, "charset", None) or getattr(conn, "_charset", None) or "utf8mb4"
-    await conn._execute_command(COM_RESET_CONNECTION, b"")
-    await conn._read_ok_packet()
-    cur = await mysql_cursor(conn)
-    try:
-        await cur.execute(f"SET NAMES {charset}, autocommit = {int(autocommit)}")
-    finally:
-        await cur.close()
 
 
 async def _aiosqlite(conn: Any) -> None:
@@ -62,6 +44,7 @@ async def _aiosqlite(conn: Any) -> None:
         await conn.commit()
 
 
-FULL_RESET = {"asyncpg": _asyncpg, "psycopg": psycopg_driver.full_reset, "aiomysql": _mysql,
-              "asyncmy": _mysql, "aiosqlite": _aiosqlite}
+FULL_RESET = {"asyncpg": _asyncpg, "psycopg": psycopg_driver.full_reset,
+              "aiomysql": mysql_driver.full_reset, "asyncmy": mysql_driver.full_reset,
+              "aiosqlite": _aiosqlite}
 """driver -> coroutine function(driver connection): the full reset, transaction already ended."""

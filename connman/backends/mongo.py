@@ -15,7 +15,6 @@ import logging
 import time
 from typing import Any
 
-from pymongo import monitoring
 from pymongo.errors import OperationFailure, PyMongoError
 
 from .._pool import Pool, shielded
@@ -31,8 +30,9 @@ from ._mongo_errors import (
     transient,
     typed_error,
 )
-from ._mongo_events import CMAPListener, CommandLogger, retiring_checkin
+from ._mongo_events import CMAPListener, CommandLogger
 from ._mongo_unit import MongoUnit, _Cursor, close_cursors
+from .drivers import pymongo as driver
 
 logger = logging.getLogger("connman.mongo")
 
@@ -70,28 +70,6 @@ def _statement_timeout_option(driver: str) -> str:
     if driver == "pymongo" and tuple(pymongo.version_tuple[:3]) < (4, 13, 1):
         return "socketTimeoutMS"
     return "timeoutMS"
-
-
-async def shrink(pool: Any, size: int, idle_s: float, lock: Any = None) -> None:
-    """Close idle connections of one PyMongo pool above `size` that have been unused `idle_s`
-    seconds, the longest unused first, one after another.
-
-    PyMongo's own `maxIdleTimeMS` (connman's `idle`) closes every idle connection, `minPoolSize`
-    included, and then reopens up to `minPoolSize`; this keeps `size` and closes only the surplus,
-    as the SQL pools do. `pool.conns` is PyMongo's idle deque (most recently used on the left, as
-    its own idle reaper reads it); `lock` is the pool's threading lock for Motor, whose worker
-    threads use the pool too (PyMongo's async pool is only touched from this event loop).
-    """
-    while True:
-        with lock if lock is not None else contextlib.nullcontext():
-            conns = pool.conns
-            if (not conns or len(conns) + pool.active_sockets <= size
-                    or conns[-1].idle_time_seconds() < idle_s):
-                return
-            conn = conns.pop()
-        closing = conn.close_conn(monitoring.ConnectionClosedReason.IDLE)
-        if inspect.isawaitable(closing):
-            await closing
 
 
 def database_of(config: PoolConfig) -> str:
@@ -250,25 +228,20 @@ class MongoPool(Pool):
         return max(0.05, min(1.0, *periods)) if periods else None
 
     def _server_pools(self) -> list[Any]:
-        # A reach into PyMongo's internals (others: backends/_mongo_*.py): the topology's
-        # servers and their pools.
+        # PyMongo's internals (the topology's servers and their pools): drivers/pymongo.py.
         client = self._client
-        if client is None:
-            return []
-        topology = (client.delegate if self._motor else client)._topology
-        return [server.pool for server in list(getattr(topology, "_servers", {}).values())]
+        return [] if client is None else driver.server_pools(client, motor=self._motor)
 
     def _hook_checkins(self) -> None:
         """Enforce `recycle` where a connection comes back: wrap each server pool's `checkin`."""
         if self.config.recycle is None:
             return
         for pool in self._server_pools():
-            if not getattr(pool.checkin, "connman_retiring", False):
-                pool.checkin = retiring_checkin(pool, self._listener)
+            driver.wrap_checkin(pool, self._listener.retire_if_expired)
 
     async def _maintain(self) -> None:
-        # Idle connections past their deadline get an outdated generation too: PyMongo then closes
-        # them as stale instead of reusing them (busy ones are retired at check-in).
+        # Idle connections past their deadline are retired too: PyMongo then closes them as stale
+        # instead of reusing them (busy ones are retired at check-in).
         self._hook_checkins()
         now = time.monotonic()
         for pool in self._server_pools():
@@ -278,10 +251,10 @@ class MongoPool(Pool):
                 continue
             for conn in conns:
                 if self._listener.expired(pool.address, conn.id, now):
-                    conn.generation = -1
+                    driver.retire(conn)
             if self.config.overflow:
-                await shrink(pool, self.config.size, self.config.shrink_after,
-                             pool.lock if self._motor else None)
+                await driver.shrink(pool, self.config.size, self.config.shrink_after,
+                                    pool.lock if self._motor else None)
 
     # ------------------------------------------------------------------ units of work
     async def _begin(self) -> Any:
@@ -416,17 +389,7 @@ class MongoPool(Pool):
         if self._motor:
             client.close()  # Motor's client is thread-based: closing needs no event loop
             return
-        from ._abandon import close_transport
-
-        for server in list(getattr(client._topology, "_servers", {}).values()):
-            monitor = getattr(server, "_monitor", None)
-            pools = [server.pool, getattr(monitor, "_pool", None),
-                     getattr(getattr(monitor, "_rtt_monitor", None), "_pool", None)]
-            for pool in pools:
-                for conn in list(getattr(pool, "conns", ())):
-                    iface = getattr(conn, "conn", None)
-                    close_transport(getattr(iface, "conn", (None,))[0])
-        client._closed = True
+        driver.close_client_without_loop(client)
 
     async def _ping(self) -> float:
         """One `ping` command; latency in milliseconds."""

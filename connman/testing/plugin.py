@@ -32,6 +32,7 @@ from typing import Any
 
 import pytest
 
+from .._app import state_values
 from .._pool import set_not_open_hint
 from ..config import PoolConfig, validate_pools
 from ..errors import ConnmanError
@@ -230,9 +231,7 @@ def _manager_of(app: Any, module_name: str | None) -> ConnectionManager | None:
     candidates: list[Any] = []
     router = getattr(app, "router", None)
     candidates.extend(_walk(getattr(router, "lifespan_context", None)))
-    state = getattr(getattr(app, "state", None), "_state", None)
-    if isinstance(state, dict):
-        candidates.extend(state.values())
+    candidates.extend(state_values(app))
     if module_name:
         candidates.extend(vars(importlib.import_module(module_name)).values())
     for obj in candidates:

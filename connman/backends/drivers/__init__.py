@@ -4,8 +4,18 @@ Each module `connman.backends.drivers.<module>` defines `classify(exc) -> Kind |
 server failed a request, read from the driver's error *code* (a PostgreSQL SQLSTATE, a MySQL error
 number, a SQLite result code, an `OSError`'s errno), never from its message text. Modules may also
 hold the driver's other internals (kill a connection without I/O, tell that its server hung up,
-interrupt a statement); each private attribute they reach is listed in the module's docstring
-with why, and `tests/test_drivers.py` fails if it disappears.
+interrupt a statement, close it without its event loop); each private attribute they reach is
+listed in the module's docstring with why, and `tests/test_drivers.py` or `tests/test_reaches.py`
+fails if it disappears or changes meaning. `drivers/pymongo.py` holds PyMongo's and Motor's.
+
+Private attributes of asyncio reached here (checked by tests/test_reaches.py):
+
+- `selector_events._SelectorTransport._sock` and `._closing`: `close_transport_without_loop`
+  closes the socket of a transport whose event loop is gone (its `close()`/`abort()` schedule the
+  close on that loop, which never runs it) and marks the transport closed, as its own
+  `_call_connection_lost` would: `_sock = None` (so its finalizer does not warn "unclosed
+  transport"), `_closing = True` (what `is_closing()` returns). No public call closes a transport
+  without its loop.
 
 `classify(driver, exc)` dispatches by driver name (`PoolConfig.driver_name`) and looks through
 SQLAlchemy's wrapping: `DBAPIError.orig` and `__cause__` chains.
@@ -17,8 +27,9 @@ import errno
 import importlib
 import select
 import socket
+from asyncio import selector_events
 from collections.abc import Callable, Iterator
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = [
     "KINDS",
@@ -26,6 +37,7 @@ __all__ = [
     "Kind",
     "classified",
     "classify",
+    "close_transport_without_loop",
     "os_kind",
     "peer_hung_up",
     "postgres_kind",
@@ -110,7 +122,29 @@ def peer_hung_up(transport: object) -> bool:
         peek.detach()
 
 
-_POLLRDHUP: int | None = getattr(select, "POLLRDHUP", None)
+_POLLRDHUP: int | None = getattr(select, "POLLRDHUP", None)  # Linux only
+
+
+# asyncio's base class of its selector transports (TCP, Unix): private, not in typeshed.
+_SELECTOR_TRANSPORT: type[Any] = selector_events._SelectorTransport  # type: ignore[attr-defined]
+
+
+def close_transport_without_loop(transport: Any) -> bool:
+    """Close an asyncio transport's socket without its event loop (which may be closed).
+
+    Returns whether a socket was closed: False for None, a transport already closed, or one that
+    is not a selector transport (uvloop's, or TLS over one): those keep their socket out of
+    reach and are left to the garbage collector.
+    """
+    if not isinstance(transport, _SELECTOR_TRANSPORT):
+        return False
+    sock = transport._sock
+    if sock is None:  # asyncio already closed it (`_call_connection_lost` ran)
+        return False
+    sock.close()
+    transport._sock = None
+    transport._closing = True
+    return True
 
 
 # driver name (PoolConfig.driver_name) -> module of this package

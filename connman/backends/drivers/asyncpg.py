@@ -19,11 +19,16 @@ the table both PostgreSQL drivers share (`connman.backends.drivers.POSTGRES_SQLS
 
 and OS errors by errno (`connman.backends.drivers.os_kind`): a refused connect is `unreachable`.
 
-Private attributes reached (each checked by tests/test_drivers.py on both dependency sets):
+Private attributes reached (each checked by tests/test_drivers.py or tests/test_reaches.py on
+both dependency sets):
 
 - `Connection._transport`: `kill()` aborts it after `terminate()`, because `terminate()` does
   nothing once a graceful `close()` has begun, and that close waits for a server that may never
-  answer; `closed()` asks its socket for a hang-up the loop has not read yet.
+  answer; `closed()` asks its socket for a hang-up the loop has not read yet;
+  `close_without_loop()` closes its socket when the connection's event loop is gone (asyncpg's
+  `terminate()` needs that loop).
+- `Connection._aborted` (written): `close_without_loop()` sets it, as `terminate()` does, so
+  `is_closed()` is True and asyncpg's own finalizer and pool see a closed connection.
 """
 
 from __future__ import annotations
@@ -32,10 +37,9 @@ from typing import Any
 
 import asyncpg
 
-from . import Kind, os_kind, peer_hung_up, postgres_kind
+from . import Kind, close_transport_without_loop, os_kind, peer_hung_up, postgres_kind
 
-__all__ = ["classify", "closed", "kill"]
-
+__all__ = ["classify", "close_without_loop", "closed", "kill"]
 
 
 def classify(exc: BaseException) -> Kind | None:
@@ -69,3 +73,10 @@ def kill(conn: Any) -> None:
     transport = conn._transport
     if transport is not None:
         transport.abort()
+
+
+def close_without_loop(conn: Any) -> None:
+    """Close the connection's socket when its event loop is gone (no I/O, no loop needed);
+    the connection reads as closed after."""
+    close_transport_without_loop(conn._transport)
+    conn._aborted = True

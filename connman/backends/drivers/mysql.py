@@ -1,4 +1,5 @@
-"""aiomysql and asyncmy (MySQL, MariaDB): error classification, hang-up check, kill.
+"""aiomysql and asyncmy (MySQL, MariaDB): error classification, hang-up check, kill, full reset,
+close without the event loop.
 
 Classified by the MySQL error number (`args[0]` of the drivers' `MySQLError`s):
 
@@ -19,23 +20,32 @@ and OS errors by errno (`connman.backends.drivers.os_kind`).
 Note 1290 also answers other server options that refuse a statement (`--secure-file-priv`,
 `--skip-grant-tables`); `--read-only` is the one a running app meets.
 
-Private attributes reached (each checked by tests/test_drivers.py on both dependency sets):
+Private attributes reached (each checked by tests/test_drivers.py or tests/test_reaches.py on
+both dependency sets):
 
 - aiomysql, asyncmy < 0.2.10: `Connection._reader`, `Connection._writer` (asyncio streams), and
   asyncio's `StreamReader._eof`: the stream saw the server hang up before the driver reads it
   (its public `at_eof()` is False while an unread goodbye packet, such as error 4031, is buffered).
 - asyncmy >= 0.2.10: `Connection._transport` (it has no streams).
   The transport is how a connection is dropped now (`abort()`): `close()` would first flush to a
-  peer that may not read.
+  peer that may not read; and how it is closed without its event loop (`close_without_loop`:
+  the transport's socket is closed, then the driver's own `close()` only marks it closed).
+- `Connection._execute_command(COM_RESET_CONNECTION, b"")` and `Connection._read_ok_packet()`
+  (both drivers): `full_reset()` sends the protocol's COM_RESET_CONNECTION, which neither driver
+  exposes (PyMySQL's and aiomysql's public API have no reset; asyncmy's neither).
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
-from . import Kind, os_kind, peer_hung_up
+from . import Kind, close_transport_without_loop, os_kind, peer_hung_up
 
-__all__ = ["classify", "hung_up", "kill", "transport"]
+__all__ = ["COM_RESET_CONNECTION", "classify", "close_without_loop", "cursor", "full_reset",
+           "hung_up", "kill", "transport"]
+
+COM_RESET_CONNECTION = 0x1F
 
 _BY_CODE: dict[int, Kind] = {
     1040: "full",
@@ -97,3 +107,38 @@ def kill(conn: Any) -> None:
     if t is not None:
         t.abort()
     conn.close()
+
+
+def close_without_loop(conn: Any) -> None:
+    """Close the connection's socket when its event loop is gone; the driver marks it closed.
+
+    The driver's own `close()` calls its transport's `close()`, which schedules the socket's close
+    on the (dead) loop; once the socket is closed here that call returns at once, so `close()` is
+    then safe without the loop. A transport whose socket is out of reach (TLS, uvloop) is left
+    to the garbage collector.
+    """
+    t = transport(conn)
+    if t is None or close_transport_without_loop(t):
+        conn.close()
+
+
+async def cursor(conn: Any) -> Any:
+    """A cursor of an aiomysql or asyncmy connection (aiomysql's `cursor()` is an awaitable,
+    asyncmy's returns the cursor itself)."""
+    cur = conn.cursor()
+    return await cur if inspect.isawaitable(cur) else cur
+
+
+async def full_reset(conn: Any) -> None:
+    """`reset_on_return="full"`: the protocol's COM_RESET_CONNECTION (session variables, user
+    variables, temporary tables, named locks, prepared statements), then the character set and
+    autocommit mode the driver had set are set again. Raises the driver's error on failure."""
+    autocommit = bool(conn.get_autocommit())
+    charset = conn.character_set_name()
+    await conn._execute_command(COM_RESET_CONNECTION, b"")
+    await conn._read_ok_packet()
+    cur = await cursor(conn)
+    try:
+        await cur.execute(f"SET NAMES {charset}, autocommit = {int(autocommit)}")
+    finally:
+        await cur.close()
