@@ -302,3 +302,47 @@ def test_sqlite_busy_is_locked_by_its_result_code(tmp_path: Path) -> None:
     finally:
         a.close()
         b.close()
+
+
+async def test_sqlalchemy_session_and_fairy_reaches_hold(tmp_path: Path) -> None:
+    """The SQLAlchemy internals connman's units of work still read (listed in
+    `connman/backends/sqlalchemy/__init__.py`): a session's root `_transaction`, its
+    `_next_state` (a `_StateChangeStates` member, by `name`) and `_connections` (values whose first
+    item is the `Connection`), read by `units._changing` / `units._session_connections` to end a
+    session that `close()` could not; and, for the stranded-checkin repair on SQLAlchemy
+    < 2.0.58, a fairy's `_connection_record` and `_counter`."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    from connman.backends.sqlalchemy import LedgerPool
+    from connman.backends.sqlalchemy.state import STRANDS_CHECKINS
+    from connman.backends.sqlalchemy.units import _changing, _session_connections
+
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 's.db'}",
+                                 poolclass=LedgerPool, pool_size=2, max_overflow=0)
+    try:
+        async with AsyncSession(engine) as session:
+            sync: Any = session.sync_session
+            assert sync._transaction is None
+            assert _session_connections(sync) == []
+            await session.execute(text("SELECT 1"))
+            trans = sync._transaction
+            assert type(trans._next_state).__name__ == "_StateChangeStates"  # an enum
+            assert trans._next_state.name != "CHANGE_IN_PROGRESS"
+            assert _changing(sync) is False
+            held = _session_connections(sync)
+            assert len(held) == 1
+            assert held[0] is (await session.connection()).sync_connection
+            fairy: Any = held[0].connection  # PoolProxiedConnection, a _ConnectionFairy
+            pool: Any = engine.sync_engine.pool
+            rec = next(iter(pool.out))
+            assert fairy._connection_record is rec
+            assert fairy._counter >= 1
+        assert _session_connections(sync) == []
+        assert fairy._connection_record is None  # checked in: detached from its record
+        import sqlalchemy
+
+        version = tuple(int(p) for p in sqlalchemy.__version__.split(".")[:3])
+        assert (version < (2, 0, 58)) is STRANDS_CHECKINS
+    finally:
+        await engine.dispose()

@@ -19,6 +19,27 @@ One job a module (each imports only those above it):
 - `units`: units of work on sessions.
 - `pool`: `SQLAlchemyPool` itself (lifecycle, maintenance, gauges), composing the above.
 
+Reaches into SQLAlchemy that remain (each pinned on both dependency sets by tests/test_drivers.py
+or exercised by the suite's behaviour tests; no silent `getattr` default among them):
+
+- `ledger.LedgerPool`: the `Pool` subclass contract (`_do_get`, `_do_return_conn`,
+  `_create_connection`, and `recreate()` passing on `_creator`, `_recycle`, `_orig_logging_name`,
+  `_reset_on_return`, `_pre_ping`, `dispatch`, `_dialect`, as `QueuePool.recreate` does), and
+  `Pool._invalidate_time`, which SQLAlchemy's own records read to reconnect after a disconnect:
+  the extension point SQLAlchemy offers for pools, whose hooks are underscored
+  (`test_sqlalchemy_pool_subclass_contract_holds`).
+- `units._changing` / `units._session_connections`: a session's `_transaction`, its
+  `_next_state` and `_connections`, to end a session `close()` could not (another task inside it,
+  a close abandoned past its deadline); no public API says which connections a session holds
+  mid-state-change (`test_sqlalchemy_session_and_fairy_reaches_hold`).
+- `state._reclaim_stranded` (SQLAlchemy < 2.0.58 only): a fairy's `_connection_record` and
+  `_counter`, the only trace of a checkin a cancellation cut short (same test).
+- Dialect methods wrapped on the engine's own dialect object (8): `do_execute`,
+  `do_execute_no_params`, `do_executemany` (two tasks on one connection: `ConcurrentUse`),
+  `do_ping` (the bypass window, a deadline), `do_close` (a deadline), `do_commit`/`do_rollback`
+  (the emulated `statement_timeout`), psycopg's `do_terminate` (without the loop). SQLAlchemy
+  has events around executes but none that can bound or refuse the driver call itself.
+
 This module re-exports the public names the single module `backends/sqlalchemy.py` had (those
 imported from `connman.backends.sqlalchemy` elsewhere among them).
 """
