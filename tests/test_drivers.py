@@ -346,3 +346,24 @@ async def test_sqlalchemy_session_and_fairy_reaches_hold(tmp_path: Path) -> None
         assert (version < (2, 0, 58)) is STRANDS_CHECKINS
     finally:
         await engine.dispose()
+
+
+async def test_connect_reaches_hold(tmp_path: Path) -> None:
+    """What `backends/sqlalchemy/connect.py` reaches: aiomysql's `Connection._connect` (a
+    coroutine function doing the handshake) and aiosqlite's worker thread (`Connection._thread`
+    from 0.22, the connection itself before)."""
+    import inspect
+    import threading
+
+    import aiomysql
+    import aiosqlite
+
+    assert inspect.iscoroutinefunction(aiomysql.Connection._connect)
+    pending = aiosqlite.connect(str(tmp_path / "t.db"))
+    thread = pending if isinstance(pending, threading.Thread) else pending._thread
+    assert isinstance(thread, threading.Thread)
+    conn = await pending
+    try:
+        assert thread.is_alive()
+    finally:
+        await conn.close()

@@ -40,6 +40,13 @@ or exercised by the suite's behaviour tests; no silent `getattr` default among t
   (the emulated `statement_timeout`), psycopg's `do_terminate` (without the loop). SQLAlchemy
   has events around executes but none that can bound or refuse the driver call itself.
 
+Reaches into drivers here (the others are in `backends/drivers/`), pinned by
+`test_connect_reaches_hold` in tests/test_drivers.py: `connect._aiomysql_connect` awaits
+`aiomysql.Connection._connect()` (the handshake of a `Connection` built from its public class, so
+a connect cut short can be closed: `aiomysql.connect` drops the half-open socket);
+`connect._aiosqlite_connect` marks aiosqlite's worker thread daemon as SQLAlchemy does
+(`Connection._thread` from aiosqlite 0.22; before, the connection is the thread).
+
 This module re-exports the public names the single module `backends/sqlalchemy.py` had (those
 imported from `connman.backends.sqlalchemy` elsewhere among them).
 """

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import threading
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -42,7 +43,8 @@ def _aiosqlite_connect(*args: Any, **kw: Any) -> Any:
     import aiosqlite
 
     pending = aiosqlite.connect(*args, **kw)
-    thread: Any = getattr(pending, "_thread", pending)  # aiosqlite < 0.22: it is the thread
+    # aiosqlite < 0.22: the connection is the thread; from 0.22 it runs one (`_thread`).
+    thread: Any = pending if isinstance(pending, threading.Thread) else pending._thread
     thread.daemon = True  # as SQLAlchemy does
     return _shielded_connect(pending)
 
