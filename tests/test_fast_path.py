@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from connman import ConnectionManager, PoolTimeout
 
@@ -252,3 +253,31 @@ async def test_cancelled_fast_path_query_leaks_nothing(make_manager: Make, targe
             assert n <= baseline + 2
     if baseline is not None:
         assert await wait_for_count(target, baseline, timeout=10) == baseline
+
+
+@sql_only
+@pytest.mark.parametrize("reset", ["rollback", "full"])
+async def test_a_fast_path_checkin_cut_by_a_cancel_gives_the_connection_back(
+        make_manager: Make, target: Target, reset: str) -> None:
+    # The block ends normally with a transaction open, and the task is cancelled as it ends: the
+    # check-in's rollback (and, with "full", its reset) is cut. The record used to stay checked
+    # out of the ledger with its slot given back: every later fast-path checkout of a pool of 1
+    # raised RuntimeError ("a checkout without a gate slot").
+    m = make_manager(size=1, overflow=0, timeout=2.0, reset_on_return=reset)
+    async with m:
+        async def unit() -> None:
+            async with m.connection("main") as conn:
+                await execute(target, conn, "BEGIN")
+                await execute(target, conn, "SELECT 1")
+                task = asyncio.current_task()
+                assert task is not None
+                task.cancel()
+
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.create_task(unit())
+        assert m.stats("main")["requests_active"] == 0
+        for _ in range(2):
+            async with m.connection("main") as conn:
+                assert await scalar(target, conn, "SELECT 1") == 1
+            async with m.session("main") as s:
+                assert (await s.execute(text("SELECT 1"))).scalar() == 1

@@ -221,6 +221,11 @@ class FastPathMixin(PoolState):
             except Exception:
                 await self._discard(rec, "lost")
                 return
+            except BaseException:
+                # Cancelled meanwhile: `finish` ran the rollback again shielded and re-raises
+                # the cancel; the connection's state is unknown, and it must still go back.
+                self._terminate(rec, "close")
+                raise
             if probe.closed(conn) or probe.in_transaction(conn):
                 await self._discard(rec, "lost")
                 return
@@ -231,6 +236,9 @@ class FastPathMixin(PoolState):
             except Exception:
                 await self._discard(rec, "lost")
                 return
+            except BaseException:
+                self._terminate(rec, "close")  # cancelled mid-reset, as above
+                raise
         self._ledger.give_back(rec)  # psycopg: still in autocommit, left at a session's checkout
 
     async def _ping(self) -> float:
