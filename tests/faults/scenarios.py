@@ -39,6 +39,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+from sqlalchemy import text
 
 from connman import ConnectionManager, PoolStartupError
 from connman.testing.proxy import TcpProxy
@@ -153,6 +154,12 @@ class Rig:
 
     async def create_table(self, manager: ConnectionManager) -> None:
         async with manager.session("main") as unit:
+            if self.target.kind == "sql" and self.target.driver in ("asyncpg", "psycopg"):
+                # The test server commits asynchronously (`synchronous_commit=off`): a table
+                # created less than ~0.6 s before `server_killed`'s SIGKILL could vanish with it
+                # (a fresh clone saw "relation does not exist" when reading the keys after the
+                # restart). The run's table must survive; the load's writes keep the fast setting.
+                await unit.execute(text("SET LOCAL synchronous_commit = on"))
             await self.ops.create(unit)
 
     async def keys(self) -> set[str]:
