@@ -32,17 +32,7 @@ from connman.backends.drivers import mysql as mysql_driver
 from connman.backends.drivers import sqlite as sqlite_driver
 from connman.testing.servers import Server, _alive
 
-from .test_drivers import _mysql_connect, _mysql_execute, _mysql_scalar
-
-
-def _until(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll `check()` (no event loop runs meanwhile) until it holds or `timeout` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
+from .test_drivers import _mysql_connect, _mysql_execute, _mysql_scalar, _until
 
 
 def _collected_warnings() -> list[str]:

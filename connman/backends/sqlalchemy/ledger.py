@@ -151,6 +151,10 @@ class LedgerPool(Pool):
         gate = self.gate
         return gate is None or self.claims() < gate.admitted()
 
+    def _require_slot(self) -> None:
+        if not self._covered():
+            raise RuntimeError(f"pool {self._name()!r}: a checkout without a gate slot")
+
     def _room(self) -> None:
         if self.open_count() >= self._max:
             raise RuntimeError(
@@ -164,9 +168,14 @@ class LedgerPool(Pool):
     def connect(self) -> Any:
         """Check a connection out (see `sqlalchemy.pool.Pool.connect`); a connection whose setup
         failed raises connman's typed error (`setup_expired`)."""
+        return self._typed_setup(super().connect)
+
+    def _typed_setup(self, step: Callable[[], Any]) -> Any:
+        """Run a checkout step that may open a connection; a failed setup raises connman's typed
+        error (`setup_expired`), anything else as it is."""
         kills = self.setup_kills
         try:
-            return super().connect()
+            return step()
         except Exception as exc:
             translate = self.setup_expired
             replacement = translate(exc, kills) if translate is not None else None
@@ -267,8 +276,7 @@ class LedgerPool(Pool):
         no greenlet: for a caller that holds a gate slot (raises `RuntimeError` otherwise)."""
         if not self.idle:
             return None
-        if not self._covered():
-            raise RuntimeError(f"pool {self._name()!r}: a checkout without a gate slot")
+        self._require_slot()
         rec = self.idle.pop()
         self.out.add(rec)
         return rec
@@ -276,17 +284,8 @@ class LedgerPool(Pool):
     def open_new(self) -> Any:
         """Open a connection for a caller that holds a gate slot and found none idle, checked
         out. Runs in SQLAlchemy's greenlet (`greenlet_spawn`): the dialect's connect events."""
-        if not self._covered():
-            raise RuntimeError(f"pool {self._name()!r}: a checkout without a gate slot")
-        kills = self.setup_kills
-        try:
-            rec = self._open_record()
-        except Exception as exc:
-            translate = self.setup_expired
-            replacement = translate(exc, kills) if translate is not None else None
-            if replacement is None:
-                raise
-            raise replacement from exc
+        self._require_slot()
+        rec = self._typed_setup(self._open_record)
         self.out.add(rec)
         return rec
 
